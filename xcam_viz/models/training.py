@@ -1,0 +1,101 @@
+"""Training and prediction for classifiers (image labels) and segmenters (pixel targets)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSet
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, batch_size: int = 64,
+          weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> tuple[nn.Module, xr.Dataset]:
+    """Train with Adam (one-cycle learning rate) and cross-entropy; returns the model and a per-epoch history (loss, accuracy).
+
+    A model whose output is N×K×H×W is trained on `data.targets` (per-pixel classes).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    losses, accs = [], []
+    bar = tqdm(total=steps, desc="train", disable=not progress)
+    model.train()
+    for _ in range(epochs):
+        total, correct, count = 0.0, 0, 0
+        for idx in torch.randperm(len(data), generator=gen).split(batch_size):
+            x = data.images[idx].to(device)
+            out = model(x)
+            y = _targets(data, idx, out).to(device)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+            correct += (out.argmax(1) == y).float().mean().item() * len(idx)
+            count += len(idx)
+            bar.update()
+            bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
+        losses.append(total / count)
+        accs.append(correct / count)
+    bar.close()
+    model.eval()
+    history = xr.Dataset({"loss": ("epoch", losses), "accuracy": ("epoch", accs)},
+                         coords={"epoch": np.arange(1, epochs + 1)})
+    return model, history
+
+
+def _targets(data: ImageSet, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    if out.ndim == 4:
+        if data.targets is None:
+            raise ValueError("the model outputs per-pixel logits but the data set has no pixel targets; "
+                             "use a segmentation data set (e.g. synthetic_lesions(task='segmentation'))")
+        return data.targets[idx]
+    return data.labels[idx]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 128) -> xr.Dataset:
+    """Class probabilities, predictions and confidence per sample as an xr.Dataset.
+
+    For segmenters, the probabilities are the per-class means over pixels.
+    """
+    images = data.images if isinstance(data, ImageSet) else data
+    ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(images))]
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    probs = []
+    for batch in images.split(batch_size):
+        out = model(batch.to(device)).float()
+        p = out.softmax(1)
+        probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
+    model.train(was_training)
+    prob = torch.cat(probs).numpy()
+    k = prob.shape[1]
+    names = data.class_names if isinstance(data, ImageSet) and len(data.class_names) == k else [str(c) for c in range(k)]
+    ds = xr.Dataset({"probability": (("sample", "class"), prob),
+                     "predicted": ("sample", prob.argmax(1)),
+                     "confidence": ("sample", prob.max(1))},
+                    coords={"sample": ids, "class": names})
+    if isinstance(data, ImageSet):
+        ds["label"] = ("sample", data.labels.numpy())
+        ds["correct"] = ds.predicted == ds.label
+    return ds
+
+
+def accuracy(model: nn.Module, data: ImageSet) -> float:
+    """Share of images whose predicted class equals the label."""
+    return float(predict(model, data).correct.mean())

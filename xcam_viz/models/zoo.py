@@ -1,0 +1,138 @@
+"""The model zoo: `smallcnn`, torchvision classifiers (no downloaded weights) and a small U-Net.
+
+Every model `build` makes takes images in [0, 1] as they come out of an `ImageSet`: its first
+layer, `input_norm`, normalises them. That is the one place normalisation happens.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn", "densenet121",
+                     "mobilenet_v3_small", "efficientnet_b0")
+MODEL_NAMES = ("smallcnn", "unet", *TORCHVISION_NAMES)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; mean/std of length 1 broadcast over any channel count."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_channels: int = 3):
+        super().__init__()
+        if in_channels != len(mean):
+            mean, std = (sum(mean) / len(mean),) * in_channels, (sum(std) / len(std),) * in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    layers = [nn.MaxPool2d(2)] if pool else []
+    layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Sequential):
+    """Four conv blocks (full, 1/2, 1/4, 1/8 resolution), global average pooling, a linear head."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16):
+        w = width
+        super().__init__(OrderedDict(
+            input_norm=Normalize(in_channels=in_channels),
+            block1=_conv_block(in_channels, w, pool=False),
+            block2=_conv_block(w, 2 * w, pool=True),
+            block3=_conv_block(2 * w, 4 * w, pool=True),
+            block4=_conv_block(4 * w, 8 * w, pool=True),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            head=nn.Linear(8 * w, num_classes),
+        ))
+
+
+class UNet(nn.Module):
+    """A small 2-D U-Net (three levels) producing per-pixel class logits N×K×H×W."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        w = width
+        self.input_norm = Normalize(in_channels=in_channels)
+        self.enc1 = _double_conv(in_channels, w)
+        self.enc2 = _double_conv(w, 2 * w)
+        self.bottleneck = _double_conv(2 * w, 4 * w)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _double_conv(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _double_conv(2 * w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"the U-Net needs height and width divisible by 4, got {tuple(x.shape[-2:])}")
+        e1 = self.enc1(self.input_norm(x))
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        b = self.bottleneck(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(b), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def _normalize_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_norm(args[0]), *args[1:])
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    # torchvision models have their own forward: normalisation runs as a registered first step.
+    model.input_norm = Normalize(in_channels=in_channels)
+    model.register_forward_pre_hook(_normalize_input)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, nn.Conv2d(in_channels, child.out_channels, child.kernel_size,
+                                                child.stride, child.padding, child.dilation,
+                                                child.groups, child.bias is not None))
+                return
+
+
+def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, **kw) -> nn.Module:
+    """A fresh model by name (see MODEL_NAMES); `weights` an optional local state-dict file."""
+    if name == "smallcnn":
+        model = SmallCNN(num_classes, in_channels, **kw)
+    elif name == "unet":
+        model = UNet(num_classes, in_channels, **kw)
+    elif name in TORCHVISION_NAMES:
+        if kw:
+            raise TypeError(f"{name} takes no extra arguments, got {sorted(kw)}")
+        model = _torchvision(name, num_classes, in_channels)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES} or pass your own nn.Module")
+    model.xcam_arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels, **kw}
+    if weights is not None:
+        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("input_norm.")]
+        if missing or unexpected:
+            raise ValueError(f"weights file {weights} does not fit {name}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return model
