@@ -8,7 +8,7 @@ from .zoo import Normalize
 
 
 def spatial_layers(model: nn.Module, input_shape=(3, 64, 64)) -> list[tuple[str, tuple[int, int, int]]]:
-    """Every named module whose output is a C×h×w tensor, with that shape, found by one dummy forward.
+    """Every named module whose output is a C×h×w tensor (h·w > 1), with that shape, found by one dummy forward.
 
     Listed in execution order; the input normalisation layer is left out.
     """
@@ -16,7 +16,8 @@ def spatial_layers(model: nn.Module, input_shape=(3, 64, 64)) -> list[tuple[str,
     names = {m: n for n, m in model.named_modules() if n}
 
     def record(module, _inputs, output):
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and not isinstance(module, Normalize):
+        if (isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1
+                and not isinstance(module, Normalize)):
             found.append((names[module], tuple(output.shape[1:])))
 
     handles = [m.register_forward_hook(record) for m in names]
