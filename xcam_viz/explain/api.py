@@ -1,0 +1,135 @@
+"""`xv.explain`: CAMs of a data set or tensor as an xarray.DataArray."""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSet
+from ..models import fingerprint
+from .capture import Target, capture, check_input, layer_list
+from .methods import check_method, finish, needs_gradients, weigh
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """xv.models.fingerprint, cached until a parameter or buffer is replaced or changed in place.
+
+    In-place changes are seen through the tensors' version counters; writes through `.data` bypass
+    them (call xv.models.fingerprint directly after such writes).
+    """
+    key = tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
+    cached = _FINGERPRINTS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, fingerprint(model))
+        _FINGERPRINTS[model] = cached
+    return cached[1]
+
+
+def as_images(data) -> tuple[torch.Tensor, list[str], list[str] | None]:
+    """(images N×C×H×W, sample ids, class names or None) of an ImageSet or a tensor."""
+    if isinstance(data, ImageSet):
+        return data.images, list(data.ids), list(data.class_names)
+    if isinstance(data, torch.Tensor) and data.ndim == 3:
+        data = data.unsqueeze(0)
+    n = len(data) if isinstance(data, torch.Tensor) else 0
+    return data, [str(i) for i in range(n)], None
+
+
+def describe_target(target: Target) -> str:
+    if callable(target):
+        return f"callable {getattr(target, '__name__', type(target).__name__)}"
+    if isinstance(target, (str, int)):
+        return str(target)
+    if isinstance(target, tuple) and target and target[0] == "topk":
+        return f"top-{target[1]}"
+    return "per-sample"
+
+
+def class_labels(class_index: np.ndarray, names: list[str] | None, k: int) -> np.ndarray:
+    """Class names for an array of class indices (-1, a callable target, is 'custom')."""
+    names = names if names is not None and len(names) == k else [str(c) for c in range(k)]
+    table = np.array([*names, "custom"], dtype=object)
+    return table[class_index].astype(str)
+
+
+def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "gradcam",
+            layer: str | Sequence[str] = "block3", target: Target = "predicted", region=None,
+            upsample: bool = True, normalize: bool = True, batch_size: int = 32,
+            progress: bool = False) -> xr.DataArray:
+    """Class activation maps of every image: an xr.DataArray (sample, y, x).
+
+    method: one of xcam_viz.explain.METHODS. layer: a name, or a list of names (captured in one pass;
+    the result gets a leading 'layer' dim, which needs upsample=True or layers of one resolution).
+    target: "predicted", a class index, one index per sample, ("topk", k) (adds a 'rank' dim after
+    'sample'), or a callable(logits) -> scores (N,). region (segmentation methods): "predicted"
+    (default), "all", a point (y, x) or a bool mask H×W / N×H×W.
+    Default: ReLU, bilinear upsampling to the input size, each map min-max scaled to [0, 1];
+    upsample=False, normalize=False give the raw layer-resolution map (ReLU applied).
+    The model runs in eval mode and its mode is restored afterwards; requires_grad is not touched.
+    Coordinates: sample ids, pixel grids y/x (for layer-resolution maps, the cell centres in input
+    pixels), target_class and target_name per sample. Attributes: method, layer, target, model
+    fingerprint, layer_resolution, input_size.
+    """
+    check_method(method)
+    names = layer_list(layer)
+    images, ids, class_names = as_images(data)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        check_input(images, model)              # raises the error that says what to give
+    size = tuple(images.shape[-2:])
+    maps, targets, shapes, logits = [], [], {}, None
+    for start in tqdm(range(0, len(images), batch_size), desc=f"explain {method}", disable=not progress):
+        caps = capture(model, images[start:start + batch_size], names, target, region,
+                       gradients=needs_gradients(method))
+        caps = caps if isinstance(caps, list) else [caps]
+        logits = caps[0].logits
+        per_rank = []
+        for cap in caps:
+            per_layer = []
+            for name in names:
+                cam = weigh(cap, method, name)
+                shapes[name] = tuple(cam.shape[-2:])
+                per_layer.append(finish(cam, size if upsample else None, normalize).float().cpu().numpy())
+            if len({m.shape for m in per_layer}) > 1:
+                raise ValueError(f"layers {names} have different resolutions {[shapes[n] for n in names]}; "
+                                 "use upsample=True to stack them, or explain one layer at a time")
+            per_rank.append(np.stack(per_layer))
+        maps.append(np.stack(per_rank, axis=2))                     # layer × n × rank × h × w
+        targets.append(torch.stack([c.target for c in caps], 1).cpu().numpy())
+    return _dataarray(np.concatenate(maps, 1), np.concatenate(targets), ids, names, shapes, size, method,
+                      target, region, logits, class_names, model, upsample)
+
+
+def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: list[str], shapes: dict,
+               size: tuple, method: str, target: Target, region, logits: torch.Tensor,
+               class_names: list[str] | None, model: nn.Module, upsample: bool) -> xr.DataArray:
+    """Assemble layer × sample × rank × h × w maps, dropping the layer / rank dims when single."""
+    h, w = maps.shape[-2:]
+    grid = {"y": np.arange(h), "x": np.arange(w)} if upsample else {
+        "y": (np.arange(h) + 0.5) * size[0] / h - 0.5, "x": (np.arange(w) + 0.5) * size[1] / w - 0.5}
+    topk = isinstance(target, tuple) and bool(target) and target[0] == "topk"
+    tdims = ("sample", "rank") if topk else ("sample",)
+    if not topk:
+        maps, targets = maps[:, :, 0], targets[:, 0]
+    coords = {"sample": ids, **grid, "target_class": (tdims, targets),
+              "target_name": (tdims, class_labels(targets, class_names, logits.shape[1]))}
+    dims = (*tdims, "y", "x")
+    if topk:
+        coords["rank"] = np.arange(maps.shape[2])
+    attrs = {"method": method, "target": describe_target(target), "model_fingerprint": model_fingerprint(model),
+             "input_size": list(size)}
+    if method in ("seg-gradcam", "seg-hirescam"):
+        attrs["region"] = region if isinstance(region, str) else "predicted" if region is None else "custom"
+    if len(names) == 1:
+        attrs |= {"layer": names[0], "layer_resolution": list(shapes[names[0]])}
+        return xr.DataArray(maps[0], dims=dims, coords=coords, attrs=attrs, name="cam")
+    coords |= {"layer": names, "layer_height": ("layer", [shapes[n][0] for n in names]),
+               "layer_width": ("layer", [shapes[n][1] for n in names])}
+    attrs["layer"] = list(names)
+    return xr.DataArray(maps, dims=("layer", *dims), coords=coords, attrs=attrs, name="cam")

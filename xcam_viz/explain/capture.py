@@ -1,0 +1,261 @@
+"""Capture once: one forward and one gradient pass give every requested layer's activations A and gradients G.
+
+The gradient goes to the captured activations only (`torch.autograd.grad`, never `.backward()`), so no
+parameter ever receives a `.grad`, and the layers before the first captured one run without an autograd
+graph: a capture costs little more than a plain forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..models import get_layer
+
+
+class LayerHooks:
+    """Forward hooks that keep the first output of each named layer; removed on exit, also after an error.
+
+    The rest of the network receives a clone of the kept tensor, so in-place operations downstream
+    (``ReLU(inplace=True)``, ``out += identity``) cannot change what was kept. An output that does not
+    require grad (the forward so far ran without a graph) becomes a leaf that does; with
+    ``enable_grad=True`` grad mode is switched on from there, so only the part of the network after the
+    first captured layer records a graph.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], enable_grad: bool = True):
+        self.modules = {name: get_layer(model, name) for name in layers}
+        self.enable_grad = enable_grad
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "LayerHooks":
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(partial(self._keep, name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _keep(self, name: str, _module, _inputs, output):
+        if name in self.outputs:            # a module run twice keeps its first output
+            return None
+        if not (isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"layer {name!r} outputs {shape}, not a spatial map N×C×h×w (h·w > 1); CAMs need "
+                             "a convolutional layer: pick one of xv.models.spatial_layers(model, input_shape)")
+        if not output.requires_grad:
+            output = output.detach().requires_grad_()
+        self.outputs[name] = output
+        if self.enable_grad:
+            torch.set_grad_enabled(True)
+        return output.clone()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, train: bool = False):
+    """Put the model in eval (or train) mode for the block, restoring its previous mode afterwards."""
+    was_training = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def layer_list(layer: str | Sequence[str]) -> list[str]:
+    """One layer name or several, as a list without repeats (order kept)."""
+    names = [layer] if isinstance(layer, str) else list(layer)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"layer must be a layer name or a list of names, got {layer!r}; "
+                        "list them with xv.models.spatial_layers(model, input_shape)")
+    return list(dict.fromkeys(names))
+
+
+def check_input(x, model: nn.Module) -> torch.Tensor:
+    """The input as an N×C×H×W float tensor on the model's device, refusing what cannot be explained."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("CAMs need gradients, but torch.inference_mode() is active: call xv.explain "
+                           "(or capture) outside the inference_mode block (torch.no_grad() is fine)")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected an ImageSet or a tensor N×C×H×W / C×H×W, got {type(x).__name__}; "
+                        "wrap arrays with xv.data.from_arrays or torch.as_tensor")
+    if x.is_inference():
+        raise ValueError("the input tensor was created under torch.inference_mode() and cannot take part in "
+                         "autograd: create it outside inference_mode (or pass x.clone() made outside it)")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or min(x.shape) == 0:
+        raise ValueError(f"input must be N×C×H×W (or one image C×H×W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
+                        "divide uint8 images by 255")
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or inf values: clean or drop those images first")
+    p = next(model.parameters(), None)
+    return x.detach().to(p.device if p is not None else x.device)
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x), turning the model's complaint about a wrong input into an error that says what to give."""
+    try:
+        out = model(x)
+    except RuntimeError as err:
+        if "Inference tensors" in str(err):
+            raise RuntimeError("the model holds tensors made under torch.inference_mode(); build or load "
+                               "it outside inference_mode to compute CAMs") from err
+        raise ValueError(f"the model rejected an input of shape {tuple(x.shape)} ({str(err).splitlines()[0]}); "
+                         "give images N×C×H×W with the channel count and size the model was built for") from err
+    if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
+        raise ValueError("the model must return logits N×K (classifier) or N×K×H×W (segmenter), got "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return out
+
+
+Target = int | str | tuple | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_targets(target: Target, logits: torch.Tensor) -> list[torch.Tensor | Callable]:
+    """Target spec -> list of per-sample class index tensors (N,), one per rank, or [callable].
+
+    "predicted": the arg-max class (for a segmenter, the class predicted at the most pixels);
+    an int: that class for every sample; a list/tensor: one class per sample; ("topk", k): the k
+    highest-scoring classes (k targets); a callable(logits) -> scores (N,) is used as it is.
+    """
+    n, k = logits.shape[:2]
+    if callable(target):
+        return [target]
+    if isinstance(target, str):
+        if target != "predicted":
+            raise ValueError(f"unknown target {target!r}: use 'predicted', a class index, one index per "
+                             "sample, ('topk', k) or a callable(logits) -> scores")
+        pred = logits.argmax(1)
+        return [pred if logits.ndim == 2 else pred.flatten(1).mode(1).values]
+    if isinstance(target, tuple) and len(target) == 2 and target[0] == "topk":
+        top = int(target[1])
+        if logits.ndim != 2 or not 1 <= top <= k:
+            raise ValueError(f"('topk', {target[1]}) needs a classifier and 1 <= k <= {k} (number of classes)")
+        return list(logits.topk(top, dim=1).indices.T)
+    t = torch.as_tensor(target, device=logits.device)
+    if t.is_floating_point() or t.ndim > 1 or (t.ndim == 1 and len(t) != n):
+        raise ValueError(f"target must be a class index or one index per sample ({n}), got {target!r}")
+    if ((t < 0) | (t >= k)).any():
+        raise ValueError(f"target {target!r} out of range: the model has {k} classes (0..{k - 1})")
+    return [t.long().expand(n).clone()]
+
+
+def resolve_region(region, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The region M (N×H×W bool) whose class-c logits a segmentation CAM sums.
+
+    "predicted" (default): pixels predicted as the target class; "all": every pixel; (y, x): one pixel;
+    a bool mask H×W or N×H×W.
+    """
+    n, _, h, w = logits.shape
+    if region is None or (isinstance(region, str) and region == "predicted"):
+        return logits.argmax(1) == target.view(-1, 1, 1)
+    if isinstance(region, str) and region == "all":
+        return torch.ones(n, h, w, dtype=torch.bool, device=logits.device)
+    if isinstance(region, tuple) and len(region) == 2 and all(isinstance(v, int) for v in region):
+        y, x = region
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"region point {region} lies outside the {h}×{w} output")
+        mask = torch.zeros(n, h, w, dtype=torch.bool, device=logits.device)
+        mask[:, y, x] = True
+        return mask
+    mask = torch.as_tensor(region, device=logits.device)
+    if mask.dtype != torch.bool or mask.shape not in ((h, w), (n, h, w)):
+        raise ValueError(f"region must be 'predicted', 'all', a point (y, x) or a bool mask {h}×{w} or "
+                         f"{n}×{h}×{w}, got {getattr(mask, 'dtype', type(region).__name__)} {tuple(mask.shape)}")
+    return mask.expand(n, h, w)
+
+
+def target_scores(logits: torch.Tensor, target: torch.Tensor | Callable,
+                  region: torch.Tensor | None = None) -> torch.Tensor:
+    """One score per sample: the target logit, a callable's score, or the target logits summed over the region."""
+    if callable(target):
+        scores = target(logits)
+        if not isinstance(scores, torch.Tensor) or scores.shape != logits.shape[:1]:
+            raise ValueError(f"a target callable must return one score per sample, shape ({len(logits)},), got "
+                             f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+        return scores
+    picked = logits.gather(1, target.view(-1, *[1] * (logits.ndim - 1)).expand(-1, 1, *logits.shape[2:]))[:, 0]
+    return picked if region is None else (picked * region).flatten(1).sum(1)
+
+
+@dataclass
+class Capture:
+    """What one forward (+ one gradient pass) recorded, enough to weigh any CAM method without the model.
+
+    activations / gradients: layer -> N×C×h×w (detached; gradients empty if not computed);
+    logits: the forward's output; target: (N,) class indices (-1 for a callable target);
+    region: N×H×W bool for segmentation targets, else None; input: N×C×H×W (for Score-CAM);
+    model and score_fn: what Score-CAM needs for its masked forward passes.
+    """
+
+    layers: list[str]
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    target: torch.Tensor
+    region: torch.Tensor | None
+    input: torch.Tensor
+    model: nn.Module
+    score_fn: Callable | None = None
+
+    def scores(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Target scores of `logits` whose rows belong to samples `rows` (for masked forward passes)."""
+        if self.score_fn is not None:
+            return self.score_fn(logits)
+        return logits.gather(1, self.target[rows].view(-1, 1))[:, 0]
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], target: Target = "predicted",
+            region=None, gradients: bool = True) -> Capture | list[Capture]:
+    """Record activations A and target gradients G of `layers` for input x (N×C×H×W or C×H×W).
+
+    One forward pass in eval mode (the model's mode is restored afterwards), then one `autograd.grad`
+    pass to the captured activations per target. A segmenter (N×K×H×W logits) is scored on the target
+    class summed over `region` (see `resolve_region`). Returns a Capture, or for target=("topk", k)
+    a list of k Captures sharing one forward. `gradients=False` skips the gradient pass
+    (Eigen-CAM and Score-CAM need none).
+    """
+    names = layer_list(layers)
+    x = check_input(x, model)
+    with eval_mode(model), LayerHooks(model, names, enable_grad=gradients) as hooks, torch.no_grad():
+        logits = run_model(model, x)
+    missing = [n for n in names if n not in hooks.outputs]
+    if missing:
+        raise ValueError(f"layers {missing} did not run in the model's forward pass; pick layers from "
+                         "xv.models.spatial_layers(model, input_shape)")
+    kept = [hooks.outputs[n] for n in names]
+    activations = {n: a.detach() for n, a in zip(names, kept)}
+    captures = []
+    targets = resolve_targets(target, logits.detach())
+    for i, t in enumerate(targets):
+        reg = resolve_region(region, logits.detach(), t) if logits.ndim == 4 and not callable(t) else None
+        grads = {}
+        if gradients:
+            with torch.enable_grad():
+                score = target_scores(logits, t, reg).sum()
+            if not score.requires_grad:
+                raise ValueError(f"the target score does not depend on layers {names}; choose layers that the "
+                                 "model's output depends on")
+            found = torch.autograd.grad(score, kept, retain_graph=i < len(targets) - 1, allow_unused=True)
+            grads = {n: torch.zeros_like(a) if g is None else g for n, a, g in zip(names, activations.values(), found)}
+        idx = torch.full((len(x),), -1, dtype=torch.long, device=x.device) if callable(t) else t
+        captures.append(Capture(names, activations, grads, logits.detach(), idx, reg, x, model,
+                                t if callable(t) else None))
+    return captures if isinstance(target, tuple) and target and target[0] == "topk" else captures[0]

@@ -1,0 +1,42 @@
+"""A CAM that stays in the autograd graph, for losses on explanations during fine-tuning."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .capture import LayerHooks, Target, check_input, resolve_region, resolve_targets, run_model, target_scores
+from .methods import GRADIENT_METHODS, check_method, finish
+
+
+def differentiable_cam(model: nn.Module, x: torch.Tensor, layer: str, target: Target = "predicted",
+                       method: str = "gradcam", region=None, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, cam) from one forward pass, with the CAM differentiable w.r.t. the model's parameters.
+
+    The model keeps its mode (train mode is fine: use it inside the training loop). The gradient G is
+    taken with create_graph=True, so a loss on `cam` backpropagates to the parameters; compute the
+    classification loss on the returned `logits` (same forward, no second pass). `cam` is N×H×W at the
+    input size: ReLU of the method's map, bilinear upsampling, each map divided by its max + eps
+    (so in [0, 1), all-zero where the map is). In train mode, batch-norm couples the samples of a batch,
+    so each sample's gradient also carries the others' scores (as in pytorch-grad-cam).
+    Methods: any gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam, seg-*).
+    """
+    if method not in GRADIENT_METHODS:
+        check_method(method)
+        raise ValueError(f"differentiable_cam needs a gradient method, one of {', '.join(GRADIENT_METHODS)}; "
+                         f"{method} is not differentiable through its gradients")
+    x = check_input(x, model)
+    with torch.enable_grad():
+        with LayerHooks(model, [layer], enable_grad=False) as hooks:
+            logits = run_model(model, x)
+        if layer not in hooks.outputs:
+            raise ValueError(f"layer {layer!r} did not run in the model's forward pass")
+        check_method(method, segmentation=logits.ndim == 4)
+        a = hooks.outputs[layer]
+        t = resolve_targets(target, logits.detach())
+        if len(t) != 1:
+            raise ValueError("differentiable_cam takes one target per sample, not ('topk', k)")
+        reg = resolve_region(region, logits.detach(), t[0]) if logits.ndim == 4 and not callable(t[0]) else None
+        (g,) = torch.autograd.grad(target_scores(logits, t[0], reg).sum(), a, create_graph=True)
+        cam = finish(GRADIENT_METHODS[method](a, g).clamp(min=0), tuple(x.shape[-2:]), normalize=False)
+        cam = cam / (cam.amax((1, 2), keepdim=True) + eps)
+    return logits, cam

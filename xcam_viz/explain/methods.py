@@ -1,0 +1,150 @@
+"""Weigh many: every CAM method as a weighting of a Capture's activations A and gradients G.
+
+Each gradient method is a function (A, G) -> N×h×w map before the ReLU, following the formulas of
+pytorch-grad-cam (which the tests compare against). Eigen-CAM needs A only; Score-CAM runs masked
+forward passes of the captured model.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .capture import Capture
+
+SCORECAM_CHUNK = 64
+
+
+def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nc,nchw->nhw", g.mean((2, 3)), a)
+
+
+def _hirescam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g * a).sum(1)
+
+
+def _gradcam_pp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    g2 = g * g
+    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g2 * g + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    return torch.einsum("nc,nchw->nhw", (g.clamp(min=0) * alpha).sum((2, 3)), a)
+
+
+def _xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    weights = (g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7)
+    return torch.einsum("nc,nchw->nhw", weights, a)
+
+
+def _layercam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g.clamp(min=0) * a).sum(1)
+
+
+GRADIENT_METHODS = {"gradcam": _gradcam, "gradcam++": _gradcam_pp, "hirescam": _hirescam,
+                    "xgradcam": _xgradcam, "layercam": _layercam,
+                    "seg-gradcam": _gradcam, "seg-hirescam": _hirescam}
+SEGMENTATION_METHODS = ("seg-gradcam", "seg-hirescam")
+METHODS = (*GRADIENT_METHODS, "scorecam", "eigencam")
+
+
+def check_method(method: str, segmentation: bool | None = None) -> str:
+    """The method name, or an error listing the methods (and saying which fit a classifier / segmenter)."""
+    if method not in METHODS:
+        import difflib
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown CAM method {method!r}{hint}; choose one of {', '.join(METHODS)}")
+    if segmentation is not None and segmentation != (method in SEGMENTATION_METHODS) and method != "eigencam":
+        if segmentation:
+            raise ValueError(f"{method} explains a classifier, but this model outputs per-pixel logits "
+                             f"N×K×H×W: use {' or '.join(SEGMENTATION_METHODS)} (or eigencam)")
+        raise ValueError(f"{method} explains a segmenter (N×K×H×W output), but this model is a classifier: "
+                         f"use {method.removeprefix('seg-')}")
+    return method
+
+
+def needs_gradients(method: str) -> bool:
+    return method in GRADIENT_METHODS
+
+
+def eigencam(a: torch.Tensor) -> torch.Tensor:
+    """Projection of each position's channel vector on the first principal component of A.
+
+    Sign convention (SVD leaves it open): the map is flipped to correlate positively with the
+    channel-summed activation, so it points where the layer is active.
+    """
+    n, c, h, w = a.shape
+    x = a.double().flatten(2).transpose(1, 2)            # N × hw × C
+    x = x - x.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    proj = x @ vh[:, 0, :, None]                          # N × hw × 1
+    total = a.double().sum(1).flatten(1, 2)[..., None]
+    sign = torch.sign(((total - total.mean(1, keepdim=True)) * proj).sum((1, 2)))
+    proj = proj * torch.where(sign == 0, torch.ones_like(sign), sign).view(n, 1, 1)
+    return proj.view(n, h, w).to(a.dtype)
+
+
+def scorecam_weights(cap: Capture, layer: str, chunk: int = SCORECAM_CHUNK) -> torch.Tensor:
+    """Score-CAM channel weights N×C as pytorch-grad-cam computes them.
+
+    Each channel's map is upsampled (bilinear, corners aligned) to the input size, min-max normalised,
+    multiplied with the input, and scored by the target; the scores are softmaxed over channels.
+    The masked inputs go through the model in chunks of `chunk` (bounding memory) under inference mode;
+    channels whose map is all zero give an all-zero input, scored once per batch.
+    """
+    a, x, model = cap.activations[layer], cap.input, cap.model
+    n, c = a.shape[:2]
+    scores = torch.empty(n, c, dtype=torch.float32, device=a.device)
+    flat = a.flatten(2)
+    dead = (flat == 0).all(-1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if dead.any():
+                zero_scores = cap.scores(model(torch.zeros_like(x)), torch.arange(n, device=a.device))
+                scores[dead] = zero_scores[dead.nonzero()[:, 0]].float()
+            rows, chans = (~dead).nonzero(as_tuple=True)
+            for r, ch in zip(rows.split(chunk), chans.split(chunk)):
+                up = F.interpolate(a[r, ch][:, None], size=x.shape[-2:], mode="bilinear", align_corners=True)
+                lo = up.amin((2, 3), keepdim=True)
+                up = (up - lo) / (up.amax((2, 3), keepdim=True) - lo + 1e-8)
+                scores[r, ch] = cap.scores(model(x[r] * up), r).float()
+    finally:
+        model.train(was_training)
+    return scores.softmax(1)
+
+
+def weigh(cap: Capture, method: str, layer: str | None = None, relu: bool = True,
+          chunk: int = SCORECAM_CHUNK) -> torch.Tensor:
+    """The `method` map N×h×w at `layer` (default: the capture's only layer), ReLU applied unless relu=False.
+
+    Gradient methods and Eigen-CAM use the capture alone (no model pass); Score-CAM runs its masked
+    forward passes (in chunks of `chunk`).
+    """
+    check_method(method, segmentation=cap.logits.ndim == 4)
+    if layer is None:
+        if len(cap.layers) != 1:
+            raise ValueError(f"the capture holds layers {cap.layers}: say which one with layer=")
+        layer = cap.layers[0]
+    if layer not in cap.activations:
+        raise KeyError(f"layer {layer!r} was not captured; this capture holds {cap.layers}")
+    a = cap.activations[layer]
+    if method == "eigencam":
+        cam = eigencam(a)
+    elif method == "scorecam":
+        cam = torch.einsum("nc,nchw->nhw", scorecam_weights(cap, layer, chunk).to(a.dtype), a)
+    else:
+        if layer not in cap.gradients:
+            raise ValueError(f"{method} needs gradients, but this capture has none: capture with gradients=True")
+        cam = GRADIENT_METHODS[method](a, cap.gradients[layer])
+    return cam.clamp(min=0) if relu else cam
+
+
+def finish(cam: torch.Tensor, size: tuple[int, int] | None = None, normalize: bool = True) -> torch.Tensor:
+    """Bilinear upsampling of N×h×w maps to `size` (if given), then per-map min-max scaling to [0, 1]."""
+    if size is not None and tuple(cam.shape[-2:]) != tuple(size):
+        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if normalize:
+        lo = cam.amin((1, 2), keepdim=True)
+        span = cam.amax((1, 2), keepdim=True) - lo
+        cam = torch.where(span > 0, (cam - lo) / span.clamp(min=torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    return cam
