@@ -203,13 +203,14 @@ def load_medmnist(path, split: str = "train") -> ImageSet:
         raise FileNotFoundError(f"{path} does not exist; download the MedMNIST .npz file and give its path")
     try:
         with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            if f"{split}_images" not in keys or f"{split}_labels" not in keys:
-                raise ValueError(f"{path} has no {split}_images / {split}_labels arrays (it has "
-                                 f"{sorted(keys)}); is it a MedMNIST file?")
-            images, labels = z[f"{split}_images"], z[f"{split}_labels"]
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{path} is not a readable .npz file: {err}") from err
+            arrays = {k: z[k] for k in (f"{split}_images", f"{split}_labels") if k in z.files}
+            keys = sorted(z.files)
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err}); is it a MedMNIST file?") from None
+    if len(arrays) != 2:
+        raise ValueError(f"{path} has no {split}_images / {split}_labels arrays (it has {keys}); "
+                         "is it a MedMNIST file?")
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError(f"{path} has multi-label targets {labels.shape}; xcam-viz explains "
                          "single-label classifiers: pick one column")

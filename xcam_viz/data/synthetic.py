@@ -126,7 +126,7 @@ def _render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     wobble = np.cos(_HARMONICS[None, :, None, None] * theta[:, None] + p["phase"][..., None, None])
     border = p["radius"][:, None, None] * (1 + (p["amp"][..., None, None] * wobble).sum(1))
     softness = np.float32(1.5 / size)
-    alpha = 1 / (1 + np.exp((dist - border) / softness))
+    alpha = 1 / (1 + np.exp(np.clip((dist - border) / softness, -30, 30)))
     mask = dist < border
 
     skin = p["skin"][..., None, None] * (1 + 0.04 * fields[:, None, 0])

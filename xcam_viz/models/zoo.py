@@ -130,7 +130,11 @@ def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, *
     if weights is not None:
         state = torch.load(Path(weights), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise ValueError(f"weights file {weights} does not fit {name} with {num_classes} classes and "
+                             f"{in_channels} channels: {str(err).splitlines()[-1].strip()}") from None
         missing = [k for k in missing if not k.startswith("input_norm.")]
         if missing or unexpected:
             raise ValueError(f"weights file {weights} does not fit {name}: missing {missing[:5]}, "
