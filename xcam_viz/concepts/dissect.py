@@ -1,0 +1,142 @@
+"""Unit dissection (network-dissection style, after Lu & Perer 2022).
+
+Each unit (channel) of a layer gets a threshold: the `quantile` of its activations over every
+pixel of every image, found in one streaming pass that keeps only each unit's top values (exact,
+bounded by (1 - quantile) of the data). A unit's mask on an image is its activation, upsampled to
+the input, above that threshold. A region the user paints is matched against every unit's mask
+by IoU; naming it labels every unit whose IoU passes a threshold.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSet
+from ..explain import capture
+from .labels import LabelStore
+
+
+class StreamingQuantile:
+    """Exact per-unit quantile ("linear" interpolation, as torch.quantile) of a known number of values.
+
+    Only the top `total - floor(q·(total-1))` values per unit are kept while batches stream in.
+    """
+
+    def __init__(self, units: int, total: int, q: float):
+        if not 0 < q < 1:
+            raise ValueError(f"quantile must lie strictly between 0 and 1, got {q}")
+        self.total, self.q = total, q
+        self.position = q * (total - 1)
+        self.keep = total - math.floor(self.position)
+        self.top = torch.empty(units, 0)
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add values (units × n)."""
+        merged = torch.cat([self.top, values.float().cpu()], 1)
+        self.top = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+
+    def result(self) -> torch.Tensor:
+        ordered = self.top.sort(1, descending=True).values      # rank r from the top = index total-1-r
+        lo_rank = self.total - 1 - math.floor(self.position)
+        hi_rank = self.total - 1 - math.ceil(self.position)
+        frac = self.position - math.floor(self.position)
+        return ordered[:, lo_rank] + frac * (ordered[:, hi_rank] - ordered[:, lo_rank])
+
+
+class Units:
+    """The dissected units of one layer: thresholds, top images, ROI matching and labelling."""
+
+    def __init__(self, model: nn.Module, data: ImageSet, layer: str, thresholds: torch.Tensor,
+                 peak: torch.Tensor, mean: torch.Tensor, quantile: float, labels: LabelStore | None):
+        self.model, self.data, self.layer, self.quantile = model, data, layer, quantile
+        self.thresholds = thresholds            # (units,)
+        self.peak = peak                        # (images, units): max activation per image
+        self.mean = mean                        # (images, units): mean activation per image
+        self.labels = labels if labels is not None else LabelStore(":memory:")
+
+    def __len__(self) -> int:
+        return len(self.thresholds)
+
+    def activations(self, sample_id: str) -> torch.Tensor:
+        """The layer's activations for one image, upsampled to the input size (units × H × W)."""
+        x = self.data.images[self.data.index_of(sample_id)][None]
+        act = capture(self.model, x, self.layer, gradients=False).activations[self.layer]
+        return nn.functional.interpolate(act, size=x.shape[-2:], mode="bilinear", align_corners=False)[0].cpu()
+
+    def masks(self, sample_id: str) -> torch.Tensor:
+        """Every unit's mask on one image (units × H × W bool)."""
+        return self.activations(sample_id) > self.thresholds.view(-1, 1, 1)
+
+    def top_images(self, unit: int, k: int = 8) -> list[str]:
+        """Ids of the k images on which the unit fires most strongly."""
+        order = self.peak[:, unit].argsort(descending=True)[:k]
+        return [self.data.ids[i] for i in order.tolist()]
+
+    def match(self, sample_id: str, roi) -> xr.DataArray:
+        """IoU of the ROI (H×W bool) with every unit's mask on the image, units ranked best first."""
+        roi = _check_roi(roi, tuple(self.data.images.shape[-2:]))
+        masks = self.masks(sample_id)
+        inter = (masks & roi).flatten(1).sum(1).float()
+        union = (masks | roi).flatten(1).sum(1).float()
+        iou = inter / union.clamp(min=1)
+        order = iou.argsort(descending=True, stable=True)
+        return xr.DataArray(iou[order].numpy(), dims="unit", coords={"unit": order.numpy()}, name="iou",
+                            attrs={"layer": self.layer, "sample": sample_id})
+
+    def label(self, sample_id: str, roi, name: str, threshold: float = 0.2, author: str = "") -> list[int]:
+        """Label every unit whose IoU with the ROI passes `threshold` and beats the IoU of its current label."""
+        if not name or not name.strip():
+            raise ValueError("give the concept a non-empty name")
+        ious = self.match(sample_id, roi)
+        current = self.labels.current(self.layer)
+        chosen = [int(u) for u, v in zip(ious.unit.values, ious.values)
+                  if v > threshold and v > current.get(int(u), ("", -1.0))[1]]
+        self.labels.add(self.layer, {u: float(ious.sel(unit=u)) for u in chosen}, name.strip(), sample_id, author)
+        return chosen
+
+    def concept_table(self, sample_id: str) -> xr.Dataset:
+        """Per label active on one image: number of units, their mean activation and mean IoU at labelling."""
+        current = self.labels.current(self.layer)
+        act = self.mean[self.data.index_of(sample_id)]
+        names = sorted({name for name, _ in current.values()})
+        units = {n: [u for u, (m, _) in current.items() if m == n] for n in names}
+        return xr.Dataset({
+            "units": ("concept", [len(units[n]) for n in names]),
+            "mean_activation": ("concept", [float(act[units[n]].mean()) for n in names]),
+            "mean_iou": ("concept", [float(np.mean([current[u][1] for u in units[n]])) for n in names]),
+        }, coords={"concept": names}, attrs={"layer": self.layer, "sample": sample_id})
+
+
+def _check_roi(roi, shape: tuple[int, int]) -> torch.Tensor:
+    roi = torch.as_tensor(np.asarray(roi))
+    if tuple(roi.shape) != shape:
+        raise ValueError(f"the ROI must be an H×W mask of the image size {shape}, got {tuple(roi.shape)}")
+    roi = roi.bool()
+    if not roi.any():
+        raise ValueError("the ROI is empty: paint a region first")
+    return roi
+
+
+def dissect(model: nn.Module, data: ImageSet, layer: str, quantile: float = 0.99, batch_size: int = 64,
+            labels: LabelStore | str | None = None, progress: bool = True) -> Units:
+    """Dissect `layer`: per-unit quantile thresholds over `data` in one streaming pass, and per-image stats.
+
+    labels: a LabelStore or a path for one (e.g. beside the feedback store) to persist concept labels.
+    """
+    n = len(data)
+    stream = None
+    peaks, means = [], []
+    for batch in tqdm(data.images.split(batch_size), desc=f"dissect {layer}", disable=not progress):
+        act = capture(model, batch, layer, gradients=False).activations[layer].cpu()
+        if stream is None:
+            stream = StreamingQuantile(act.shape[1], n * act.shape[2] * act.shape[3], quantile)
+        stream.update(act.transpose(0, 1).flatten(1))
+        peaks.append(act.flatten(2).amax(2))
+        means.append(act.flatten(2).mean(2))
+    store = LabelStore(labels) if isinstance(labels, str) or hasattr(labels, "__fspath__") else labels
+    return Units(model, data, layer, stream.result(), torch.cat(peaks), torch.cat(means), quantile, store)
