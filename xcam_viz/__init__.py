@@ -1,28 +1,26 @@
 """xcam-viz: see why an image CNN decides what it decides, correct it, fine-tune it.
 
-Top-level names are loaded on first use, so `import xcam_viz` stays quick and the core never
-pulls in the dashboard's libraries.
+The core is imported here; the dashboard (Panel, HoloViews, Bokeh) only on first use of
+`xv.Dashboard`, so scripts and batch jobs never load it. Function names that share a
+sub-package's name (`explain`, `evidence`, `finetune`, `report`) are bound after their
+sub-package is imported, so `xv.explain(...)` is always the function.
 """
 from importlib import import_module
 
+from . import concepts, data, demo, metrics, models  # noqa: F401
+from .evidence import evidence
+from .explain import explain
+from .report import report
+
 __version__ = "0.1.0"
 
-# public name -> "module:attribute" (attribute empty for a module)
 _LAZY = {
-    "data": "xcam_viz.data:",
-    "models": "xcam_viz.models:",
-    "demo": "xcam_viz.demo:",
-    "explain": "xcam_viz.explain:explain",
-    "evidence": "xcam_viz.evidence:evidence",
-    "metrics": "xcam_viz.metrics:",
     "feedback": "xcam_viz.feedback:",
     "FeedbackStore": "xcam_viz.feedback:FeedbackStore",
     "finetune": "xcam_viz.finetune:finetune",
-    "concepts": "xcam_viz.concepts:",
-    "report": "xcam_viz.report:report",
     "Dashboard": "xcam_viz.dashboard:Dashboard",
 }
-__all__ = sorted(_LAZY)
+__all__ = sorted(["concepts", "data", "demo", "evidence", "explain", "metrics", "models", "report", *_LAZY])
 
 
 def __getattr__(name: str):

@@ -1,0 +1,184 @@
+"""Explanation reports: what the model does on chosen images and on whole data sets, in numbers.
+
+A report is two xarray Datasets: `images` (per chosen image: prediction, CAMs per method and
+layer, evidence, faithfulness metrics, active concepts, feedback) and `overview` (accuracy and
+confusion by split, class-mean CAMs, the shortcut indicator, concept dictionary, fine-tuning
+history). Each report carries a version; building one from a `previous` report lists what is
+new (concept labels, model weights, feedback), so reports grow finer with every interaction.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from torch import nn
+
+from .. import metrics
+from ..data import ImageSet
+from ..evidence import evidence as evidence_map
+from ..explain import explain
+from ..models import fingerprint, predict
+
+
+class Report:
+    """The numbers of one report version; `save` writes HTML (interactive, offline) or netCDF."""
+
+    def __init__(self, images: xr.Dataset, overview: xr.Dataset, version: int, changes: list[str]):
+        self.images, self.overview, self.version, self.changes = images, overview, version, changes
+
+    def __repr__(self) -> str:
+        return (f"Report v{self.version}: {self.images.sizes.get('sample', 0)} images, splits "
+                f"{list(self.overview.split.values)}, {self.overview.sizes.get('concept', 0)} concepts")
+
+    def save(self, path) -> Path:
+        """Write `*.html` (one self-contained page) or `*.nc` (netCDF with groups images / overview)."""
+        path = Path(path)
+        if path.suffix == ".html":
+            from .html import write_html
+            return write_html(self, path)
+        if path.suffix == ".nc":
+            path.unlink(missing_ok=True)
+            meta = {"version": self.version, "changes": "\n".join(self.changes)}
+            self.images.assign_attrs(meta).to_netcdf(path, group="images", mode="w")
+            self.overview.to_netcdf(path, group="overview", mode="a")
+            return path
+        raise ValueError(f"save to a .html or .nc path, got {path.name!r}")
+
+
+def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hirescam"), layers=("block3",),
+           evidence: str | None = "efficient", splits: dict[str, ImageSet] | None = None, feedback=None,
+           units=None, history: xr.Dataset | None = None, previous: Report | None = None) -> Report:
+    """Build a report of `model` on `data`.
+
+    samples: how many images (the first n) or a list of sample ids to explain in detail.
+    splits: named data sets for accuracy / confusion / shortcut (default {"data": data}).
+    feedback: a FeedbackStore (annotations per image; user-marked relevant regions for the shortcut
+        indicator). units: a dissected `xcam_viz.concepts.Units` (its labels make the concept
+        dictionary). history: a fine-tuning history Dataset. previous: the report this one refines.
+    """
+    ids = data.ids[:samples] if isinstance(samples, int) else [str(s) for s in samples]
+    chosen = data.subset([data.index_of(s) for s in ids])
+    splits = splits or {"data": data}
+    images = _image_section(model, chosen, list(methods), list(layers), evidence, feedback, units)
+    overview = _overview(model, splits, methods[0], layers[0], feedback, units, history)
+    overview.attrs.update(model_fingerprint=fingerprint(model), created=time.time())
+    version, changes = _changes(previous, overview, feedback)
+    return Report(images, overview, version, changes)
+
+
+def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback, units) -> xr.Dataset:
+    pred = predict(model, chosen)
+    cams = xr.concat([xr.concat([explain(model, chosen, method=m, layer=l).drop_vars(
+        ["target_class", "target_name"], errors="ignore") for l in layers], dim=xr.Variable("layer", layers))
+        for m in methods], dim=xr.Variable("method", methods))
+    ds = xr.Dataset({
+        "image": (("sample", "channel", "y", "x"), chosen.images.numpy()),
+        "label": ("sample", chosen.labels.numpy()),
+        "predicted": ("sample", pred.predicted.values),
+        "confidence": ("sample", pred.confidence.values),
+        "cam": cams.transpose("sample", "method", "layer", "y", "x").variable,
+    }, coords={"sample": chosen.ids, "method": methods, "layer": layers,
+               "y": np.arange(chosen.images.shape[2]), "x": np.arange(chosen.images.shape[3])},
+        attrs={"class_names": list(chosen.class_names)})
+    per_map = lambda score: (("method", "layer", "sample"), np.stack(  # noqa: E731
+        [[score(cams.sel({"method": m, "layer": l})).values for l in layers] for m in methods]))
+    if chosen.masks is not None:
+        ds["mask"] = (("sample", "y", "x"), chosen.masks.numpy())
+        ds["pointing_game"] = per_map(lambda c: metrics.pointing_game(c, chosen))
+        ds["energy_pointing_game"] = per_map(lambda c: metrics.energy_pointing_game(c, chosen))
+    ds["deletion_auc"] = per_map(lambda c: metrics.deletion_auc(model, chosen, c))
+    ds["insertion_auc"] = per_map(lambda c: metrics.insertion_auc(model, chosen, c))
+    if evidence:
+        ev = evidence_map(model, chosen, method=evidence, progress=False)
+        ds["evidence"] = (("sample", "y", "x"), ev.values)
+        ds.attrs["evidence_method"] = evidence
+    if feedback is not None:
+        notes = [feedback.annotations(s) for s in chosen.ids]
+        ds["feedback_count"] = ("sample", [len(a) for a in notes])
+        ds["feedback_kinds"] = ("sample", [", ".join(sorted({k for a in n for k in ("relevant", "irrelevant", "label")
+                                                             if getattr(a, k, None) is not None})) for n in notes])
+    if units is not None:
+        tables = [units.concept_table(s) for s in chosen.ids]
+        concepts = sorted({c for t in tables for c in t.concept.values.tolist()})
+        for var in ("units", "mean_activation", "mean_iou"):
+            ds[f"concept_{var}"] = (("sample", "concept"), np.array(
+                [[float(t[var].sel(concept=c)) if c in t.concept.values else np.nan for c in concepts]
+                 for t in tables]).reshape(len(tables), len(concepts)))
+        ds = ds.assign_coords(concept=concepts)
+        ds.attrs["concept_layer"] = units.layer
+    return ds
+
+
+def _overview(model, splits: dict[str, ImageSet], method: str, layer: str, feedback, units, history) -> xr.Dataset:
+    names = list(splits)
+    first = next(iter(splits.values()))
+    k = len(first.class_names)
+    acc, confusion, class_cams, outside = [], [], [], []
+    for ds in splits.values():
+        pred = predict(model, ds)
+        acc.append(float(pred.correct.mean()))
+        confusion.append(np.bincount(ds.labels.numpy() * k + pred.predicted.values, minlength=k * k).reshape(k, k))
+        cams = explain(model, ds, method=method, layer=layer)
+        class_cams.append(np.stack([cams.values[ds.labels.numpy() == c].mean(0) if (ds.labels == c).any()
+                                    else np.full(cams.shape[1:], np.nan) for c in range(k)]))
+        outside.append(_shortcut_indicator(cams.values, ds, feedback, k))
+    out = xr.Dataset({
+        "accuracy": ("split", acc),
+        "confusion": (("split", "true", "predicted_class"), np.stack(confusion)),
+        "class_mean_cam": (("split", "class", "y", "x"), np.stack(class_cams)),
+        "cam_mass_outside_relevant": (("split", "class"), np.stack(outside)),
+    }, coords={"split": names, "class": first.class_names, "true": first.class_names,
+               "predicted_class": first.class_names},
+        attrs={"cam_method": method, "cam_layer": layer})
+    if units is not None:
+        current = units.labels.current(units.layer)
+        concepts = sorted({n for n, _ in current.values()})
+        out = out.assign_coords(concept=concepts)
+        out["concept_units"] = ("concept", [", ".join(str(u) for u, (n, _) in sorted(current.items()) if n == c)
+                                            for c in concepts])
+        out["concept_unit_count"] = ("concept", [sum(n == c for n, _ in current.values()) for c in concepts])
+        out.attrs["label_events"] = len(units.labels.history().event)
+    if history is not None:
+        for var in history.data_vars:
+            out[f"history_{var}"] = history[var].rename({d: f"history_{d}" for d in history[var].dims})
+    return out
+
+
+def _shortcut_indicator(cams: np.ndarray, ds: ImageSet, feedback, k: int) -> np.ndarray:
+    """Per class, the mean share of CAM mass outside the relevant region (user-marked where given, else
+    the ground-truth mask); NaN for a class without any relevant region."""
+    relevant = ds.masks.numpy().copy() if ds.masks is not None else np.zeros(cams.shape, bool)
+    has = relevant.reshape(len(relevant), -1).any(1)
+    if feedback is not None:
+        for i, sid in enumerate(ds.ids):
+            marked = [a.relevant for a in feedback.annotations(sid) if getattr(a, "relevant", None) is not None]
+            if marked:
+                relevant[i] = np.any(np.stack([np.asarray(m, bool) for m in marked]), 0)
+                has[i] = True
+    mass = cams.reshape(len(cams), -1).sum(1)
+    share = np.where(mass > 0, (cams * ~relevant).reshape(len(cams), -1).sum(1) / np.maximum(mass, 1e-12), np.nan)
+    labels = ds.labels.numpy()
+    return np.array([np.nanmean(share[(labels == c) & has]) if ((labels == c) & has).any() else np.nan
+                     for c in range(k)])
+
+
+def _changes(previous: Report | None, overview: xr.Dataset, feedback) -> tuple[int, list[str]]:
+    feedback_count = len(feedback) if feedback is not None else 0
+    overview.attrs["feedback_count"] = feedback_count
+    if previous is None:
+        return 1, ["first report"]
+    old, changes = previous.overview, []
+    new_concepts = sorted(set(overview.coords.get("concept", xr.DataArray([])).values.tolist())
+                          - set(old.coords.get("concept", xr.DataArray([])).values.tolist()))
+    if new_concepts:
+        changes.append("new concepts: " + ", ".join(new_concepts))
+    if overview.attrs.get("label_events", 0) > old.attrs.get("label_events", 0):
+        changes.append(f"{overview.attrs['label_events'] - old.attrs.get('label_events', 0)} new unit labels")
+    if overview.attrs["model_fingerprint"] != old.attrs["model_fingerprint"]:
+        changes.append("model weights changed (fine-tuned or another version)")
+    if feedback_count > old.attrs.get("feedback_count", 0):
+        changes.append(f"{feedback_count - old.attrs.get('feedback_count', 0)} new annotations")
+    return previous.version + 1, changes or ["no change since the previous version"]
+
