@@ -11,12 +11,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .dashboard.app import serve
+    serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
+          show=args.show, websocket_origin=args.allow_websocket_origin)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="load (or train) the demo model and show what it learned")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+    serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
+    serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
+    serve.add_argument("--data", action="append", metavar="[NAME=]PATH",
+                       help="image folder, ISIC-style CSV or MedMNIST .npz; repeat for several splits")
+    serve.add_argument("--feedback", help="feedback database (SQLite); default: a demo store in the cache folder")
+    serve.add_argument("--port", type=int, default=5006)
+    serve.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    serve.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
+                       help="extra origins allowed to connect (needed with --address 0.0.0.0)")
+    serve.add_argument("--show", action="store_true", help="open a browser tab")
+    serve.set_defaults(run=_serve)
     return p
 
 

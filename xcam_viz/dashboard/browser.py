@@ -1,0 +1,194 @@
+"""The image browser: one montage image of a page of thumbnails, filters, sorting, click to select."""
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+
+from .raster import Grid, montage
+from .selection import Selection
+from .tasks import Runner, notify
+from .workbench import EVIDENCE, Workbench
+
+SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",
+         "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
+         "energy in lesion, high first": "-energy_pointing_game"}
+METRICS = ("pointing_game", "energy_pointing_game")
+
+
+class ImageBrowser(pn.viewable.Viewer):
+    """A paged grid of thumbnails (caption: prediction and confidence, green if correct, red if wrong,
+    a yellow dot if the image has feedback); clicking a thumbnail selects the image everywhere."""
+
+    true_class = param.Selector(objects={"any": -1}, default=-1, label="True class")
+    predicted_class = param.Selector(objects={"any": -1}, default=-1, label="Predicted class")
+    outcome = param.Selector(objects=["any", "correct", "wrong"], label="Outcome")
+    feedback = param.Selector(objects=["any", "with feedback", "without"], label="Feedback")
+    sort = param.Selector(objects=SORTS, default="id", label="Sort by")
+    page = param.Integer(default=0, bounds=(0, None))
+    ids = param.List(default=[], doc="the filtered, sorted sample ids")
+
+    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, grid: Grid = Grid(), **params):
+        self.workbench, self.selection, self.runner, self.grid = workbench, selection, runner, grid
+        super().__init__(**params)
+        classes = {"any": -1, **{n: i for i, n in enumerate(workbench.class_names())}}
+        self.param.true_class.objects = self.param.predicted_class.objects = classes
+        h, w = grid.size
+        self._pipe = hv.streams.Pipe(data=np.zeros((h, w, 3), np.uint8))
+        self._boxes = hv.streams.Pipe(data=[])
+        self._hover = hv.streams.Pipe(data={"x": [], "y": [], "id": [], "label": [], "predicted": [],
+                                            "confidence": [], "feedback": []})
+        self._scores: dict[tuple, dict[str, float]] = {}
+        rgb = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)), streams=[self._pipe])
+        self.tap = hv.streams.Tap(source=rgb, x=None, y=None)
+        self.tap.param.watch(self._on_tap, ["x", "y"])
+        boxes = hv.DynamicMap(lambda data: hv.Rectangles(data), streams=[self._boxes])
+        hover = hv.DynamicMap(lambda data: hv.Points(data, ["x", "y"], ["id", "label", "predicted",
+                                                                          "confidence", "feedback"]),
+                              streams=[self._hover])
+        self.plot = (rgb.opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h, toolbar=None,
+                              default_tools=[], border=0, margin=0)
+                     * boxes.opts(fill_alpha=0, line_color="#ffc400", line_width=3)
+                     * hover.opts(alpha=0, size=grid.tile // 2, tools=["hover"], marker="square",
+                                  nonselection_alpha=0, selection_alpha=0)
+                     ).opts(toolbar=None, default_tools=[])
+        self.pager = pn.pane.Markdown("", margin=(0, 10))
+        self._prev = pn.widgets.Button(name="◀", width=40, margin=(0, 5))
+        self._next = pn.widgets.Button(name="▶", width=40, margin=(0, 5))
+        self._prev.on_click(lambda _: self._turn(-1))
+        self._next.on_click(lambda _: self._turn(1))
+        size = {"width": 140, "margin": (2, 4)}
+        filters = pn.GridBox(pn.widgets.Select.from_param(selection.param.split, name="Split", **size),
+                             *[pn.widgets.Select.from_param(self.param[p], **size) for p in
+                               ("true_class", "predicted_class", "outcome", "feedback", "sort")], ncols=3)
+        self.layout = pn.Column(filters, pn.pane.HoloViews(self.plot, css_classes=["xv-montage"], margin=(5, 5),
+                                                  linked_axes=False),
+                                pn.Row(self._prev, self.pager, self._next), name="Images")
+        selection.param.watch(lambda _: self.refilter(), ["split", "version", "revision"])
+        selection.param.watch(lambda _: self._draw_highlight(), ["sample"])
+        self.refilter()
+
+    # --- filtering and paging ---------------------------------------------------------------------
+    def filtered(self) -> list[str]:
+        """Sample ids of the split passing the filters, in the chosen order."""
+        wb, sel = self.workbench, self.selection
+        pred = wb.predictions(sel.version, sel.split)
+        ids = np.asarray(pred.sample.values)
+        keep = np.ones(len(ids), bool)
+        if self.true_class >= 0:
+            keep &= pred.label.values == self.true_class
+        if self.predicted_class >= 0:
+            keep &= pred.predicted.values == self.predicted_class
+        if self.outcome != "any":
+            keep &= pred.correct.values == (self.outcome == "correct")
+        if self.feedback != "any":
+            marked = wb.feedback_ids(sel.split)
+            has = np.array([sid in marked for sid in ids])
+            keep &= has if self.feedback == "with feedback" else ~has
+        order = np.arange(len(ids))
+        key = self.sort.lstrip("-")
+        if key == "confidence":
+            order = np.argsort(pred.confidence.values, kind="stable")
+        elif key in METRICS:
+            scores = self._scores[self._metric_key()][key]
+            order = np.argsort([scores[s] for s in ids], kind="stable")
+        if self.sort.startswith("-"):
+            order = order[::-1]
+        return [str(ids[i]) for i in order if keep[i]]
+
+    def _metric_key(self) -> tuple:
+        sel = self.selection
+        method = "gradcam" if sel.method in EVIDENCE else sel.method
+        return sel.version, sel.split, method, sel.layer
+
+    def metric_scores(self, key: tuple) -> dict[str, dict[str, float]]:
+        """Per metric (pointing game, energy in lesion), the score of every image of a (version, split,
+        method, layer)."""
+        from .. import metrics
+
+        version, split, method, layer = key
+        data = self.workbench.splits[split]
+        cams = self.workbench.explain_split(version, split, method, layer)
+        return {name: dict(zip(data.ids, getattr(metrics, name)(cams, data).values)) for name in METRICS}
+
+    @param.depends("true_class", "predicted_class", "outcome", "feedback", "sort", watch=True)
+    def refilter(self) -> None:
+        """Apply filters and sorting (computing the sort metric in the background first if needed)."""
+        key = self._metric_key()
+        if self.sort.lstrip("-") in METRICS and key not in self._scores:
+            if self.workbench.splits[key[1]].masks is None:
+                notify("sorting by a localisation metric needs ground-truth masks; this split has none")
+                self.sort = "id"
+                return
+            self.pager.object = f"computing the scores of every image ({key[2]} · {key[3]})…"
+            self.runner.submit("metric", lambda: self.metric_scores(key),
+                               lambda scores: (self._scores.__setitem__(key, scores), self.refilter()))
+            return
+        self.ids = self.filtered()
+        self.page = 0
+        self.draw()
+
+    @property
+    def pages(self) -> int:
+        per = self.grid.cols * self.grid.rows
+        return max(1, -(-len(self.ids) // per))
+
+    def page_ids(self) -> list[str]:
+        per = self.grid.cols * self.grid.rows
+        return self.ids[self.page * per:(self.page + 1) * per]
+
+    def _turn(self, step: int) -> None:
+        self.page = int(np.clip(self.page + step, 0, self.pages - 1))
+        self.draw()
+
+    def show(self, sample: str) -> None:
+        """Turn to the page holding `sample` (if it passes the filters)."""
+        if sample in self.ids:
+            self.page = self.ids.index(sample) // (self.grid.cols * self.grid.rows)
+            self.draw()
+
+    # --- drawing and clicking ---------------------------------------------------------------------
+    def draw(self) -> None:
+        """Render the current page into the montage and the hover points."""
+        wb, sel = self.workbench, self.selection
+        ids = self.page_ids()
+        pred = wb.predictions(sel.version, sel.split).sel(sample=ids) if ids else None
+        marked = wb.feedback_ids(sel.split)
+        names = wb.class_names(sel.split)
+        images = [wb.image(sel.split, s) for s in ids]
+        captions, correct = [], []
+        if ids:
+            predicted, conf = pred.predicted.values, pred.confidence.values
+            captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
+            correct = list(pred.correct.values)
+        self._pipe.send(montage(images, captions, correct, [s in marked for s in ids], self.grid))
+        centres = [self.grid.centre(i) for i in range(len(ids))]
+        self._hover.send({"x": [c[0] for c in centres], "y": [c[1] for c in centres], "id": ids,
+                          "label": [names[v] for v in pred.label.values] if ids else [],
+                          "predicted": [names[v] for v in pred.predicted.values] if ids else [],
+                          "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
+                          "feedback": ["yes" if s in marked else "no" for s in ids]})
+        self.pager.object = (f"page {self.page + 1} of {self.pages} · {len(self.ids)} of "
+                             f"{len(wb.splits[sel.split])} images")
+        self._draw_highlight()
+
+    def _draw_highlight(self) -> None:
+        ids = self.page_ids()
+        sample = self.selection.sample
+        self._boxes.send([self.grid.box(ids.index(sample))] if sample in ids else [])
+
+    def _on_tap(self, _event) -> None:
+        if self.tap.x is None or self.tap.y is None:
+            return
+        self.click(self.tap.x, self.tap.y)
+
+    def click(self, x: float, y: float) -> None:
+        """Select the image under montage point (x, y)."""
+        i = self.grid.tile_at(x, y)
+        ids = self.page_ids()
+        if i is not None and i < len(ids):
+            self.selection.sample = ids[i]
+
+    def __panel__(self):
+        return self.layout

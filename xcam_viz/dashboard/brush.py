@@ -1,0 +1,168 @@
+"""Brush feedback: paint where the model should look (relevant) and what it must ignore (irrelevant).
+
+Strokes come from a FreehandDraw stream (Bokeh syncs a stroke when the mouse is released), get the
+brush kind and width current at that moment, and are rasterised to masks aligned with the image's
+pixels; Save writes the masks to the shared feedback store.
+"""
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+
+from .raster import Stroke, mask_layer, strokes_to_masks
+from .selection import Selection
+from .tasks import notify
+from .workbench import Workbench
+
+
+class BrushFeedback(pn.viewable.Viewer):
+    """Paint, erase, undo, clear and save feedback for the selected image; saved feedback is shown."""
+
+    mode = param.Selector(objects=["relevant", "irrelevant", "erase"], default="relevant", label="Brush")
+    width = param.Number(default=4, bounds=(1, 32), step=1, label="Brush width (image pixels)")
+    label = param.Selector(objects={"(no correction)": -1}, default=-1, label="Corrected class (optional)")
+    author = param.String(default="analyst", label="Author")
+    strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")
+
+    def __init__(self, workbench: Workbench, selection: Selection, plot_width: int = 400, **params):
+        self.workbench, self.selection = workbench, selection
+        super().__init__(**params)
+        self.class_names = workbench.class_names()
+        self.param.label.objects = {"(no correction)": -1, **{n: i for i, n in enumerate(self.class_names)}}
+        self.shape = h, w = tuple(workbench.input_shape[1:])
+        empty = np.zeros((h, w, 4), np.float32)
+        self._image = hv.streams.Pipe(data=np.zeros((h, w, 3), np.float32))
+        self._saved = hv.streams.Pipe(data=empty)
+        self._pending = hv.streams.Pipe(data=empty)
+        self._paths = hv.streams.Pipe(data=[])
+        rgb = lambda data: hv.RGB(data, bounds=(0, 0, w, h))  # noqa: E731
+        rgba = lambda data: hv.RGB(data, bounds=(0, 0, w, h), vdims=list("RGBA"))  # noqa: E731
+        paths = hv.DynamicMap(lambda data: hv.Path(data), streams=[self._paths])
+        self.draw = hv.streams.FreehandDraw(source=paths, num_objects=0)
+        self.draw.param.watch(lambda e: self.receive(e.new), "data")
+        height = int(plot_width * h / w)
+        self.plot = (hv.DynamicMap(rgb, streams=[self._image]).opts(frame_width=plot_width, frame_height=height,
+                                                                      xaxis=None, yaxis=None)
+                     * hv.DynamicMap(rgba, streams=[self._saved])
+                     * hv.DynamicMap(rgba, streams=[self._pending])
+                     * paths.opts(color="white", line_width=2, alpha=0.9, active_tools=["freehand_draw"]))
+        self.summary = pn.pane.Markdown("", margin=(0, 10))
+        buttons = [pn.widgets.Button(name=name, button_type=kind, width=90, margin=(5, 4))
+                   for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
+        for button, action in zip(buttons, (self.undo, self.clear, self.save)):
+            button.on_click(lambda _, act=action: act())
+        self.save_button = buttons[2]
+        controls = pn.Column(
+            pn.widgets.RadioButtonGroup.from_param(self.param.mode, button_type="light", width=280),
+            pn.widgets.IntSlider.from_param(self.param.width, width=280),
+            pn.widgets.Select.from_param(self.param.label, width=280),
+            pn.widgets.TextInput.from_param(self.param.author, width=280),
+            pn.Row(*buttons), self.summary, width=300)
+        self.layout = pn.Row(pn.pane.HoloViews(self.plot, css_classes=["xv-brush"], margin=(5, 5), linked_axes=False), controls,
+                             name="Feedback")
+        selection.param.watch(lambda _: self.load(), ["split", "sample", "revision"])
+        self.load()
+
+    # --- strokes ----------------------------------------------------------------------------------
+    def receive(self, data: dict) -> None:
+        """Take the strokes Bokeh holds (index i is our stroke i); new ones get the current brush."""
+        xs, ys = data.get("xs", []), data.get("ys", [])
+        strokes = list(self.strokes[:len(xs)])
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if i < len(strokes):
+                strokes[i].xs, strokes[i].ys = list(x), list(y)
+            else:
+                strokes.append(Stroke(list(x), list(y), self.mode, float(self.width)))
+        self.strokes = strokes
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(relevant, irrelevant) bool masks (H×W, row 0 at the top) painted by the pending strokes."""
+        return strokes_to_masks(self.strokes, self.shape)
+
+    @param.depends("strokes", watch=True)
+    def _show_pending(self) -> None:
+        relevant, irrelevant = self.masks()
+        self._pending.send(mask_layer(relevant, irrelevant, alpha=0.55))
+        if self.workbench.is_segmenter(self.selection.version):
+            self.selection.painted = relevant
+        self._describe()
+
+    def _reset_paths(self) -> None:
+        self._paths.send([np.column_stack([s.xs, s.ys]) for s in self.strokes])
+
+    def undo(self) -> None:
+        """Remove the last pending stroke; with none pending, the last saved annotation of the image."""
+        if self.strokes:
+            self.strokes = self.strokes[:-1]
+            self._reset_paths()
+        elif self.workbench.feedback.annotations(self.selection.sample):
+            self.workbench.feedback.undo(self.selection.sample)
+            self.selection.revision += 1
+        else:
+            notify("nothing to undo for this image", "info", 2500)
+
+    def clear(self) -> None:
+        """Drop every pending stroke."""
+        self.strokes = []
+        self._reset_paths()
+
+    def save(self) -> None:
+        """Write the pending masks to the feedback store as one annotation of the selected image."""
+        relevant, irrelevant = self.masks()
+        label = None if self.label < 0 else self.label
+        if not relevant.any() and not irrelevant.any() and label is None:
+            notify("paint a relevant or irrelevant region (or pick a corrected class) before saving", "warning", 3000)
+            return
+        sample = self.selection.sample
+        self.workbench.feedback.add(sample, relevant=relevant if relevant.any() else None,
+                                    irrelevant=irrelevant if irrelevant.any() else None, label=label,
+                                    author=self.author or "analyst", model_version=self.selection.version)
+        self.strokes = []
+        self._reset_paths()
+        self.selection.revision += 1
+        notify(f"feedback saved for {sample}", "success", 2500)
+
+    # --- the selected image -----------------------------------------------------------------------
+    def load(self) -> None:
+        """Show the selected image and its saved feedback; pending strokes of another image are dropped."""
+        sel = self.selection
+        key = (sel.split, sel.sample)
+        if getattr(self, "_key", None) != key:
+            if self.strokes:
+                notify("unsaved strokes were discarded", "info", 2500)
+            self._key = key
+            self._image.send(self.workbench.image(sel.split, sel.sample))
+            self.clear()
+        relevant, irrelevant = self.saved_masks()
+        self._saved.send(mask_layer(relevant, irrelevant, alpha=0.3))
+        self._describe()
+
+    def saved_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Union of the relevant and of the irrelevant masks saved for the selected image."""
+        relevant, irrelevant = np.zeros(self.shape, bool), np.zeros(self.shape, bool)
+        for a in self.workbench.feedback.annotations(self.selection.sample):
+            if a.relevant is not None:
+                relevant |= np.asarray(a.relevant, bool)
+            if a.irrelevant is not None:
+                irrelevant |= np.asarray(a.irrelevant, bool)
+        return relevant, irrelevant
+
+    def _describe(self) -> None:
+        saved = self.workbench.feedback.annotations(self.selection.sample)
+        relevant, irrelevant = self.masks()
+        lines = [f"**Pending:** {len(self.strokes)} strokes · {int(relevant.sum())} px relevant · "
+                 f"{int(irrelevant.sum())} px irrelevant",
+                 f"**Saved for this image:** {len(saved)} annotation{'s' * (len(saved) != 1)}"]
+        lines += [f"- {a.author}: {_px(a.relevant)} px relevant, {_px(a.irrelevant)} px irrelevant"
+                  + ("" if a.label is None else f" · class *{self.class_names[a.label]}*") for a in saved[-5:]]
+        lines.append("Green: relevant · red: irrelevant (saved ones paler)")
+        self.summary.object = "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
+
+    def __panel__(self):
+        return self.layout
+
+
+def _px(mask) -> int:
+    return 0 if mask is None else int(np.asarray(mask).sum())

@@ -1,0 +1,231 @@
+"""The shared side of the dashboard: data splits, model versions, predictions, maps and feedback.
+
+One `Workbench` serves every browser session of a server: it holds the heavy read-only things and
+caches what the core computes (captures per image, layer and target; finished maps; predictions),
+so a method change reuses a capture and costs no model pass. Model passes are serialised by a lock
+(capture hooks live on the shared model). It imports no Panel: the dashboard's logic is testable
+without a browser.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from .. import models
+from ..data import ImageSet
+from .cache import LRUCache
+
+EVIDENCE = {"evidence": "efficient", "evidence-pda": "pda"}   # dashboard method -> xv.evidence method
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """What one overlay shows. target: "predicted" or a class index; region (segmenters):
+    "predicted", "all", a point (y, x) or a painted mask as ("mask", packed bits, shape)."""
+
+    version: str
+    split: str
+    sample: str
+    method: str
+    layer: str
+    target: str | int = "predicted"
+    region: Hashable = None
+
+
+@dataclass
+class MapResult:
+    """A map at input resolution (H×W float32; [0, 1], or signed bits for evidence) and its provenance."""
+
+    request: MapRequest
+    values: np.ndarray
+    signed: bool
+    target_class: int
+    seconds: float
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(self.values.tobytes()).hexdigest()[:12]
+
+
+def mask_region(mask: np.ndarray) -> tuple:
+    """A painted bool mask as a hashable region for a `MapRequest`."""
+    mask = np.asarray(mask, bool)
+    return ("mask", np.packbits(mask).tobytes(), mask.shape)
+
+
+def _region_value(region):
+    if isinstance(region, tuple) and region and region[0] == "mask":
+        _, bits, shape = region
+        return torch.from_numpy(np.unpackbits(np.frombuffer(bits, np.uint8))[:int(np.prod(shape))]
+                                .reshape(shape).astype(bool))
+    return region
+
+
+def default_feedback_path() -> Path:
+    """Where the demo keeps its feedback: $XCAM_VIZ_CACHE or ~/.cache/xcam-viz, demo-feedback.db."""
+    root = os.environ.get("XCAM_VIZ_CACHE") or Path.home() / ".cache" / "xcam-viz"
+    return Path(root) / "demo-feedback.db"
+
+
+class Workbench:
+    """Data splits, model versions and the feedback store shared by all sessions, with caches."""
+
+    def __init__(self, model: nn.Module, splits: dict[str, ImageSet] | ImageSet, feedback=None,
+                 capture_bytes: int = 512 * 2**20):
+        self.splits = dict(splits) if isinstance(splits, dict) else {"data": splits}
+        if not self.splits:
+            raise ValueError("give at least one data split")
+        if feedback is None or isinstance(feedback, (str, Path)):
+            from ..feedback import FeedbackStore
+
+            feedback = FeedbackStore(feedback or default_feedback_path())
+        self.feedback = feedback
+        self._versions: OrderedDict[str, nn.Module] = OrderedDict(v0=model.eval())
+        self.lock = threading.RLock()                       # one model pass at a time
+        self.captures = LRUCache(capture_bytes)
+        self.maps = LRUCache(64 * 2**20)
+        self._predictions: dict[tuple[str, str], xr.Dataset] = {}
+        self._layers: dict[str, list] = {}
+
+    @classmethod
+    def demo(cls, feedback=None) -> "Workbench":
+        """The embedded demo: the demo smallcnn, the test and flipped splits, a cached feedback store."""
+        from ..demo import demo_data, demo_model
+
+        return cls(demo_model(progress=False), {s: demo_data(s) for s in ("test", "flipped")}, feedback)
+
+    # --- model versions -------------------------------------------------------------------------
+    @property
+    def versions(self) -> list[str]:
+        return list(self._versions)
+
+    def model(self, version: str) -> nn.Module:
+        if version not in self._versions:
+            raise KeyError(f"unknown model version {version!r}; versions: {self.versions}")
+        return self._versions[version]
+
+    def add_version(self, name: str, model: nn.Module) -> str:
+        """Register a (fine-tuned) model under `name`; its maps and predictions are computed on demand."""
+        self._versions[name] = model.eval()
+        return name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(next(iter(self.splits.values())).images.shape[1:])
+
+    def layers(self, version: str) -> list[tuple[str, tuple[int, int, int]]]:
+        """The model's spatial layers with their output shapes (C, h, w)."""
+        if version not in self._layers:
+            with self.lock:
+                self._layers[version] = models.spatial_layers(self.model(version), self.input_shape)
+        return self._layers[version]
+
+    def is_segmenter(self, version: str = "v0") -> bool:
+        return self.predictions(version, next(iter(self.splits))).attrs.get("segmenter", False)
+
+    def methods(self, version: str = "v0") -> list[str]:
+        """CAM methods that fit the model (and evidence, for classifiers)."""
+        from ..explain import METHODS, SEGMENTATION_METHODS
+
+        if self.is_segmenter(version):
+            return [*SEGMENTATION_METHODS, "eigencam"]
+        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE)
+
+    def class_names(self, split: str | None = None) -> list[str]:
+        return list(self.splits[split or next(iter(self.splits))].class_names)
+
+    # --- data and predictions -------------------------------------------------------------------
+    def predictions(self, version: str, split: str) -> xr.Dataset:
+        """xv.models.predict of a split (probability, predicted, confidence, label, correct), cached."""
+        key = (version, split)
+        if key not in self._predictions:
+            data = self.splits[split]
+            with self.lock:
+                model = self.model(version)
+                out = models.predict(model, data)
+                with torch.no_grad():
+                    segmenter = model(data.images[:1]).ndim == 4
+            out.attrs["segmenter"] = segmenter
+            self._predictions[key] = out
+        return self._predictions[key]
+
+    def image(self, split: str, sample: str) -> np.ndarray:
+        """The sample's image as H×W×C float32 in [0, 1]."""
+        data = self.splits[split]
+        return data.images[data.index_of(sample)].permute(1, 2, 0).numpy()
+
+    def ground_truth(self, split: str, sample: str) -> np.ndarray | None:
+        data = self.splits[split]
+        return None if data.masks is None else data.masks[data.index_of(sample)].numpy()
+
+    def feedback_ids(self, split: str) -> set[str]:
+        """Ids of the split's samples that have saved feedback."""
+        return set(self.feedback.sample_ids()) & set(self.splits[split].ids)
+
+    # --- maps -----------------------------------------------------------------------------------
+    def resolve_target(self, request: MapRequest) -> int | str:
+        """The class a request explains: "predicted" becomes the predicted class of a classifier."""
+        if request.target != "predicted":
+            return int(request.target)
+        if self.is_segmenter(request.version):
+            return "predicted"
+        return int(self.predictions(request.version, request.split).predicted.sel(sample=request.sample))
+
+    def capture(self, request: MapRequest, target: int | str):
+        """The cached capture of (version, image, layer, target, region): one forward + gradient pass."""
+        from ..explain import capture
+
+        key = ("capture", request.version, request.split, request.sample, request.layer, target, request.region)
+
+        def compute():
+            data = self.splits[request.split]
+            x = data.images[data.index_of(request.sample)][None]
+            with self.lock:
+                return capture(self.model(request.version), x, [request.layer], target,
+                               _region_value(request.region))
+        return self.captures.get_or_compute(key, compute)
+
+    def saliency(self, request: MapRequest) -> MapResult:
+        """The map a request asks for, from the caches when possible."""
+        return self.maps.get_or_compute(request, lambda: self._compute(request))
+
+    def _compute(self, request: MapRequest) -> MapResult:
+        from ..explain import finish, weigh
+
+        start = time.perf_counter()
+        target = self.resolve_target(request)
+        data = self.splits[request.split]
+        if request.method in EVIDENCE:
+            from ..evidence import evidence
+
+            x = data.images[data.index_of(request.sample)][None]
+            with self.lock:
+                ev = evidence(self.model(request.version), x, method=EVIDENCE[request.method],
+                              target=target, data=data, progress=False)
+            return MapResult(request, ev.values[0].astype(np.float32), True, int(ev.target.values[0]),
+                             time.perf_counter() - start)
+        cap = self.capture(request, target)
+        with self.lock:                                   # Score-CAM runs the model
+            cam = weigh(cap, request.method, request.layer)
+        values = finish(cam, tuple(data.images.shape[-2:])).float()[0].numpy()
+        return MapResult(request, values, False, int(cap.target[0]), time.perf_counter() - start)
+
+    def explain_split(self, version: str, split: str, method: str, layer: str) -> xr.DataArray:
+        """CAMs of a whole split (for sorting by a metric), cached."""
+        from ..explain import explain
+
+        def compute():
+            with self.lock:
+                return explain(self.model(version), self.splits[split], method=method, layer=layer)
+        return self.maps.get_or_compute(("split", version, split, method, layer), compute)
