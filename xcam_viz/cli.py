@@ -1,4 +1,4 @@
-"""The `xcam-viz` command line: demo (and later serve, explain, finetune)."""
+"""The `xcam-viz` command line: demo, serve, explain, finetune."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,13 @@ import sys
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import summary
-    print(summary(progress=not args.quiet))
+    print(summary(progress=not args.quiet), flush=True)
+    if args.no_serve:
+        return 0
+    from .dashboard.app import serve
+    print(f"serving the demo dashboard at http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
+    serve(model=None, data=None, feedback=None, port=args.port, address=args.address, show=args.show,
+          websocket_origin=None)
     return 0
 
 
@@ -21,8 +27,12 @@ def _serve(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="load (or train) the demo model and show what it learned")
+    demo = sub.add_parser("demo", help="load (or train) the demo model, show what it learned, serve the dashboard")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--no-serve", action="store_true", help="only print what the demo model learned")
+    demo.add_argument("--port", type=int, default=5006)
+    demo.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    demo.add_argument("--show", action="store_true", help="open a browser tab")
     demo.set_defaults(run=_demo)
     serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
     serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
