@@ -1,0 +1,82 @@
+"""Feedback simulated from ground-truth masks, as an annotator with perfect or imperfect strokes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..data import ImageSet
+from .feedbackset import NO_LABEL, FeedbackSet
+
+KINDS = ("relevant", "irrelevant", "both")
+IMPERFECTIONS = ("dilate", "erode", "partial")
+
+
+def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: int = 0,
+             imperfection: dict | None = None, store=None, author: str = "simulated"):
+    """Feedback for a random `fraction` of the images of `ds`, drawn from its ground-truth masks.
+
+    Only samples with a non-empty lesion mask are chosen. relevant = the lesion mask ("look
+    here"); irrelevant = the `confounder` region where the sample has one, else everything but
+    the lesion ("not there"); both = the two. imperfection, e.g. {"dilate": 2} / {"erode": 1} /
+    {"partial": 0.5}: grow or shrink each mask by that many pixels, or keep only that share of
+    it (the part on one side of a random line). Returns a `FeedbackSet`, or, with `store=`,
+    writes one annotation per sample into that `FeedbackStore` and returns the store.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    imperfection = dict(imperfection or {})
+    unknown = set(imperfection) - set(IMPERFECTIONS)
+    if unknown:
+        raise ValueError(f"unknown imperfection {sorted(unknown)}; use {IMPERFECTIONS}")
+    if not 0 < imperfection.get("partial", 1) <= 1:
+        raise ValueError(f"imperfection partial must lie in (0, 1], got {imperfection['partial']}")
+    if ds.masks is None:
+        raise ValueError("the data set has no ground-truth masks to simulate feedback from; "
+                         "use a data set with masks (e.g. xv.data.synthetic_lesions)")
+    candidates = ds.masks.flatten(1).any(1).nonzero().flatten()
+    if len(candidates) == 0:
+        raise ValueError("every ground-truth mask of the data set is empty; nothing to simulate feedback from")
+    k = min(len(candidates), max(1, round(fraction * len(ds))))
+    rng = np.random.default_rng(seed)
+    chosen = candidates[torch.from_numpy(np.sort(rng.permutation(len(candidates))[:k]))]
+
+    lesion = ds.masks[chosen]
+    conf = ds.regions.get("confounder")
+    if conf is not None:
+        conf = conf[chosen]
+        irrelevant = torch.where(conf.flatten(1).any(1)[:, None, None], conf, ~lesion)
+    else:
+        irrelevant = ~lesion
+    want = {"relevant": kind in ("relevant", "both"), "irrelevant": kind in ("irrelevant", "both")}
+    masks = {"relevant": lesion, "irrelevant": irrelevant}
+    out = {name: torch.from_numpy(np.stack([_imperfect(m, imperfection, rng) for m in masks[name].numpy()]))
+           if want[name] else torch.zeros_like(lesion) for name in masks}
+    flags = {name: torch.full((k,), want[name], dtype=torch.bool) for name in masks}
+    fb = FeedbackSet([ds.ids[i] for i in chosen.tolist()], out["relevant"], out["irrelevant"],
+                     flags["relevant"], flags["irrelevant"], torch.full((k,), NO_LABEL, dtype=torch.long))
+    if store is None:
+        return fb
+    fb.write(store, author=author)
+    return store
+
+
+def _imperfect(mask: np.ndarray, imperfection: dict, rng: np.random.Generator) -> np.ndarray:
+    """One mask made imperfect as `simulate` describes; never returns an empty mask."""
+    out = mask
+    if imperfection.get("dilate"):
+        out = ndimage.binary_dilation(out, iterations=int(imperfection["dilate"]))
+    if imperfection.get("erode"):
+        eroded = ndimage.binary_erosion(out, iterations=int(imperfection["erode"]))
+        depth = ndimage.distance_transform_edt(out)
+        out = eroded if eroded.any() else depth == depth.max()   # too thin to erode: keep its core
+    if imperfection.get("partial", 1) < 1:
+        ys, xs = np.nonzero(out)
+        angle = rng.uniform(0, 2 * np.pi)
+        along = ys * np.sin(angle) + xs * np.cos(angle)
+        keep = along <= np.quantile(along, imperfection["partial"])
+        out = np.zeros_like(out)
+        out[ys[keep], xs[keep]] = True
+    return out
