@@ -120,8 +120,8 @@ def test_segmentation_matches_semantic_segmentation_target(method):
     torch.manual_seed(0)
     model = xv.models.build("unet", num_classes=3).eval()
     x = torch.rand(2, 3, 32, 32)
-    cap = capture(model, x, ["bottleneck", "dec2"], target=1, region="predicted")  # pgc wants execution order
+    cap = capture(model, x, ["bottleneck", "dec2"], region="predicted")  # pgc wants execution order
     assert cap.region.flatten(1).any(1).all()
-    targets = [SemanticSegmentationTarget(1, cap.region[i].numpy().astype(np.float32)) for i in range(len(x))]
+    targets = [SemanticSegmentationTarget(int(cap.target[i]), cap.region[i].numpy().astype(np.float32)) for i in range(len(x))]
     for layer, theirs in zip(cap.layers, lib_cams(method, model, cap.layers, x, targets)):
         assert_maps_close(weigh(cap, method, layer), theirs)
