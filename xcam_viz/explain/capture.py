@@ -103,6 +103,10 @@ def check_input(x, model: nn.Module) -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"input must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
                         "divide uint8 images by 255")
+    channels = getattr(model, "xcam_arch", {}).get("in_channels")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"the model takes {channels}-channel images, got {x.shape[1]} channels (shape "
+                         f"{tuple(x.shape)}): give images N×C×H×W with the channel count the model was built for")
     if not torch.isfinite(x).all():
         raise ValueError("input contains NaN or inf values: clean or drop those images first")
     p = next(model.parameters(), None)
