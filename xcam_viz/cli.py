@@ -24,6 +24,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .explain.batch import explain_dataset, load_data
+    from .models import load
+    from .demo import demo_model
+    model = demo_model(progress=not args.quiet) if args.model == "demo" else load(args.model)
+    target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    path = explain_dataset(model, load_data(args.data, args.split), args.out, methods=args.methods.split(","),
+                           layers=args.layers.split(","), target=target, batch_size=args.batch_size,
+                           progress=not args.quiet, overwrite=args.overwrite)
+    print(f"CAMs written to {path}", flush=True)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +58,18 @@ def parser() -> argparse.ArgumentParser:
                        help="extra origins allowed to connect (needed with --address 0.0.0.0)")
     serve.add_argument("--show", action="store_true", help="open a browser tab")
     serve.set_defaults(run=_serve)
+    explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
+    explain.add_argument("--data", required=True, help="'demo', an image folder, an ISIC-style CSV or a MedMNIST .npz")
+    explain.add_argument("--split", default="test", help="split of the demo / MedMNIST data (default: test)")
+    explain.add_argument("--model", required=True, help="checkpoint written by xv.models.save, or 'demo'")
+    explain.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,hirescam")
+    explain.add_argument("--layers", default="block3", help="comma-separated layer names, e.g. block3,block4")
+    explain.add_argument("--target", default="predicted", help="'predicted', 'label' or a class index")
+    explain.add_argument("--out", required=True, help="output path ending in .zarr or .nc")
+    explain.add_argument("--batch-size", type=int, default=32)
+    explain.add_argument("--overwrite", action="store_true", help="replace an output of a different run")
+    explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    explain.set_defaults(run=_explain)
     return p
 
 

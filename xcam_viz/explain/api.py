@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..models import fingerprint
-from .capture import Target, capture, check_input, layer_list
+from .capture import Target, capture, check_input, is_topk, layer_list
 from .methods import check_method, finish, needs_gradients, weigh
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -42,12 +42,19 @@ def as_images(data) -> tuple[torch.Tensor, list[str], list[str] | None]:
     return data, [str(i) for i in range(n)], None
 
 
+def per_batch(value, ndim: int, start: int, stop: int):
+    """value[start:stop] for a per-sample array (ndim 1: targets, 3: region masks); shared values as they are."""
+    if value is None or callable(value) or isinstance(value, (str, int)) or is_topk(value) or np.ndim(value) != ndim:
+        return value
+    return value[start:stop]
+
+
 def describe_target(target: Target) -> str:
     if callable(target):
         return f"callable {getattr(target, '__name__', type(target).__name__)}"
     if isinstance(target, (str, int)):
         return str(target)
-    if isinstance(target, tuple) and target and target[0] == "topk":
+    if is_topk(target):
         return f"top-{target[1]}"
     return "per-sample"
 
@@ -85,8 +92,9 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     size = tuple(images.shape[-2:])
     maps, targets, shapes, logits = [], [], {}, None
     for start in tqdm(range(0, len(images), batch_size), desc=f"explain {method}", disable=not progress):
-        caps = capture(model, images[start:start + batch_size], names, target, region,
-                       gradients=needs_gradients(method))
+        stop = start + batch_size
+        caps = capture(model, images[start:stop], names, per_batch(target, 1, start, stop),
+                       per_batch(region, 3, start, stop), gradients=needs_gradients(method))
         caps = caps if isinstance(caps, list) else [caps]
         logits = caps[0].logits
         per_rank = []
@@ -113,7 +121,7 @@ def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: lis
     h, w = maps.shape[-2:]
     grid = {"y": np.arange(h), "x": np.arange(w)} if upsample else {
         "y": (np.arange(h) + 0.5) * size[0] / h - 0.5, "x": (np.arange(w) + 0.5) * size[1] / w - 0.5}
-    topk = isinstance(target, tuple) and bool(target) and target[0] == "topk"
+    topk = is_topk(target)
     tdims = ("sample", "rank") if topk else ("sample",)
     if not topk:
         maps, targets = maps[:, :, 0], targets[:, 0]

@@ -132,6 +132,11 @@ def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 Target = int | str | tuple | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
+def is_topk(target) -> bool:
+    """Whether the target is ("topk", k)."""
+    return isinstance(target, tuple) and len(target) == 2 and target[0] == "topk"
+
+
 def resolve_targets(target: Target, logits: torch.Tensor) -> list[torch.Tensor | Callable]:
     """Target spec -> list of per-sample class index tensors (N,), one per rank, or [callable].
 
@@ -148,7 +153,7 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> list[torch.Tensor |
                              "sample, ('topk', k) or a callable(logits) -> scores")
         pred = logits.argmax(1)
         return [pred if logits.ndim == 2 else pred.flatten(1).mode(1).values]
-    if isinstance(target, tuple) and len(target) == 2 and target[0] == "topk":
+    if is_topk(target):
         top = int(target[1])
         if logits.ndim != 2 or not 1 <= top <= k:
             raise ValueError(f"('topk', {target[1]}) needs a classifier and 1 <= k <= {k} (number of classes)")
@@ -262,4 +267,4 @@ def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], targ
         idx = torch.full((len(x),), -1, dtype=torch.long, device=x.device) if callable(t) else t
         captures.append(Capture(names, activations, grads, logits.detach(), idx, reg, x, model,
                                 t if callable(t) else None))
-    return captures if isinstance(target, tuple) and target and target[0] == "topk" else captures[0]
+    return captures if is_topk(target) else captures[0]
