@@ -22,21 +22,24 @@ METHODS = ("pda", "efficient")
 
 
 def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", window: int = 10,
-             padding: int = 2, samples: int = 10, sampler: str = "marginal", data=None,
+             padding: int = 2, samples: int | None = None, sampler: str = "marginal", data=None,
              stride: int | None = None, batch_size: int = 256, progress: bool = True,
              should_stop=None, seed: int = 0) -> xr.DataArray:
     """Signed weight of evidence (bits) per pixel for `target`: > 0 for the class, < 0 against it.
 
-    method: "pda" — faithful PDA: every k×k window (stride 1) resampled `samples` times.
-        "efficient" — each window replaced once by its expected value under the sampler (the
-        conditional mean given its border, or the reference set's mean window) instead of
-        `samples` random draws, on a stride-`stride` grid of windows (default 2) whose WE is
-        averaged into the pixels as in PDA. Why: the cost of PDA is windows × samples forwards;
-        one forward with the expected window removes the factor `samples` and estimates the same
-        "window without its information" (exact for a model that is linear in the window), and
-        with stride s each pixel still lies in (k/s)² windows, so the map keeps PDA's smoothing
-        at 1/s² of the windows. 10 samples at stride 1 vs 1 draw at stride 2 is ~40× fewer
-        forwards; benchmarks/evidence_speed.py measures speed and agreement with PDA.
+    method: "pda" — faithful PDA: every k×k window (stride 1), `samples` draws each (default 10).
+        "efficient" — the same estimator on a coarser budget: windows on a stride-s grid
+        (default 3) with fewer draws each (default 3), the per-window WE field linearly
+        interpolated back to every stride-1 window, then PDA's per-pixel averaging. Why it
+        works: windows s px apart share (k−s)/k of their pixels in each direction, so the WE
+        field over window positions is smooth and a coarse grid plus interpolation keeps its
+        shape; and a pixel's value averages ~(k/s)²·samples draws, so the Monte Carlo noise
+        stays low with few draws per window. Cost: (H−k+1)²·10 vs ((H−k)/s+1)²·3 forwards,
+        28× fewer for 64 px images with k=10. Rejected: replacing the draws by the expected
+        window (one forward at the conditional/marginal mean) — by Jensen's gap a smooth mean
+        patch is not "the window without its information" to a CNN: on 3 demo images its maps'
+        Spearman correlation with PDA was 0.36–0.86 (conditional) against 0.92–0.98 with 3 draws.
+        Any stride > 1 uses the interpolation, for either method.
     target: "predicted", a class index, or one class index per image.
     sampler: "marginal" (window copied from random reference images, same place) or
         "conditional" (Gaussian of the window given its `padding`-px border, fitted on patches).
@@ -55,10 +58,11 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
     if len(reference) < 2:
         raise ValueError("the sampler needs at least 2 reference images: pass data= an ImageSet")
     h, w = images.shape[-2:]
-    if not 1 <= window <= min(h, w) or padding < 0 or samples < 1:
-        raise ValueError(f"need 1 <= window <= {min(h, w)} (image size), padding >= 0 and samples >= 1; "
-                         f"got window={window}, padding={padding}, samples={samples}")
-    stride = stride or (1 if method == "pda" else 2)
+    samples = samples or (10 if method == "pda" else 3)
+    stride = stride or (1 if method == "pda" else 3)
+    if not 1 <= window <= min(h, w) or padding < 0 or samples < 1 or stride < 1:
+        raise ValueError(f"need 1 <= window <= {min(h, w)} (image size), padding >= 0, samples >= 1 and "
+                         f"stride >= 1; got window={window}, padding={padding}, samples={samples}, stride={stride}")
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -67,27 +71,32 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
         fitted = (MarginalSampler(reference, window) if sampler == "marginal"
                   else ConditionalSampler(reference, window, padding, seed=seed)).to(device)
         gen = torch.Generator(device=device).manual_seed(seed)
-        draw = ((lambda *a: fitted.sample(*a, samples, gen)) if method == "pda" else fitted.mean)
-        draws = samples if method == "pda" else 1
+        draw = lambda *a: fitted.sample(*a, samples, gen)  # noqa: E731
         with torch.inference_mode():
             probs = class_probabilities(model, images, batch_size)
             targets = resolve_targets(target, probs)
-            positions = _positions(h, w, window, stride)
-            with tqdm(total=len(images) * len(positions) * draws, desc=f"evidence ({method})",
+            ys, xs = _axis(h, window, stride), _axis(w, window, stride)
+            positions = torch.cartesian_prod(ys, xs)
+            with tqdm(total=len(images) * len(positions) * samples, desc=f"evidence ({method})",
                       unit="img", disable=not progress) as bar:
-                without = _window_probs(model, images, targets, positions, window, draw, draws,
+                without = _window_probs(model, images, targets, positions, window, draw, samples,
                                         batch_size, bar, should_stop)
     finally:
         model.train(was_training)
     n, k = len(reference), probs.shape[1]
     p = probs[torch.arange(len(images)), targets]
     we = laplace_log2_odds(p, n, k)[:, None] - laplace_log2_odds(without, n, k)
+    if stride > 1:   # linear interpolation of the window field to every stride-1 window
+        full_y, full_x = torch.arange(h - window + 1), torch.arange(w - window + 1)
+        we = torch.einsum("ta,nab,ub->ntu", _interpolation(ys, full_y), we.view(len(we), len(ys), len(xs)),
+                          _interpolation(xs, full_x)).reshape(len(we), -1)
+        positions = torch.cartesian_prod(full_y, full_x)
     maps = _per_pixel(we, positions, window, h, w)
     return xr.DataArray(
         maps.numpy(), dims=("sample", "y", "x"), name="evidence",
         coords={"sample": ids, "y": np.arange(h), "x": np.arange(w), "target": ("sample", targets.cpu().numpy())},
         attrs={"method": method, "window": window, "padding": padding, "stride": stride,
-               "samples": draws, "sampler": sampler, "units": "bit",
+               "samples": samples, "sampler": sampler, "units": "bit",
                "target": target if isinstance(target, (str, int)) else "per-sample"})
 
 
@@ -131,13 +140,23 @@ def resolve_targets(target, probs: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _positions(h: int, w: int, window: int, stride: int) -> torch.Tensor:
-    """Top-left corners of the windows: a stride grid that always includes the last row/column."""
-    def axis(size):
-        steps = list(range(0, size - window + 1, stride))
-        return steps if steps[-1] == size - window else steps + [size - window]
-    ys, xs = axis(h), axis(w)
-    return torch.tensor([(y, x) for y in ys for x in xs])
+def _axis(size: int, window: int, stride: int) -> torch.Tensor:
+    """Window starts along one axis: every `stride` px, always including the last one."""
+    steps = list(range(0, size - window + 1, stride))
+    return torch.tensor(steps if steps[-1] == size - window else steps + [size - window])
+
+
+def _interpolation(points: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Matrix (len(at), len(points)) of linear interpolation weights from sorted `points` to `at`."""
+    weights = torch.zeros(len(at), len(points), dtype=torch.float64)
+    if len(points) == 1:
+        return weights + 1
+    j = (torch.searchsorted(points, at, right=True) - 1).clamp(0, len(points) - 2)
+    frac = (at - points[j]).double() / (points[j + 1] - points[j]).double()
+    rows = torch.arange(len(at))
+    weights[rows, j] = 1 - frac
+    weights[rows, j + 1] = frac
+    return weights
 
 
 def _window_probs(model, images, targets, positions, window, draw, draws, batch_size, bar,

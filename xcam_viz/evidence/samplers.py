@@ -1,7 +1,7 @@
 """Samplers for Prediction Difference Analysis: what a window looks like "without" its pixels.
 
 Both draw values for the inner k×k window of images at given positions and return them as
-(windows, draws, C, k, k) tensors; `mean` gives the expected window (one draw, no noise).
+(windows, draws, C, k, k) tensors.
 """
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ class MarginalSampler:
         out = self.reference[pick[:, :, None, None], :, rows[:, None], cols[:, None]]  # n,draws,k,k,C
         return out.permute(0, 1, 4, 2, 3)
 
-    def mean(self, images, idx, ys, xs) -> torch.Tensor:
-        self._check(images)
-        rows, cols = _grid(ys, xs, self.window)
-        return self.reference.mean(0)[:, rows, cols].permute(1, 0, 2, 3)[:, None]
-
 
 class ConditionalSampler:
     """The inner k×k window drawn from a Gaussian conditioned on its `padding`-px border.
@@ -65,11 +60,10 @@ class ConditionalSampler:
             raise ValueError(f"window + 2·padding = {m} px exceeds the {h}×{w} images")
         self.window, self.padding, self.channels = window, padding, c
         gen = torch.Generator().manual_seed(seed)
-        count = min(max_patches, n * (h - m + 1) * (w - m + 1))
-        img = torch.randint(n, (count,), generator=gen)
-        rows, cols = _grid(torch.randint(h - m + 1, (count,), generator=gen),
-                           torch.randint(w - m + 1, (count,), generator=gen), m)
-        patches = reference.cpu()[img[:, None, None], :, rows, cols].permute(0, 3, 1, 2).reshape(count, -1)
+        ny, nx = h - m + 1, w - m + 1
+        pick = torch.randperm(n * ny * nx, generator=gen)[:max_patches]   # without replacement
+        img, (rows, cols) = pick // (ny * nx), _grid(pick % (ny * nx) // nx, pick % nx, m)
+        patches = reference.cpu()[img[:, None, None], :, rows, cols].permute(0, 3, 1, 2).reshape(len(pick), -1)
         patches = patches.double()
         self.mu = patches.mean(0)
         cov = torch.cov(patches.T)
@@ -129,10 +123,3 @@ class ConditionalSampler:
             z = torch.randn(len(sel), draws, c * k * k, generator=generator, device=generator.device)
             out[sel] = mean[:, None] + z.to(images.device) @ chol.T
         return out.view(len(ys), draws, c, k, k)
-
-    def mean(self, images, idx, ys, xs) -> torch.Tensor:
-        k, c = self.window, self.channels
-        out = torch.empty(len(ys), c * k * k, device=images.device)
-        for sel, mean, _ in self._moments(images, idx, ys, xs):
-            out[sel] = mean
-        return out.view(len(ys), 1, c, k, k)
