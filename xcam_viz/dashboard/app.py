@@ -23,6 +23,7 @@ from .controls import ExplainControls
 from .overlay import OverlayPair
 from .selection import Selection
 from .tasks import Runner, describe, notify
+from .tuning import FinetunePanel
 from .workbench import Workbench
 
 hv.extension("bokeh", logo=False)
@@ -72,7 +73,7 @@ def shared_workbench(model=None, data=None, feedback=None) -> Workbench:
     """One Workbench per (model, data, feedback) spec and server process (pn.state.cache)."""
     key = ("xcam-viz-workbench", str(model), str(data), str(feedback))
     if key not in pn.state.cache:
-        pn.state.cache[key] = build_workbench(model, data, feedback)
+        pn.state.cache[key] = build_workbench(model, data, feedback).warm()
     return pn.state.cache[key]
 
 
@@ -88,6 +89,7 @@ class StateProbe(param.Parameterized):
         for view in dashboard.overlays.views.values():
             view.param.watch(self.update, ["digest"])
         dashboard.brush.param.watch(self.update, ["strokes"])
+        dashboard.tuning.param.watch(self.update, ["progress", "phase", "new_version"])
         dashboard.browser.param.watch(self.update, ["ids", "page"])
         self.update()
 
@@ -101,6 +103,9 @@ class StateProbe(param.Parameterized):
                 "left": views["left"].digest, "right": views["right"].digest,
                 "left_title": views["left"].title, "strokes": len(d.brush.strokes),
                 "page": d.browser.page, "page_ids": d.browser.page_ids(),
+                "finetune": {"phase": d.tuning.phase, "progress": d.tuning.progress,
+                             "version": d.tuning.new_version, "results": bool(d.tuning.results.object)},
+                "versions": d.workbench.versions,
                 "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile},
                 "image_shape": list(d.workbench.input_shape[1:])}
 
@@ -126,11 +131,21 @@ class Dashboard(pn.viewable.Viewer):
         self.browser = ImageBrowser(self.workbench, self.selection, self.runner)
         self.overlays = OverlayPair(self.workbench, self.selection, self.runner)
         self.brush = BrushFeedback(self.workbench, self.selection)
+        self.tuning = FinetunePanel(self.workbench, self.selection, self.overlays)
         self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
         self.probe = StateProbe(self)
-        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, dynamic=False, margin=(0, 10))
+        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, dynamic=False,
+                            margin=(0, 10))
         self.main = pn.Row(pn.Card(self.browser.layout, title="Images", collapsible=False, margin=(0, 10)),
                            self.tabs, self.probe.pane)
+        if self.runner.background:             # versions other sessions fine-tune appear in the pickers
+            pn.state.add_periodic_callback(self._refresh_versions, period=3000)
+
+    def _refresh_versions(self) -> None:
+        if self.workbench.versions != self.selection.param.version.objects:
+            self.selection.sync_version()
+            self.overlays.sync_choices()
+            self.tuning.show_history()
 
     @property
     def sidebar(self) -> pn.Column:
@@ -159,7 +174,7 @@ def serve(model=None, data=None, feedback=None, port: int = 5006, address: str =
           show: bool = False, websocket_origin: list[str] | None = None, **kw):
     """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks."""
     configure()
-    workbench = build_workbench(model, data, feedback)
+    workbench = build_workbench(model, data, feedback).warm()
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
     return pn.serve({"/": lambda: Dashboard(workbench=workbench).template()}, port=port, address=address,

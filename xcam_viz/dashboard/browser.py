@@ -54,8 +54,8 @@ class ImageBrowser(pn.viewable.Viewer):
                                   nonselection_alpha=0, selection_alpha=0)
                      ).opts(toolbar=None, default_tools=[])
         self.pager = pn.pane.Markdown("", margin=(0, 10))
-        self._prev = pn.widgets.Button(name="◀", width=40, margin=(0, 5))
-        self._next = pn.widgets.Button(name="▶", width=40, margin=(0, 5))
+        self._prev = pn.widgets.Button(label="◀", width=40, margin=(0, 5))
+        self._next = pn.widgets.Button(label="▶", width=40, margin=(0, 5))
         self._prev.on_click(lambda _: self._turn(-1))
         self._next.on_click(lambda _: self._turn(1))
         size = {"width": 140, "margin": (2, 4)}

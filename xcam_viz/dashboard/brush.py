@@ -21,7 +21,7 @@ class BrushFeedback(pn.viewable.Viewer):
     """Paint, erase, undo, clear and save feedback for the selected image; saved feedback is shown."""
 
     mode = param.Selector(objects=["relevant", "irrelevant", "erase"], default="relevant", label="Brush")
-    width = param.Number(default=4, bounds=(1, 32), step=1, label="Brush width (image pixels)")
+    width = param.Integer(default=4, bounds=(1, 32), label="Brush width (image pixels)")
     label = param.Selector(objects={"(no correction)": -1}, default=-1, label="Corrected class (optional)")
     author = param.String(default="analyst", label="Author")
     strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")
@@ -44,18 +44,18 @@ class BrushFeedback(pn.viewable.Viewer):
         self.draw.param.watch(lambda e: self.receive(e.new), "data")
         height = int(plot_width * h / w)
         self.plot = (hv.DynamicMap(rgb, streams=[self._image]).opts(frame_width=plot_width, frame_height=height,
-                                                                      xaxis=None, yaxis=None)
+                                                                      xaxis=None, yaxis=None, border=0)
                      * hv.DynamicMap(rgba, streams=[self._saved])
                      * hv.DynamicMap(rgba, streams=[self._pending])
                      * paths.opts(color="white", line_width=2, alpha=0.9, active_tools=["freehand_draw"]))
         self.summary = pn.pane.Markdown("", margin=(0, 10))
-        buttons = [pn.widgets.Button(name=name, button_type=kind, width=90, margin=(5, 4))
+        buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4), css_classes=[f"xv-{name.lower()}"])
                    for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
         for button, action in zip(buttons, (self.undo, self.clear, self.save)):
             button.on_click(lambda _, act=action: act())
         self.save_button = buttons[2]
         controls = pn.Column(
-            pn.widgets.RadioButtonGroup.from_param(self.param.mode, button_type="light", width=280),
+            pn.widgets.RadioButtonGroup.from_param(self.param.mode, color="light", width=280),
             pn.widgets.IntSlider.from_param(self.param.width, width=280),
             pn.widgets.Select.from_param(self.param.label, width=280),
             pn.widgets.TextInput.from_param(self.param.author, width=280),

@@ -27,8 +27,8 @@ class ExplainControls(pn.viewable.Viewer):
         self.workbench, self.selection = workbench, selection
         size = {"sizing_mode": "stretch_width"}
         self.version = pn.widgets.Select.from_param(selection.param.version, name="Model version", **size)
-        self.layer = pn.widgets.Select(name="Layer", **size)
-        self.method = pn.widgets.Select(name="Method", **size)
+        self.layer = pn.widgets.Select(label="Layer", css_classes=["xv-layer"], **size)
+        self.method = pn.widgets.Select(label="Method", css_classes=["xv-method"], **size)
         self.target = pn.widgets.Select.from_param(selection.param.target, name="Explain class", **size)
         self.region = pn.widgets.Select.from_param(selection.param.region, name="Region (segmenter)", **size)
         self._sync()

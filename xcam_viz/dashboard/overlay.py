@@ -107,7 +107,7 @@ class OverlayPair(pn.viewable.Viewer):
         self.left = MapView(self.display, shape, width)
         self.right = MapView(self.display, shape, width)
         self.views = {"left": self.left, "right": self.right}
-        self._sync_choices()
+        self.sync_choices()
         methods = self.param.compare_method.objects
         self.compare_method = next((m for m in ("hirescam", "layercam") if m in methods), SAME)
         self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
@@ -115,13 +115,13 @@ class OverlayPair(pn.viewable.Viewer):
             pn.pane.HoloViews((self.left.plot + self.right.plot).opts(shared_axes=True, toolbar="below"),
                               css_classes=["xv-overlays"], margin=(20, 5, 5, 5), linked_axes=False),
             self.info, name="Explain")
-        selection.param.watch(lambda _: self._sync_choices(), ["version"])
+        selection.param.watch(lambda _: self.sync_choices(), ["version"])
         selection.param.watch(lambda _: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
                                                          "region", "point", "painted"])
         self.param.watch(lambda _: self.refresh("right"), ["compare_version", "compare_method", "compare_layer"])
         self.refresh()
 
-    def _sync_choices(self) -> None:
+    def sync_choices(self) -> None:
         wb = self.workbench
         self.param.compare_version.objects = [SAME, *wb.versions]
         self.param.compare_method.objects = [SAME, *wb.methods(self.selection.version)]

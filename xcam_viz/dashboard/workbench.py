@@ -12,7 +12,6 @@ import hashlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable
@@ -72,6 +71,28 @@ def _region_value(region):
     return region
 
 
+def default_versions_dir(feedback) -> Path:
+    """Model versions live next to the feedback database: <name>-versions/."""
+    path = Path(feedback.path)
+    return path.with_name(f"{path.stem}-versions")
+
+
+def versions_registry(model: nn.Module, directory):
+    """A ModelVersions registry in `directory`, or None for a model that cannot be saved (not built by xv)."""
+    from ..finetune import ModelVersions
+
+    return ModelVersions(directory) if getattr(model, "xcam_arch", None) else None
+
+
+def registered_name(registry, model: nn.Module) -> str:
+    """The registry's name for the model's weights, saving them as a new version if they are not there."""
+    fp = models.fingerprint(model)
+    for name in reversed(registry.list()):
+        if registry.meta(name).get("fingerprint") == fp:
+            return name
+    return registry.save_new(model, meta={"fingerprint": fp, "source": "dashboard"})
+
+
 def default_feedback_path() -> Path:
     """Where the demo keeps its feedback: $XCAM_VIZ_CACHE or ~/.cache/xcam-viz, demo-feedback.db."""
     root = os.environ.get("XCAM_VIZ_CACHE") or Path.home() / ".cache" / "xcam-viz"
@@ -82,7 +103,7 @@ class Workbench:
     """Data splits, model versions and the feedback store shared by all sessions, with caches."""
 
     def __init__(self, model: nn.Module, splits: dict[str, ImageSet] | ImageSet, feedback=None,
-                 capture_bytes: int = 512 * 2**20):
+                 versions_dir=None, capture_bytes: int = 512 * 2**20):
         self.splits = dict(splits) if isinstance(splits, dict) else {"data": splits}
         if not self.splits:
             raise ValueError("give at least one data split")
@@ -91,12 +112,15 @@ class Workbench:
 
             feedback = FeedbackStore(feedback or default_feedback_path())
         self.feedback = feedback
-        self._versions: OrderedDict[str, nn.Module] = OrderedDict(v0=model.eval())
         self.lock = threading.RLock()                       # one model pass at a time
+        self.registry = versions_registry(model, versions_dir or default_versions_dir(feedback))
+        self.base_version = registered_name(self.registry, model) if self.registry is not None else "v0"
+        self._models: dict[str, nn.Module] = {self.base_version: model.eval()}
         self.captures = LRUCache(capture_bytes)
         self.maps = LRUCache(64 * 2**20)
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
+        self._meta: dict[str, dict] = {}
 
     @classmethod
     def demo(cls, feedback=None) -> "Workbench":
@@ -105,20 +129,52 @@ class Workbench:
 
         return cls(demo_model(progress=False), {s: demo_data(s) for s in ("test", "flipped")}, feedback)
 
+    def warm(self) -> "Workbench":
+        """Compute what every new session needs first (predictions, layers), so sessions open quickly."""
+        for version in self.versions:
+            self.layers(version)
+            for split in self.splits:
+                self.predictions(version, split)
+        return self
+
     # --- model versions -------------------------------------------------------------------------
     @property
     def versions(self) -> list[str]:
-        return list(self._versions)
+        """Model version names, oldest first (the registry's, when the model can be saved)."""
+        return self.registry.list() if self.registry is not None else list(self._models)
 
     def model(self, version: str) -> nn.Module:
-        if version not in self._versions:
-            raise KeyError(f"unknown model version {version!r}; versions: {self.versions}")
-        return self._versions[version]
+        """The model of a version (loaded from the registry on first use)."""
+        if version not in self._models:
+            if version not in self.versions:
+                raise KeyError(f"unknown model version {version!r}; versions: {self.versions}")
+            with self.lock:
+                self._models.setdefault(version, self.registry.load(version).eval())
+        return self._models[version]
 
     def add_version(self, name: str, model: nn.Module) -> str:
-        """Register a (fine-tuned) model under `name`; its maps and predictions are computed on demand."""
-        self._versions[name] = model.eval()
+        """Keep a (fine-tuned) model of the registry in memory under its version name."""
+        self._models[name] = model.eval()
         return name
+
+    def version_meta(self, version: str) -> dict:
+        """The metadata saved with a version (parent, settings, metrics); versions never change, so it is cached."""
+        if version not in self._meta:
+            self._meta[version] = self.registry.meta(version) if self.registry is not None else {}
+        return self._meta[version]
+
+    def finetune(self, version: str, split: str, **settings):
+        """Start xv.finetune in the background from `version` on the feedback for `split`; returns the job.
+
+        Before/after metrics are measured on every split. The new model becomes the registry's next version.
+        """
+        from ..finetune import finetune
+
+        if self.registry is None:
+            raise ValueError("this model was not made by xv.models.build, so its versions cannot be saved: "
+                             "fine-tuning from the dashboard needs a model xv.models.build / xv.models.load made")
+        return finetune(None, self.splits[split], feedback=self.feedback, base_version=version,
+                        versions_dir=self.registry.directory, eval_data=self.splits, background=True, **settings)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -131,10 +187,11 @@ class Workbench:
                 self._layers[version] = models.spatial_layers(self.model(version), self.input_shape)
         return self._layers[version]
 
-    def is_segmenter(self, version: str = "v0") -> bool:
+    def is_segmenter(self, version: str | None = None) -> bool:
+        version = version or self.base_version
         return self.predictions(version, next(iter(self.splits))).attrs.get("segmenter", False)
 
-    def methods(self, version: str = "v0") -> list[str]:
+    def methods(self, version: str | None = None) -> list[str]:
         """CAM methods that fit the model (and evidence, for classifiers)."""
         from ..explain import METHODS, SEGMENTATION_METHODS
 

@@ -1,0 +1,95 @@
+"""Dashboard latency: server-side time from a selection change to new overlay data in the Bokeh models.
+
+A Dashboard is rendered into a Bokeh document (as a served session would be) and its selection is
+changed 100 times per kind of change; each change runs every watcher (browser highlight, brush image,
+both overlays: model pass or cached capture, weighting, upsampling, HoloViews updating the glyphs'
+data in place). Work runs inline, so the time is the whole server-side cost of the change.
+
+Scenarios: the demo (smallcnn, 64 px) and resnet18 (random weights) at 224 px.
+Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
+resnet18 image / layer change <= 400 ms. Prints a table and writes benchmarks/results/dashboard_latency.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import panel as pn
+import torch
+from bokeh.document import Document
+
+import xcam_viz as xv
+from xcam_viz.dashboard import Dashboard, Workbench
+from xcam_viz.demo import demo_data, demo_model
+
+N = 100
+GRADIENT_METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"]
+
+
+def timed(change) -> float:
+    start = time.perf_counter()
+    change()
+    return (time.perf_counter() - start) * 1000
+
+
+async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[str, list[float]]:
+    """Milliseconds per image change, layer change (new capture) and method change (cached capture)."""
+    dash = Dashboard(workbench=workbench, background=False)
+    pn.panel(dash).get_root(Document())                # real Bokeh models, updated in place
+    sel, ids = dash.selection, workbench.splits[dash.selection.split].ids
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(ids))
+    times = {"image": [], "layer": [], "method": []}
+    for i in range(n):                                 # every image new: a model pass per change
+        times["image"].append(timed(lambda: setattr(sel, "sample", ids[order[i % len(ids)]])))
+        await asyncio.sleep(0)
+    for i in range(n):                                 # a layer not yet captured for this image
+        sel.sample = ids[order[(n + i) % len(ids)]]
+        times["layer"].append(timed(lambda: setattr(sel, "layer", layers[i % len(layers)])))
+        await asyncio.sleep(0)
+    for i in range(n):                                 # capture cached, map not: weighting only
+        workbench.maps.clear()
+        times["method"].append(timed(lambda: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
+        await asyncio.sleep(0)
+    return times
+
+
+def row(scenario: str, change: str, ms: list[float], goal: float | None) -> str:
+    p50, p95 = np.percentile(ms, [50, 95])
+    verdict = "" if goal is None else ("yes" if p95 <= goal else "**no**")
+    return (f"| {scenario} | {change} | {len(ms)} | {p50:.1f} | {p95:.1f} | "
+            f"{'—' if goal is None else f'<= {goal:.0f}'} | {verdict} |")
+
+
+def run() -> str:
+    feedback = Path(tempfile.mkdtemp()) / "feedback.db"
+    demo = Workbench(demo_model(progress=False), {"test": demo_data("test")}, feedback)
+    torch.manual_seed(0)
+    resnet = Workbench(xv.models.build("resnet18", num_classes=2),
+                       {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")}, feedback)
+    rows = []
+    for name, wb, layers, goals in (
+            ("demo smallcnn 64 px", demo, ["block3", "block2", "block4", "block1"], (100, 100, 20)),
+            ("resnet18 224 px", resnet, ["layer3", "layer2", "layer4", "layer1"], (400, 400, None))):
+        times = asyncio.run(measure(wb, layers))
+        rows += [row(name, "image", times["image"], goals[0]),
+                 row(name, "layer", times["layer"], goals[1]),
+                 row(name, "method (cached capture)", times["method"], goals[2])]
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"Server-side latency of a selection change, until the new overlay data is in the Bokeh models "
+            f"(ms; {N} changes each; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+            f"load average {load}).\n\n"
+            "| scenario | change | n | p50 ms | p95 ms | goal p95 ms | met |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    out = run()
+    print(out)
+    results = Path(__file__).with_name("results")
+    results.mkdir(exist_ok=True)
+    results.joinpath("dashboard_latency.md").write_text(out)

@@ -1,0 +1,131 @@
+"""Browser-test helpers: a dashboard server in a subprocess, console capture, state, screenshots, geometry."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A dashboard server in a subprocess; `url`, its `pid`, and the feedback database it writes."""
+
+    def __init__(self, args: list[str], feedback: Path, env: dict | None = None, timeout: float = 180):
+        self.port, self.feedback = free_port(), feedback
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = feedback.with_suffix(".log")
+        self._log = open(self.log, "w")
+        cmd = [sys.executable, *[a.replace("{port}", str(self.port)) for a in args]]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "static/js/bokeh.min.js", timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"server {cmd} did not start:\n{self.log.read_text()[-3000:]}")
+                time.sleep(0.5)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+class Console:
+    """Console errors and uncaught page errors of a page."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+
+def open_dashboard(page, url: str) -> Console:
+    """Load the dashboard and wait until its first overlay has been drawn."""
+    console = Console(page)
+    page.goto(url, timeout=120_000)
+    wait_state(page, lambda s: s["left"] != "", timeout=90)
+    page.wait_for_timeout(500)
+    return console
+
+
+def state(page) -> dict:
+    """The session state the dashboard publishes in its hidden .xv-state-json element."""
+    return json.loads(page.locator(".xv-state-json").text_content())
+
+
+def wait_state(page, predicate, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            current = state(page)
+            if predicate(current):
+                return current
+        except Exception:                     # noqa: BLE001 - not rendered yet
+            current = None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"state did not reach the expected value within {timeout} s: {current}")
+        page.wait_for_timeout(100)
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=path)
+    return path
+
+
+def publish(path: Path) -> None:
+    """Copy a screenshot to docs/img/dashboard.png (the README's picture)."""
+    target = ROOT / "docs" / "img" / "dashboard.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+
+
+def tile_point(page, state_: dict, index: int) -> tuple[float, float]:
+    """Page coordinates of the centre of thumbnail `index` in the montage."""
+    box = page.locator(".xv-montage .bk-Canvas").bounding_box()
+    grid = state_["grid"]
+    h, w = grid["size"]
+    tile = grid["tile"]
+    row, col = divmod(index, grid["cols"])
+    x, y = (col + 0.5) * tile, (row + 0.5) * (h / grid["rows"])
+    return box["x"] + x / w * box["width"], box["y"] + y / h * box["height"]
+
+
+def select_option(page, css_class: str, label: str) -> None:
+    page.locator(f".{css_class} select").select_option(label=label)

@@ -1,0 +1,293 @@
+"""The dashboard's logic without a browser: geometry, caches, selection, components, sessions."""
+import json
+import threading
+
+import holoviews as hv
+import numpy as np
+import pytest
+
+from xcam_viz.dashboard import Dashboard, MapRequest, Workbench
+from xcam_viz.dashboard.cache import LRUCache
+from xcam_viz.dashboard.overlay import thresholded
+from xcam_viz.dashboard.raster import Grid, Stroke, montage, plot_to_pixel, stroke_mask, strokes_to_masks
+from xcam_viz.dashboard.tasks import Runner
+
+
+@pytest.fixture(scope="module")
+def workbench(demo_model, demo_test, demo_flipped, tmp_path_factory):
+    path = tmp_path_factory.mktemp("feedback") / "feedback.db"
+    return Workbench(demo_model, {"test": demo_test, "flipped": demo_flipped}, path)
+
+
+@pytest.fixture()
+def dash(workbench):
+    return Dashboard(workbench=workbench, background=False)
+
+
+def count_passes(model):
+    """A list that grows by one per forward pass of `model` (and the hook handle)."""
+    calls = []
+    return calls, model.register_forward_hook(lambda *_: calls.append(1))
+
+
+# --- geometry -------------------------------------------------------------------------------------
+def test_stroke_mask_orientation_matches_holoviews():
+    h, w = 64, 48
+    mask = stroke_mask([10.5], [60.5], width=1, shape=(h, w))        # one point near the top
+    assert mask.sum() == 1 and mask[3, 10]
+    assert plot_to_pixel(10.5, 60.5, h) == (3, 10)
+    image = hv.Image(mask.astype(float), bounds=(0, 0, w, h))        # hv draws row 0 at the top
+    assert image[10.5, 60.5] == 1 and image[10.5, 3.5] == 0
+
+
+def test_stroke_mask_covers_a_thick_line():
+    mask = stroke_mask([5, 40], [32, 32], width=6, shape=(64, 64))
+    rows = np.nonzero(mask.any(1))[0]
+    assert rows.min() == 29 and rows.max() == 34                     # 3 px each side of y = 32
+    assert mask[31, 5:41].all() and not mask[31, :2].any()
+    assert not stroke_mask([100], [100], 4, (64, 64)).any()          # outside the image
+
+
+def test_strokes_paint_erase_and_override_in_order():
+    line = dict(xs=[0, 64], ys=[32, 32], width=4)
+    rel, irr = strokes_to_masks([Stroke(kind="relevant", **line), Stroke(kind="irrelevant", **line)], (64, 64))
+    assert not rel.any() and irr.sum() > 0
+    rel, irr = strokes_to_masks([Stroke(kind="relevant", **line), Stroke([10, 20], [32, 32], "erase", 4)], (64, 64))
+    assert rel[31, 5] and not rel[31, 15] and not irr.any()
+    with pytest.raises(ValueError, match="unknown stroke kind"):
+        strokes_to_masks([Stroke(kind="paint", **line)], (64, 64))
+
+
+def test_montage_tiles_are_where_taps_land():
+    grid = Grid(cols=3, rows=2, tile=40)
+    colours = [np.full((8, 8, 3), v / 10, np.float32) for v in range(5)]
+    image = montage(colours, [f"t{i}" for i in range(5)], [True, False] * 3, [False] * 5, grid)
+    assert image.shape == (*grid.size, 3) and image.dtype == np.uint8
+    red = hv.Image(image[..., 0], bounds=(0, 0, grid.size[1], grid.size[0]))    # hv's orientation
+    for i in range(5):
+        x, y = grid.centre(i)
+        assert grid.tile_at(x, y) == i
+        x0, y0, x1, y1 = grid.box(i)
+        assert grid.tile_at(x0 + 20, y1 - 20) == i
+        assert abs(red[x0 + 20, y1 - 20] - round(i / 10 * 255)) <= 1     # tile i's colour
+    assert grid.tile_at(-1, 5) is None and grid.tile_at(5, grid.size[0] + 1) is None
+
+
+# --- caches and background work -------------------------------------------------------------------
+def test_lru_cache_evicts_by_bytes():
+    cache = LRUCache(max_bytes=3 * 800)
+    for i in range(5):
+        cache.put(i, np.zeros(100))                                    # 800 bytes each
+    assert list(cache._data) == [2, 3, 4] and cache.bytes == 2400
+    assert cache.get(2) is not None
+    cache.put(5, np.zeros(100))
+    assert 3 not in cache and 2 in cache                                # 2 was used recently
+    assert cache.get_or_compute("x", lambda: np.ones(1))[0] == 1 and cache.get("x") is not None
+    cache.clear(lambda k: k == "x")
+    assert "x" not in cache
+
+
+class _Doc:
+    """Stands in for a served session's Bokeh document: next-tick callbacks run when `run` is called."""
+
+    session_context = None
+
+    def __init__(self):
+        self.callbacks, self.lock = [], threading.Lock()
+
+    def add_next_tick_callback(self, fn):
+        with self.lock:
+            self.callbacks.append(fn)
+
+    def run(self):
+        with self.lock:
+            todo, self.callbacks[:] = list(self.callbacks), []
+        for fn in todo:
+            fn()
+
+
+def test_runner_applies_the_first_and_the_newest_of_a_burst():
+    doc, gate, applied = _Doc(), threading.Event(), []
+    runner = Runner(background=True)
+    runner.doc = doc
+    runner.submit("c", lambda: gate.wait(5) and 0, applied.append)
+    for i in (1, 2, 3):
+        runner.submit("c", lambda i=i: i, applied.append)
+    gate.set()
+    for _ in range(200):
+        doc.run()
+        if applied == [3] and not runner.busy("c"):
+            break
+        threading.Event().wait(0.01)
+    assert applied == [3]                      # 0 was superseded while it ran; 1 and 2 never ran
+
+
+def test_runner_shows_errors_and_stays_usable(caplog):
+    runner, applied = Runner(background=False), []
+    runner.submit("c", lambda: 1 / 0, applied.append)
+    runner.submit("c", lambda: 7, applied.append)
+    assert applied == [7] and "ZeroDivisionError" in caplog.text
+
+
+# --- workbench -------------------------------------------------------------------------------------
+def test_method_change_reuses_the_capture(workbench, demo_model):
+    sample = workbench.splits["test"].ids[5]
+    calls, handle = count_passes(demo_model)
+    try:
+        first = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3"))
+        passes = len(calls)
+        for method in ("hirescam", "gradcam++", "xgradcam", "layercam", "eigencam"):
+            out = workbench.saliency(MapRequest("v0", "test", sample, method, "block3"))
+            assert out.values.shape == (64, 64) and 0 <= out.values.min() and out.values.max() <= 1
+        assert len(calls) == passes                                     # no model pass
+        workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block2"))
+        assert len(calls) == passes + 1                                 # a new layer: one pass
+        again = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3"))
+        assert again is first and len(calls) == passes + 1
+    finally:
+        handle.remove()
+
+
+def test_target_and_evidence(workbench):
+    sample = workbench.splits["test"].ids[0]
+    pred = int(workbench.predictions("v0", "test").predicted.sel(sample=sample))
+    predicted = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3"))
+    explicit = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3", target=pred))
+    other = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3", target=1 - pred))
+    assert predicted.target_class == explicit.target_class == pred and other.target_class == 1 - pred
+    assert predicted.digest == explicit.digest != other.digest
+    ev = workbench.saliency(MapRequest("v0", "test", sample, "evidence", ""))
+    assert ev.signed and ev.values.shape == (64, 64) and ev.values.min() < 0 < ev.values.max()
+
+
+def test_layers_methods_and_versions(workbench, demo_model):
+    layers = dict(workbench.layers("v0"))
+    assert layers["block3"] == (64, 16, 16) and not workbench.is_segmenter()
+    assert "gradcam" in workbench.methods() and "evidence" in workbench.methods()
+    assert "seg-gradcam" not in workbench.methods()
+    with pytest.raises(KeyError, match="unknown model version"):
+        workbench.model("v9")
+
+
+# --- components ------------------------------------------------------------------------------------
+def test_selection_follows_versions_and_normalises_evidence(dash):
+    sel = dash.selection
+    assert sel.layer == "block4" and sel.method == "gradcam" and sel.split == "test"
+    assert sel.request(method="evidence").layer == "" and sel.request().layer == "block4"
+    sel.split = "flipped"
+    assert sel.sample == dash.workbench.splits["flipped"].ids[0]
+
+
+def test_browser_filters_sorts_pages_and_clicks(dash, workbench):
+    b, pred = dash.browser, workbench.predictions("v0", "test")
+    assert len(b.ids) == 64 and b.pages == 4 and len(b.page_ids()) == 20
+    b.outcome = "wrong"
+    assert set(b.ids) == set(pred.sample.values[~pred.correct.values])
+    b.outcome, b.true_class = "any", 1
+    assert set(b.ids) == set(pred.sample.values[pred.label.values == 1])
+    b.true_class, b.sort = -1, "confidence"
+    conf = pred.confidence.sel(sample=b.ids).values
+    assert (np.diff(conf) >= 0).all()
+    b._turn(1)
+    assert b.page == 1 and b.page_ids() == b.ids[20:40]
+    b.click(*b.grid.centre(2))
+    assert dash.selection.sample == b.ids[22]
+    b.sort = "pointing_game"                                            # computed inline here
+    scores = b._scores[b._metric_key()]["pointing_game"]
+    assert [scores[s] for s in b.ids] == sorted(scores[s] for s in b.ids)
+
+
+def test_overlay_updates_in_place_on_selection_changes(dash):
+    left, right = dash.overlays.left, dash.overlays.right
+    pipe_before = left.map_pipe
+    digests = [left.digest]
+    dash.selection.sample = dash.workbench.splits["test"].ids[7]
+    digests.append(left.digest)
+    dash.selection.layer = "block3"
+    digests.append(left.digest)
+    dash.selection.method = "layercam"
+    digests.append(left.digest)
+    assert len(set(digests)) == 4 and left.map_pipe is pipe_before
+    assert left.title.startswith("layercam · block3 · v0")
+    dash.overlays.compare_method = "eigencam"
+    assert right.title.startswith("eigencam · block3") and right.digest != left.digest
+    dash.selection.method = "evidence"
+    assert left.result.signed and left.colormap == "RdBu_r" and left.clim[0] == -left.clim[1]
+    dash.overlays.display.cmap = "viridis"
+    assert left.colormap == "RdBu_r" and right.colormap == "viridis"
+
+
+def test_threshold_hides_low_values():
+    values = np.array([[0.1, 0.5], [-0.9, 1.0]], np.float32)
+    assert np.isnan(thresholded(values, False, 0.3)).tolist() == [[True, False], [True, False]]
+    assert np.isnan(thresholded(values, True, 0.3)).tolist() == [[True, False], [False, False]]
+    assert not np.isnan(thresholded(values, True, 0)).any()
+
+
+def test_brush_strokes_undo_clear_and_save(dash, workbench):
+    brush, sel = dash.brush, dash.selection
+    sel.sample = sample = workbench.splits["test"].ids[11]
+    before = len(workbench.feedback.annotations(sample))
+    brush.draw.event(data={"xs": [[10, 30]], "ys": [[54, 54]]})          # rows ~9-10
+    brush.mode = "irrelevant"                                          # later strokes only
+    brush.draw.event(data={"xs": [[10, 30], [40, 50]], "ys": [[54, 54], [10, 10]]})
+    assert [s.kind for s in brush.strokes] == ["relevant", "irrelevant"]
+    relevant, irrelevant = brush.masks()
+    assert relevant[9:11, 12:28].all() and irrelevant[53:55, 42:48].all()
+    assert json.loads(dash.probe.pane.object.split(">", 1)[1].rsplit("<", 1)[0])["strokes"] == 2
+    brush.undo()
+    assert len(brush.strokes) == 1 and not brush.masks()[1].any()
+    brush.save()
+    saved = workbench.feedback.annotations(sample)
+    assert len(saved) == before + 1 and saved[-1].relevant[9:11, 12:28].all()
+    assert saved[-1].model_version == "v0" and brush.strokes == [] and sel.revision == 1
+    assert sample in workbench.feedback_ids("test")
+    dash.browser.feedback = "with feedback"
+    assert sample in dash.browser.ids
+    brush.undo()                                                       # nothing pending: undo the saved one
+    assert len(workbench.feedback.annotations(sample)) == before
+    brush.draw.event(data={"xs": [[1, 5]], "ys": [[1, 1]]})
+    sel.sample = workbench.splits["test"].ids[12]                      # another image drops pending strokes
+    assert brush.strokes == []
+    brush.save()                                                       # nothing to save: a notice, no row
+    assert len(workbench.feedback.annotations(sel.sample)) == 0
+
+
+def test_sessions_are_independent(workbench):
+    a, b = Dashboard(workbench=workbench, background=False), Dashboard(workbench=workbench, background=False)
+    a.selection.sample = workbench.splits["test"].ids[3]
+    a.selection.method = "hirescam"
+    assert b.selection.sample == workbench.splits["test"].ids[0] and b.selection.method == "gradcam"
+    assert a.overlays.left.digest != b.overlays.left.digest
+    assert a.probe.state()["sample"] != b.probe.state()["sample"]
+
+
+def test_cli_serve_arguments():
+    from xcam_viz.cli import parser
+
+    args = parser().parse_args(["serve", "--port", "0", "--data", "test=a.npz", "--data", "b"])
+    assert args.address == "127.0.0.1" and args.port == 0 and args.data == ["test=a.npz", "b"]
+    assert args.model is None and args.feedback is None
+
+
+def test_finetune_panel_runs_in_the_background_and_adds_a_version(dash, workbench, caplog):
+    tuning, sel = dash.tuning, dash.selection
+    sel.split = "flipped"
+    tuning.split = "flipped"
+    tuning.launch()                                                    # no feedback on flipped yet
+    assert tuning.job is None and "no feedback" in caplog.text
+    sample = workbench.splits["flipped"].ids[1]
+    workbench.feedback.add(sample, relevant=workbench.ground_truth("flipped", sample), author="test")
+    tuning.epochs = 1
+    tuning.launch()
+    assert tuning.job.wait(120) and tuning.launch_button.disabled
+    tuning.poll()
+    assert tuning.phase == "done" and tuning.progress == 100 and "| flipped | accuracy |" in tuning.results.object
+    new = tuning.new_version
+    assert new in workbench.versions and workbench.version_meta(new)["parent"] == workbench.base_version
+    assert sel.version == new and dash.overlays.compare_version == workbench.base_version
+    assert new in dash.controls.version.options and not tuning.launch_button.disabled
+    assert dash.overlays.left.title.endswith(f"· {new} · " + dash.overlays.left.title.rsplit(" · ", 1)[1])
+    assert f"| {new} | {workbench.base_version} |" in tuning.history.object
+    sel.version = workbench.base_version                               # roll back
+    assert dash.overlays.left.title.split(" · ")[2] == workbench.base_version
