@@ -82,11 +82,10 @@ class FeedbackSet:
                            "label": ("sample", self.labels.numpy())}, coords=coords)
 
     def write(self, store, author: str = "simulated", model_version: str | None = None) -> list[int]:
-        """Add this feedback to a `FeedbackStore`, one annotation per sample; returns the new ids."""
-        ids = []
-        for i, sid in enumerate(self.sample_ids):
-            ids.append(store.add(sid, relevant=self.relevant[i] if self.has_relevant[i] else None,
-                                 irrelevant=self.irrelevant[i] if self.has_irrelevant[i] else None,
-                                 label=int(self.labels[i]) if self.labels[i] >= 0 else None,
-                                 author=author, model_version=model_version))
-        return ids
+        """Add this feedback to a `FeedbackStore` in one transaction, one annotation per sample; returns the ids."""
+        return store.add_many(
+            dict(sample_id=sid, relevant=self.relevant[i] if self.has_relevant[i] else None,
+                 irrelevant=self.irrelevant[i] if self.has_irrelevant[i] else None,
+                 label=int(self.labels[i]) if self.labels[i] >= 0 else None, author=author,
+                 model_version=model_version)
+            for i, sid in enumerate(self.sample_ids))

@@ -10,14 +10,15 @@ Design
   imports). "Live" annotations are the `add` rows without a tombstone.
 - Every `uid` is unique, so importing the same export twice adds nothing (idempotent merges).
 - WAL journal, `synchronous=FULL` (a committed row survives a crash of the process or the
-  machine), a busy timeout, and one short transaction per write. Each call opens its own
-  connection, so a store object can be shared by threads (the dashboard's server) and
-  processes (fork-safe) without locking of ours.
+  machine), a busy timeout, and one short transaction per write (`add_many`: one for all).
+  Each thread (and each forked process) uses its own connection, so one store object can be
+  shared by the dashboard's server threads and by processes; SQLite serialises the writers.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import closing, contextmanager
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS annotations (
 CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (sample_id);
 CREATE INDEX IF NOT EXISTS annotations_target ON annotations (target);
 """
+_INHERITED: list[sqlite3.Connection] = []   # connections a forked child inherited (kept open, unused)
 _LIVE = ("SELECT * FROM annotations a WHERE kind = 'add' AND NOT EXISTS "
          "(SELECT 1 FROM annotations u WHERE u.kind = 'undo' AND u.target = a.uid)")
 
@@ -94,38 +96,50 @@ class FeedbackStore:
         self.dataset = dataset
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
+        self._local = threading.local()
+        con = self._connect()
+        con.execute("PRAGMA journal_mode=WAL")
+        with self._write() as con:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                con.execute(statement)
 
     def __repr__(self) -> str:
         return f"FeedbackStore({str(self.path)!r}, {len(self)} annotations on {len(self.sample_ids())} samples)"
 
-    @contextmanager
-    def _connect(self):
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        try:
-            con.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            con.execute("PRAGMA synchronous=FULL")
-            con.row_factory = sqlite3.Row
-            yield con
-        finally:
-            con.close()
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, and again in a forked child)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            if hasattr(local, "con"):       # inherited through fork: never use, never close it here
+                _INHERITED.append(local.con)
+            local.con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            local.con.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            local.con.execute("PRAGMA synchronous=FULL")
+            local.con.row_factory = sqlite3.Row
+            local.pid = os.getpid()
+        return local.con
+
+    def close(self) -> None:
+        """Close this thread's connection (the next call opens a new one)."""
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():
+            local.con.close()
+            del local.con, local.pid
 
     @contextmanager
     def _write(self):
         """A short write transaction, taken at once (BEGIN IMMEDIATE) so it never deadlocks."""
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._connect() as con, closing(con.execute(sql, args)) as cur:
+        with closing(self._connect().execute(sql, args)) as cur:
             return cur.fetchall()
 
     # -- writing ---------------------------------------------------------------------------
@@ -136,13 +150,21 @@ class FeedbackStore:
         relevant: "look here" mask; irrelevant: "this is a shortcut" mask (H×W, bool or 0/1,
         floats thresholded at 0.5); label: the corrected class index. Give at least one.
         """
-        row = self._row(str(sample_id), relevant, irrelevant, label, author, model_version)
-        with self._write() as con:
-            return self._insert(con, row)
+        return self.add_many([dict(sample_id=sample_id, relevant=relevant, irrelevant=irrelevant, label=label,
+                                   author=author, model_version=model_version)])[0]
 
-    def _row(self, sample_id: str, relevant, irrelevant, label, author, model_version,
-             uid: str | None = None, when: float | None = None) -> dict:
+    def add_many(self, annotations) -> list[int]:
+        """Record several annotations (dicts of `add`'s arguments) in one transaction: all or none.
+
+        Returns their ids."""
+        rows = [self._row(**a) for a in annotations]
+        with self._write() as con:
+            return [self._insert(con, r) for r in rows]
+
+    def _row(self, sample_id, relevant=None, irrelevant=None, label=None, author: str = "anonymous",
+             model_version=None, uid: str | None = None, when: float | None = None) -> dict:
         """Validate one annotation and turn it into a table row."""
+        sample_id = str(sample_id)
         if relevant is None and irrelevant is None and label is None:
             raise ValueError(f"annotation of {sample_id!r} holds nothing: give relevant=, irrelevant= or label=")
         if not isinstance(author, str) or not author:

@@ -1,0 +1,105 @@
+"""Progress reporting and cancellation for a fine-tuning run, blocking or in a background thread."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+
+class Cancelled(Exception):
+    """Raised inside a run when its job was cancelled (caught by the run, never seen by users)."""
+
+
+class Control:
+    """What a run reports to and asks of its caller: progress in, cancellation out (thread-safe)."""
+
+    def __init__(self, on_progress: Callable[[dict], None] | None = None):
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._progress: dict[str, Any] = {"phase": "starting", "epoch": 0, "epochs": 0, "step": 0,
+                                          "total_steps": 0, "fraction": 0.0, "losses": {}, "seconds": 0.0}
+        self._start = time.perf_counter()
+        self._on_progress = on_progress
+
+    @property
+    def progress(self) -> dict:
+        with self._lock:
+            return {**self._progress, "losses": dict(self._progress["losses"])}
+
+    def report(self, **changes) -> None:
+        """Update the progress (and tell the `on_progress` callback)."""
+        with self._lock:
+            self._progress.update(changes, seconds=time.perf_counter() - self._start)
+            total = self._progress["total_steps"]
+            self._progress["fraction"] = self._progress["step"] / total if total else 0.0
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise `Cancelled` if the run should stop (called between optimisation steps)."""
+        if self._cancel.is_set():
+            raise Cancelled
+
+
+class FinetuneJob:
+    """A fine-tuning run in a background thread.
+
+    progress: dict with phase, epoch, epochs, step, total_steps, fraction (0..1), losses (the
+    last step's total / ce / explanation) and seconds. cancel(): stop after the current step
+    (the run then returns a result with `cancelled=True` and saves no version). result(): wait
+    for and return the `FinetuneResult`, re-raising the run's error if it failed.
+    """
+
+    def __init__(self, run: Callable[[Control], Any], on_progress: Callable[[dict], None] | None = None):
+        self._control = Control(on_progress)
+        self._result = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(run,), name="xcam-viz-finetune", daemon=True)
+        self._thread.start()
+
+    def _main(self, run) -> None:
+        try:
+            self._result = run(self._control)
+        except BaseException as err:            # handed to result()
+            self._error = err
+            self._control.report(phase="failed")
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return f"FinetuneJob({p['phase']}, step {p['step']}/{p['total_steps']})"
+
+    @property
+    def progress(self) -> dict:
+        return self._control.progress
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._control.cancel_requested
+
+    def cancel(self) -> None:
+        """Ask the run to stop; it does so after the step in flight (use `result()` to wait)."""
+        self._control.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds; True when the run has finished."""
+        self._thread.join(timeout)
+        return self.done
+
+    def result(self, timeout: float | None = None):
+        """The `FinetuneResult` (waits for the run); re-raises the run's error."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"the fine-tuning job is still running after {timeout} s ({self.progress['phase']})")
+        if self._error is not None:
+            raise self._error
+        return self._result
