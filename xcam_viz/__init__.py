@@ -7,20 +7,18 @@ sub-package is imported, so `xv.explain(...)` is always the function.
 """
 from importlib import import_module
 
-from . import concepts, data, demo, metrics, models  # noqa: F401
+from . import concepts, data, demo, feedback, metrics, models  # noqa: F401
 from .evidence import evidence
 from .explain import explain
+from .feedback import FeedbackStore
+from .finetune import finetune
 from .report import report
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "feedback": "xcam_viz.feedback:",
-    "FeedbackStore": "xcam_viz.feedback:FeedbackStore",
-    "finetune": "xcam_viz.finetune:finetune",
-    "Dashboard": "xcam_viz.dashboard:Dashboard",
-}
-__all__ = sorted(["concepts", "data", "demo", "evidence", "explain", "metrics", "models", "report", *_LAZY])
+_LAZY = {"Dashboard": "xcam_viz.dashboard:Dashboard"}
+__all__ = sorted(["FeedbackStore", "concepts", "data", "demo", "evidence", "explain", "feedback", "finetune",
+                  "metrics", "models", "report", *_LAZY])
 
 
 def __getattr__(name: str):
