@@ -98,7 +98,7 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
         attrs={"method": method, "window": window, "padding": padding, "stride": stride,
                "samples": samples, "sampler": sampler, "units": "bit",
                "forwards": len(ys) * len(xs) * samples,   # forward passes per image
-               "target": target if isinstance(target, (str, int)) else "per-sample"})
+               "target": target if isinstance(target, str) else int(target) if np.ndim(target) == 0 else "per-sample"})
 
 
 def laplace_log2_odds(p: torch.Tensor, n: int, k: int) -> torch.Tensor:

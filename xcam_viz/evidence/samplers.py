@@ -53,11 +53,15 @@ class ConditionalSampler:
     """
 
     def __init__(self, reference: torch.Tensor, window: int, padding: int, max_patches: int = 20000,
-                 seed: int = 0, ridge: float = 1e-4):
+                 seed: int = 0, ridge: float = 1e-4, max_dims: int = 4096):
         n, c, h, w = reference.shape
         m = window + 2 * padding
         if m > min(h, w):
             raise ValueError(f"window + 2·padding = {m} px exceeds the {h}×{w} images")
+        if c * m * m > max_dims:
+            raise ValueError(f"the conditional sampler would fit a {c * m * m}-dimensional Gaussian "
+                             f"(C·(window + 2·padding)²); use a window of at most ~{int((max_dims / c) ** 0.5) - 2 * padding} "
+                             "px or sampler='marginal'")
         self.window, self.padding, self.channels = window, padding, c
         gen = torch.Generator().manual_seed(seed)
         ny, nx = h - m + 1, w - m + 1
@@ -89,7 +93,7 @@ class ConditionalSampler:
         return inner2.nonzero().flatten(), (seen & ~inner2).nonzero().flatten()
 
     def conditional(self, cuts: tuple[int, int, int, int]):
-        """(a, b, μ_a, μ_b, Σ_ab Σ_bb⁻¹, Cholesky factor of Σ_a|b) for a border pattern, cached."""
+        """(b, μ_a, μ_b, Σ_ab Σ_bb⁻¹, Cholesky factor of Σ_a|b) for a border pattern, cached."""
         if cuts not in self._params:
             a, b = self.indices(cuts)
             s_ab, s_bb = self.cov[a][:, b], self.cov[b][:, b]
@@ -97,29 +101,22 @@ class ConditionalSampler:
             cond = self.cov[a][:, a] - gain @ s_ab.T
             chol = torch.linalg.cholesky(0.5 * (cond + cond.T))
             self._params[cuts] = tuple(t.to(self.device) for t in (
-                a, b, self.mu[a].float(), self.mu[b].float(), gain.float(), chol.float()))
+                b, self.mu[a].float(), self.mu[b].float(), gain.float(), chol.float()))
         return self._params[cuts]
 
-    def _moments(self, images, idx, ys, xs):
-        """Per window: the border pattern groups, and conditional means (n, C·k·k)."""
-        p, k = self.padding, self.window
+    def sample(self, images, idx, ys, xs, draws: int, generator: torch.Generator) -> torch.Tensor:
+        p, k, c = self.padding, self.window, self.channels
         h, w = images.shape[-2:]
-        padded = F.pad(images, (p, p, p, p))
         rows, cols = _grid(ys, xs, k + 2 * p)
-        patches = padded[idx[:, None, None], :, rows, cols].permute(0, 3, 1, 2).reshape(len(ys), -1)
+        patches = F.pad(images, (p, p, p, p))[idx[:, None, None], :, rows, cols]
+        patches = patches.permute(0, 3, 1, 2).reshape(len(ys), -1)
         cuts = torch.stack([(p - ys).clamp(min=0), (ys + k + p - h).clamp(min=0),
                             (p - xs).clamp(min=0), (xs + k + p - w).clamp(min=0)], 1)
-        groups = []
-        for key in torch.unique(cuts, dim=0).tolist():
-            sel = (cuts == torch.tensor(key, device=cuts.device)).all(1).nonzero().flatten()
-            a, b, mu_a, mu_b, gain, chol = self.conditional(tuple(key))
-            groups.append((sel, mu_a + (patches[sel][:, b] - mu_b) @ gain.T, chol))
-        return groups
-
-    def sample(self, images, idx, ys, xs, draws: int, generator: torch.Generator) -> torch.Tensor:
-        k, c = self.window, self.channels
         out = torch.empty(len(ys), draws, c * k * k, device=images.device)
-        for sel, mean, chol in self._moments(images, idx, ys, xs):
+        for key in torch.unique(cuts, dim=0):    # windows grouped by the border they can see
+            sel = (cuts == key).all(1).nonzero().flatten()
+            b, mu_a, mu_b, gain, chol = self.conditional(tuple(key.tolist()))
+            mean = mu_a + (patches[sel][:, b] - mu_b) @ gain.T
             z = torch.randn(len(sel), draws, c * k * k, generator=generator, device=generator.device)
             out[sel] = mean[:, None] + z.to(images.device) @ chol.T
         return out.view(len(ys), draws, c, k, k)
