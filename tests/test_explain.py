@@ -113,7 +113,7 @@ def test_seg_hirescam_is_linear_in_the_region(unet):
 def test_segmentation_regions(unet, region):
     x = torch.rand(2, 3, 16, 16)
     cams = xv.explain(unet, x, method="seg-gradcam", layer="bottleneck", region=region, target=1)
-    assert cams.shape == (2, 16, 16) and cams.attrs["region"] in ("predicted", "all", "custom")
+    assert cams.shape == (2, 16, 16) and cams.attrs["region"] in ("predicted", "all", "point (3, 4)")
     mask = capture(unet, x, "bottleneck", target=1, region=region).region
     assert mask.shape == (2, 16, 16) and (region != (3, 4) or mask.sum() == 2)
 

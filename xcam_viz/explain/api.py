@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..data import ImageSet
 from ..models import fingerprint
 from .capture import Target, capture, check_input, is_topk, layer_list
-from .methods import check_method, finish, needs_gradients, weigh
+from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
@@ -59,6 +59,12 @@ def describe_target(target: Target) -> str:
     return "per-sample"
 
 
+def describe_region(region) -> str:
+    if region is None or isinstance(region, str):
+        return region or "predicted"
+    return f"point {tuple(region)}" if isinstance(region, tuple) else "mask"
+
+
 def class_labels(class_index: np.ndarray, names: list[str] | None, k: int) -> np.ndarray:
     """Class names for an array of class indices (-1, a callable target, is 'custom')."""
     names = names if names is not None and len(names) == k else [str(c) for c in range(k)]
@@ -87,8 +93,10 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     check_method(method)
     names = layer_list(layer)
     images, ids, class_names = as_images(data)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         check_input(images, model)              # raises the error that says what to give
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     size = tuple(images.shape[-2:])
     maps, targets, shapes, logits = [], [], {}, None
     for start in tqdm(range(0, len(images), batch_size), desc=f"explain {method}", disable=not progress):
@@ -132,8 +140,8 @@ def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: lis
         coords["rank"] = np.arange(maps.shape[2])
     attrs = {"method": method, "target": describe_target(target), "model_fingerprint": model_fingerprint(model),
              "input_size": list(size)}
-    if method in ("seg-gradcam", "seg-hirescam"):
-        attrs["region"] = region if isinstance(region, str) else "predicted" if region is None else "custom"
+    if method in SEGMENTATION_METHODS:
+        attrs["region"] = describe_region(region)
     if len(names) == 1:
         attrs |= {"layer": names[0], "layer_resolution": list(shapes[names[0]])}
         return xr.DataArray(maps[0], dims=dims, coords=coords, attrs=attrs, name="cam")

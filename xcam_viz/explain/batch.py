@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
-from .api import as_images, describe_target, model_fingerprint, per_batch
+from .api import as_images, describe_region, describe_target, model_fingerprint, per_batch
 from .capture import Target, capture, is_topk, layer_list
 from .methods import check_method, finish, needs_gradients, weigh
 
@@ -124,7 +124,7 @@ def explain_dataset(model: nn.Module, data: ImageSet | torch.Tensor, out, method
     path, n, (h, w) = Path(out), len(images), images.shape[-2:]
     store = _store(path)
     run = json.dumps({"model": model_fingerprint(model), "methods": methods, "layers": names,
-                      "target": describe_target(target), "region": str(region), "samples": n,
+                      "target": describe_target(target), "region": describe_region(region), "samples": n,
                       "first_id": ids[0], "last_id": ids[-1], "batch_size": batch_size, "size": [h, w]})
     done = _resume(store, run, overwrite)
     if done is None:
