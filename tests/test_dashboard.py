@@ -199,22 +199,29 @@ def test_browser_filters_sorts_pages_and_clicks(dash, workbench):
 
 def test_overlay_updates_in_place_on_selection_changes(dash):
     left, right = dash.overlays.left, dash.overlays.right
-    pipe_before = left.map_pipe
+    pipe_before, right_before = left.pipe, right.digest
     digests = [left.digest]
     dash.selection.sample = dash.workbench.splits["test"].ids[7]
     digests.append(left.digest)
     dash.selection.layer = "block3"
     digests.append(left.digest)
+    right_before = right.digest
     dash.selection.method = "layercam"
     digests.append(left.digest)
-    assert len(set(digests)) == 4 and left.map_pipe is pipe_before
+    assert len(set(digests)) == 4 and left.pipe is pipe_before
+    assert right.digest == right_before                               # its request did not change
     assert left.title.startswith("layercam · block3 · v0")
     dash.overlays.compare_method = "eigencam"
     assert right.title.startswith("eigencam · block3") and right.digest != left.digest
+    dash.selection.sample = dash.workbench.splits["test"].ids[0]      # its evidence is cached already
     dash.selection.method = "evidence"
-    assert left.result.signed and left.colormap == "RdBu_r" and left.clim[0] == -left.clim[1]
+    heat = left.plot[()].get(1)
+    low, high = heat.opts.get().kwargs["clim"]
+    assert left.result.signed and left.colormap == "RdBu_r" and low == -high < 0
+    assert np.isclose(high, np.abs(left.result.values).max())
     dash.overlays.display.cmap = "viridis"
     assert left.colormap == "RdBu_r" and right.colormap == "viridis"
+    assert right.plot[()].get(1).opts.get().kwargs["cmap"] == "viridis"
 
 
 def test_threshold_hides_low_values():
@@ -291,3 +298,20 @@ def test_finetune_panel_runs_in_the_background_and_adds_a_version(dash, workbenc
     assert f"| {new} | {workbench.base_version} |" in tuning.history.object
     sel.version = workbench.base_version                               # roll back
     assert dash.overlays.left.title.split(" · ")[2] == workbench.base_version
+
+
+def test_dashboard_renders_to_bokeh_models(dash):
+    import panel as pn
+    from bokeh.document import Document
+    from bokeh.models import FreehandDrawTool, Plot
+
+    root = pn.panel(dash).get_root(Document())
+    plots = list(root.select({"type": Plot}))
+    assert len(plots) >= 5                                    # montage, 2 overlays, brush, losses
+    assert any("tap" in p.subscribed_events for p in plots)   # the montage's Tap stream is wired
+    assert any(isinstance(t, FreehandDrawTool) for p in plots for t in p.toolbar.tools)
+    overlays = [p for p in plots if p.title is not None and " · " in (p.title.text or "")]
+    assert len(overlays) == 2 and overlays[0].x_range is overlays[1].x_range   # linked zoom and pan
+    dash.browser._turn(1)                                               # updates go into the live models
+    dash.selection.sample = dash.browser.page_ids()[1]
+    assert dash.probe.state()["sample"] == dash.browser.page_ids()[1]

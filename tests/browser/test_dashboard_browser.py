@@ -52,8 +52,9 @@ def test_brush_stroke_is_saved_as_a_mask(server, page):
     canvas.wait_for(state="visible")
     box = canvas.bounding_box()
     h, w = s0["image_shape"]
+    fw, fh = s0["brush_frame"]                                       # the image fills the frame at the top left
     points = [(16.5, 20.5), (30.5, 24.5), (46.5, 30.5)]              # image (col, row) pixel centres
-    to_page = lambda c, r: (box["x"] + c / w * box["width"], box["y"] + r / h * box["height"])  # noqa: E731
+    to_page = lambda c, r: (box["x"] + c / w * fw, box["y"] + r / h * fh)  # noqa: E731
     page.mouse.move(*to_page(*points[0]))
     page.mouse.down()
     for c, r in points[1:]:
@@ -100,3 +101,29 @@ def test_tile_geometry_matches_the_montage(server, page):
     for i in (0, 4, 15, 19):
         page.mouse.click(*tile_point(page, s0, i))
         wait_state(page, lambda s, i=i: s["sample"] == s0["page_ids"][i])
+
+
+def test_one_epoch_finetune_shows_progress_and_results(server, page):
+    console = open_dashboard(page, server.url)
+    s0 = state(page)
+    page.mouse.click(*tile_point(page, s0, 2))
+    sample = wait_state(page, lambda s: s["sample"] == s0["page_ids"][2])["sample"]
+    ds = xv.demo.demo_data("test")
+    xv.FeedbackStore(server.feedback).add(sample, relevant=ds.masks[ds.index_of(sample)].numpy(), author="browser-test")
+    page.locator(".bk-tab", has_text="Fine-tune").click()
+    page.locator(".xv-finetune-epochs input").fill("1")
+    page.locator(".xv-finetune-epochs input").press("Enter")
+    page.locator(".xv-launch button").click()
+    wait_state(page, lambda s: s["finetune"]["phase"] not in ("idle", "starting"), timeout=60)
+    seen = {state(page)["finetune"]["progress"]}
+    done = wait_state(page, lambda s: seen.add(s["finetune"]["progress"]) or s["finetune"]["phase"] == "done",
+                      timeout=240)
+    assert done["finetune"]["progress"] == 100 and done["finetune"]["results"]
+    assert done["version"] == done["finetune"]["version"] != s0["version"]
+    table = page.locator(".xv-finetune-results table")
+    assert table.count() == 1 and "accuracy" in table.text_content() and "pointing_game" in table.text_content()
+    shot(page, "07-finetune-done")
+    page.locator(".bk-tab", has_text="Explain").click()
+    page.wait_for_timeout(800)
+    shot(page, "08-before-after")
+    assert len(seen) >= 2 and console.errors == []

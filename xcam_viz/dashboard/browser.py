@@ -15,6 +15,7 @@ SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low f
          "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
          "energy in lesion, high first": "-energy_pointing_game"}
 METRICS = ("pointing_game", "energy_pointing_game")
+HOVER = ("x", "y", "id", "label", "predicted", "confidence", "feedback")
 
 
 class ImageBrowser(pn.viewable.Viewer):
@@ -35,24 +36,16 @@ class ImageBrowser(pn.viewable.Viewer):
         classes = {"any": -1, **{n: i for i, n in enumerate(workbench.class_names())}}
         self.param.true_class.objects = self.param.predicted_class.objects = classes
         h, w = grid.size
-        self._pipe = hv.streams.Pipe(data=np.zeros((h, w, 3), np.uint8))
+        self._pipe = hv.streams.Pipe(data=(np.zeros((h, w, 3), np.uint8), {k: [] for k in HOVER}))
         self._boxes = hv.streams.Pipe(data=[])
-        self._hover = hv.streams.Pipe(data={"x": [], "y": [], "id": [], "label": [], "predicted": [],
-                                            "confidence": [], "feedback": []})
         self._scores: dict[tuple, dict[str, float]] = {}
-        rgb = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)), streams=[self._pipe])
-        self.tap = hv.streams.Tap(source=rgb, x=None, y=None)
+        thumbnails = hv.DynamicMap(self._montage_view, streams=[self._pipe])
+        hover = hv.DynamicMap(self._hover_view, streams=[self._pipe])
+        boxes = hv.DynamicMap(lambda data: hv.Rectangles(data).opts(fill_alpha=0, line_color="#ffc400", line_width=3),
+                              streams=[self._boxes])
+        self.plot = thumbnails * hover * boxes
+        self.tap = hv.streams.Tap(source=thumbnails, x=None, y=None)
         self.tap.param.watch(self._on_tap, ["x", "y"])
-        boxes = hv.DynamicMap(lambda data: hv.Rectangles(data), streams=[self._boxes])
-        hover = hv.DynamicMap(lambda data: hv.Points(data, ["x", "y"], ["id", "label", "predicted",
-                                                                          "confidence", "feedback"]),
-                              streams=[self._hover])
-        self.plot = (rgb.opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h, toolbar=None,
-                              default_tools=[], border=0, margin=0)
-                     * boxes.opts(fill_alpha=0, line_color="#ffc400", line_width=3)
-                     * hover.opts(alpha=0, size=grid.tile // 2, tools=["hover"], marker="square",
-                                  nonselection_alpha=0, selection_alpha=0)
-                     ).opts(toolbar=None, default_tools=[])
         self.pager = pn.pane.Markdown("", margin=(0, 10))
         self._prev = pn.widgets.Button(label="◀", width=40, margin=(0, 5))
         self._next = pn.widgets.Button(label="▶", width=40, margin=(0, 5))
@@ -65,8 +58,8 @@ class ImageBrowser(pn.viewable.Viewer):
         self.layout = pn.Column(filters, pn.pane.HoloViews(self.plot, css_classes=["xv-montage"], margin=(5, 5),
                                                   linked_axes=False),
                                 pn.Row(self._prev, self.pager, self._next), name="Images")
-        selection.param.watch(lambda _: self.refilter(), ["split", "version", "revision"])
-        selection.param.watch(lambda _: self._draw_highlight(), ["sample"])
+        selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
+        selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
         self.refilter()
 
     # --- filtering and paging ---------------------------------------------------------------------
@@ -148,6 +141,16 @@ class ImageBrowser(pn.viewable.Viewer):
             self.page = self.ids.index(sample) // (self.grid.cols * self.grid.rows)
             self.draw()
 
+    def _montage_view(self, data):
+        h, w = self.grid.size
+        return hv.RGB(data[0], bounds=(0, 0, w, h)).opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h,
+                                                         toolbar=None, default_tools=[], border=0)
+
+    def _hover_view(self, data):
+        """Invisible squares over the thumbnails that carry the hover information."""
+        return hv.Points(data[1], ["x", "y"], list(HOVER[2:])).opts(
+            alpha=0, size=self.grid.tile // 2, tools=["hover"], marker="square", nonselection_alpha=0)
+
     # --- drawing and clicking ---------------------------------------------------------------------
     def draw(self) -> None:
         """Render the current page into the montage and the hover points."""
@@ -162,13 +165,13 @@ class ImageBrowser(pn.viewable.Viewer):
             predicted, conf = pred.predicted.values, pred.confidence.values
             captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
             correct = list(pred.correct.values)
-        self._pipe.send(montage(images, captions, correct, [s in marked for s in ids], self.grid))
         centres = [self.grid.centre(i) for i in range(len(ids))]
-        self._hover.send({"x": [c[0] for c in centres], "y": [c[1] for c in centres], "id": ids,
-                          "label": [names[v] for v in pred.label.values] if ids else [],
-                          "predicted": [names[v] for v in pred.predicted.values] if ids else [],
-                          "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
-                          "feedback": ["yes" if s in marked else "no" for s in ids]})
+        hover = {"x": [c[0] for c in centres], "y": [c[1] for c in centres], "id": ids,
+                 "label": [names[v] for v in pred.label.values] if ids else [],
+                 "predicted": [names[v] for v in pred.predicted.values] if ids else [],
+                 "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
+                 "feedback": ["yes" if s in marked else "no" for s in ids]}
+        self._pipe.send((montage(images, captions, correct, [s in marked for s in ids], self.grid), hover))
         self.pager.object = (f"page {self.page + 1} of {self.pages} · {len(self.ids)} of "
                              f"{len(wb.splits[sel.split])} images")
         self._draw_highlight()
@@ -178,7 +181,7 @@ class ImageBrowser(pn.viewable.Viewer):
         sample = self.selection.sample
         self._boxes.send([self.grid.box(ids.index(sample))] if sample in ids else [])
 
-    def _on_tap(self, _event) -> None:
+    def _on_tap(self, *_) -> None:
         if self.tap.x is None or self.tap.y is None:
             return
         self.click(self.tap.x, self.tap.y)

@@ -11,7 +11,7 @@ import numpy as np
 import panel as pn
 import param
 
-from .raster import Stroke, mask_layer, strokes_to_masks
+from .raster import Stroke, composite, mask_layer, strokes_to_masks
 from .selection import Selection
 from .tasks import notify
 from .workbench import Workbench
@@ -32,22 +32,19 @@ class BrushFeedback(pn.viewable.Viewer):
         self.class_names = workbench.class_names()
         self.param.label.objects = {"(no correction)": -1, **{n: i for i, n in enumerate(self.class_names)}}
         self.shape = h, w = tuple(workbench.input_shape[1:])
-        empty = np.zeros((h, w, 4), np.float32)
-        self._image = hv.streams.Pipe(data=np.zeros((h, w, 3), np.float32))
-        self._saved = hv.streams.Pipe(data=empty)
-        self._pending = hv.streams.Pipe(data=empty)
+        self._image = np.zeros((h, w, 3), np.float32)
+        self._saved = np.zeros((h, w, 4), np.float32)
+        self._view = hv.streams.Pipe(data=self._image)
         self._paths = hv.streams.Pipe(data=[])
-        rgb = lambda data: hv.RGB(data, bounds=(0, 0, w, h))  # noqa: E731
-        rgba = lambda data: hv.RGB(data, bounds=(0, 0, w, h), vdims=list("RGBA"))  # noqa: E731
-        paths = hv.DynamicMap(lambda data: hv.Path(data), streams=[self._paths])
+        paths = hv.DynamicMap(lambda data: hv.Path(data).opts(color="white", line_width=2, alpha=0.9,
+                                                             active_tools=["freehand_draw"]), streams=[self._paths])
         self.draw = hv.streams.FreehandDraw(source=paths, num_objects=0)
         self.draw.param.watch(lambda e: self.receive(e.new), "data")
         height = int(plot_width * h / w)
-        self.plot = (hv.DynamicMap(rgb, streams=[self._image]).opts(frame_width=plot_width, frame_height=height,
-                                                                      xaxis=None, yaxis=None, border=0)
-                     * hv.DynamicMap(rgba, streams=[self._saved])
-                     * hv.DynamicMap(rgba, streams=[self._pending])
-                     * paths.opts(color="white", line_width=2, alpha=0.9, active_tools=["freehand_draw"]))
+        self.frame = (plot_width, height)          # image area of the plot, at its top left (border 0)
+        view = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)).opts(
+            frame_width=plot_width, frame_height=height, xaxis=None, yaxis=None, border=0), streams=[self._view])
+        self.plot = view * paths
         self.summary = pn.pane.Markdown("", margin=(0, 10))
         buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4), css_classes=[f"xv-{name.lower()}"])
                    for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
@@ -62,7 +59,7 @@ class BrushFeedback(pn.viewable.Viewer):
             pn.Row(*buttons), self.summary, width=300)
         self.layout = pn.Row(pn.pane.HoloViews(self.plot, css_classes=["xv-brush"], margin=(5, 5), linked_axes=False), controls,
                              name="Feedback")
-        selection.param.watch(lambda _: self.load(), ["split", "sample", "revision"])
+        selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 
     # --- strokes ----------------------------------------------------------------------------------
@@ -84,7 +81,7 @@ class BrushFeedback(pn.viewable.Viewer):
     @param.depends("strokes", watch=True)
     def _show_pending(self) -> None:
         relevant, irrelevant = self.masks()
-        self._pending.send(mask_layer(relevant, irrelevant, alpha=0.55))
+        self._view.send(composite(self._image, self._saved, mask_layer(relevant, irrelevant, alpha=0.55)))
         if self.workbench.is_segmenter(self.selection.version):
             self.selection.painted = relevant
         self._describe()
@@ -129,15 +126,16 @@ class BrushFeedback(pn.viewable.Viewer):
         """Show the selected image and its saved feedback; pending strokes of another image are dropped."""
         sel = self.selection
         key = (sel.split, sel.sample)
+        self._saved = mask_layer(*self.saved_masks(), alpha=0.3)
         if getattr(self, "_key", None) != key:
             if self.strokes:
                 notify("unsaved strokes were discarded", "info", 2500)
+                self._paths.send([])
             self._key = key
-            self._image.send(self.workbench.image(sel.split, sel.sample))
-            self.clear()
-        relevant, irrelevant = self.saved_masks()
-        self._saved.send(mask_layer(relevant, irrelevant, alpha=0.3))
-        self._describe()
+            self._image = self.workbench.image(sel.split, sel.sample)
+            with param.parameterized.discard_events(self):
+                self.strokes = []
+        self._show_pending()
 
     def saved_masks(self) -> tuple[np.ndarray, np.ndarray]:
         """Union of the relevant and of the irrelevant masks saved for the selected image."""

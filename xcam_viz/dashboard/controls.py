@@ -34,7 +34,7 @@ class ExplainControls(pn.viewable.Viewer):
         self._sync()
         self.layer.link(selection, value="layer", bidirectional=True)
         self.method.link(selection, value="method", bidirectional=True)
-        selection.param.watch(lambda _: self._sync(), ["version"])
+        selection.param.watch(lambda *_: self._sync(), ["version"])
         self.region.visible = workbench.is_segmenter(selection.version)
         display, compare = overlays.display, overlays.param
         self.layout = pn.Column(

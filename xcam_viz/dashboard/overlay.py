@@ -38,61 +38,52 @@ def thresholded(values: np.ndarray, signed: bool, threshold: float) -> np.ndarra
 
 
 class MapView(param.Parameterized):
-    """One overlay: the image (hv.RGB) and a map (hv.Image) fed by pipes; `show` swaps their data."""
+    """One overlay: the image (hv.RGB) with a map on top (hv.Image), drawn by one DynamicMap fed by a Pipe.
 
-    clim = param.Tuple(default=(0.0, 1.0), length=2)
-    colormap = param.String(default="inferno")
+    `show` sends image, map and title together, so a new selection costs one in-place update of the plot;
+    the display settings are stream parameters of the same DynamicMap.
+    """
+
     title = param.String(default="")
     digest = param.String(default="", doc="hash of the map on show (changes whenever the map does)")
 
-    def __init__(self, display: Display, shape: tuple[int, int], width: int = 300, **params):
+    def __init__(self, display: Display, shape: tuple[int, int], width: int = 270, **params):
         super().__init__(**params)
         self.display, self.shape = display, shape
         h, w = shape
         self.result: MapResult | None = None
-        self._image_key = None
-        self.image_pipe = hv.streams.Pipe(data=np.zeros((h, w, 3), np.float32))
-        self.map_pipe = hv.streams.Pipe(data=(np.zeros((h, w), np.float32), False))
-        image = hv.DynamicMap(self._rgb, streams=[self.image_pipe])
-        heat = hv.DynamicMap(self._heat, streams=[self.map_pipe, display.param.threshold, self.param.title])
-        heat = heat.apply.opts(alpha=display.param.opacity, cmap=self.param.colormap, clim=self.param.clim)
-        display.param.watch(lambda _: self._recolour(), ["cmap"])
-        self.plot = (image.opts(frame_width=width, frame_height=int(width * h / w), xaxis=None, yaxis=None)
-                     * heat.opts(colorbar=True, tools=["hover"], colorbar_opts={"width": 10}))
+        self.pipe = hv.streams.Pipe(data=(np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), False, ""))
+        self.size = (width, int(width * h / w))
+        self.plot = hv.DynamicMap(self._draw, streams=[self.pipe, *(display.param[p] for p in
+                                                                     ("opacity", "cmap", "threshold"))])
 
-    def _rgb(self, data):
+    def _draw(self, data, opacity, cmap, threshold):
+        """The overlay; options are set here, not on the DynamicMap, which would wrap it in another one."""
         h, w = self.shape
-        return hv.RGB(np.clip(data, 0, 1), bounds=(0, 0, w, h))
-
-    def _heat(self, data, threshold, title):
-        h, w = self.shape
-        values, signed = data
-        return hv.Image(thresholded(values, signed, threshold), bounds=(0, 0, w, h),
-                        vdims=[hv.Dimension("value")]).opts(title=title)
-
-    def _recolour(self) -> None:
-        signed = self.result is not None and self.result.signed
-        self.colormap = DIVERGING if signed else self.display.cmap
-
-    def show(self, image_key, image: np.ndarray | None, result: MapResult, title: str) -> None:
-        """Put a new image (if its key changed) and map into the plot, replacing data in place."""
-        if image_key != self._image_key and image is not None:
-            self._image_key = image_key
-            self.image_pipe.send(image)
-        self.result = result
-        values = result.values
+        image, values, signed, title = data
         scale = float(np.abs(values).max()) or 1e-6
-        with param.parameterized.batch_call_watchers(self):
-            self._recolour()
-            self.clim = (-scale, scale) if result.signed else (0.0, 1.0)
-            self.title = title
-        self.map_pipe.send((values, result.signed))
+        rgb = hv.RGB(image, bounds=(0, 0, w, h)).opts(frame_width=self.size[0], frame_height=self.size[1],
+                                                      xaxis=None, yaxis=None)
+        heat = hv.Image(thresholded(values, signed, threshold), bounds=(0, 0, w, h), vdims=["value"]).opts(
+            alpha=opacity, cmap=DIVERGING if signed else cmap, clim=(-scale, scale) if signed else (0.0, 1.0),
+            colorbar=True, tools=["hover"], colorbar_opts={"width": 10})
+        return (rgb * heat).opts(title=title)
+
+    @property
+    def colormap(self) -> str:
+        """The colormap the map is drawn with (diverging for signed maps)."""
+        return DIVERGING if self.result is not None and self.result.signed else self.display.cmap
+
+    def show(self, image: np.ndarray, result: MapResult, title: str) -> None:
+        """Replace the image, map and title in the plot (one in-place update)."""
+        self.result, self.title = result, title
+        self.pipe.send((np.clip(image, 0, 1), result.values, result.signed, title))
         self.digest = result.digest
 
 
 class OverlayPair(pn.viewable.Viewer):
     """Left: the selection's map; right: another method, layer or model version (e.g. before / after
-    fine-tuning). The two plots share their axes, so zooming one zooms both."""
+    fine-tuning). Panel links the axes of the two plots, so zooming or panning one moves both."""
 
     compare_version = param.Selector(objects=[SAME], default=SAME, label="Right: model version")
     compare_method = param.Selector(objects=[SAME], default=SAME, label="Right: method")
@@ -112,13 +103,13 @@ class OverlayPair(pn.viewable.Viewer):
         self.compare_method = next((m for m in ("hirescam", "layercam") if m in methods), SAME)
         self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
         self.layout = pn.Column(
-            pn.pane.HoloViews((self.left.plot + self.right.plot).opts(shared_axes=True, toolbar="below"),
-                              css_classes=["xv-overlays"], margin=(20, 5, 5, 5), linked_axes=False),
+            pn.Row(*[pn.pane.HoloViews(v.plot, linked_axes=True, margin=(5, 5)) for v in (self.left, self.right)],
+                   css_classes=["xv-overlays"]),                  # Panel links their axes: zoom and pan together
             self.info, name="Explain")
-        selection.param.watch(lambda _: self.sync_choices(), ["version"])
-        selection.param.watch(lambda _: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
+        selection.param.watch(lambda *_: self.sync_choices(), ["version"])
+        selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
                                                          "region", "point", "painted"])
-        self.param.watch(lambda _: self.refresh("right"), ["compare_version", "compare_method", "compare_layer"])
+        self.param.watch(lambda *_: self.refresh("right"), ["compare_version", "compare_method", "compare_layer"])
         self.refresh()
 
     def sync_choices(self) -> None:
@@ -138,6 +129,9 @@ class OverlayPair(pn.viewable.Viewer):
         """Recompute (or fetch from the caches) and show the maps of the given sides (default both)."""
         for side in sides or ("left", "right"):
             request = self.request(side)
+            shown = self.views[side].result
+            if shown is not None and shown.request == request:
+                continue                                # e.g. the right side of a left-only change
             self.runner.submit(side, lambda r=request: self._compute(r), lambda out, s=side: self._apply(s, *out))
 
     def _compute(self, request):
@@ -150,7 +144,7 @@ class OverlayPair(pn.viewable.Viewer):
         names = self.workbench.class_names(request.split)
         what = request.method if request.method.startswith("evidence") else f"{request.method} · {request.layer}"
         title = f"{what} · {request.version} · {names[result.target_class]}"
-        self.views[side].show((request.split, request.sample), image, result, title)
+        self.views[side].show(image, result, title)
         if side == "left":
             self._describe(request, result)
 

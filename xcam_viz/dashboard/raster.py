@@ -84,6 +84,15 @@ def mask_layer(relevant: np.ndarray, irrelevant: np.ndarray, alpha: float = 0.45
     return rgba
 
 
+def composite(image: np.ndarray, *layers: np.ndarray) -> np.ndarray:
+    """An H×W×3 float image with RGBA layers painted over it in order (alpha blending)."""
+    out = np.asarray(image, np.float32)[..., :3].copy()
+    for layer in layers:
+        alpha = layer[..., 3:]
+        out = out * (1 - alpha) + layer[..., :3] * alpha
+    return out
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """H×W×C float image in [0, 1] (or uint8) as H×W×3 uint8."""
     arr = np.asarray(image)

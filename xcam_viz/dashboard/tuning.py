@@ -53,7 +53,7 @@ class FinetunePanel(pn.viewable.Viewer):
         form = pn.Column(
             *[pn.widgets.Select.from_param(self.param[p], width=250) for p in ("split", "loss", "layer")],
             pn.widgets.FloatInput.from_param(self.param.lam, width=250),
-            pn.widgets.IntInput.from_param(self.param.epochs, width=250),
+            pn.widgets.IntInput.from_param(self.param.epochs, width=250, css_classes=["xv-finetune-epochs"]),
             pn.widgets.FloatInput.from_param(self.param.lr, width=250, step=1e-4, format="0.00000"),
             pn.Row(self.launch_button, self.cancel_button), width=280)
         self.layout = pn.Row(
@@ -101,7 +101,6 @@ class FinetunePanel(pn.viewable.Viewer):
         if job is None:
             return
         p = job.progress
-        self.phase = p["phase"]
         self.progress = self.bar.value = int(round(100 * p["fraction"]))
         if p["losses"] and (not self._steps["step"] or self._steps["step"][-1] != p["step"]):
             self._steps["step"].append(p["step"])
@@ -112,9 +111,12 @@ class FinetunePanel(pn.viewable.Viewer):
         self.status.object = (f"**{p['phase']}** · epoch {p['epoch']}/{p['epochs']} · step {p['step']}/"
                               f"{p['total_steps']} · {p['seconds']:.0f} s" + (f"<br>{losses}" if losses else ""))
         if job.done:
-            self._finish()
+            self.phase = self._finish()
+        else:
+            self.phase = p["phase"]
 
-    def _finish(self) -> None:
+    def _finish(self) -> str:
+        """Stop polling and show the outcome (results, new version beside the old); returns the final phase."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
@@ -122,12 +124,11 @@ class FinetunePanel(pn.viewable.Viewer):
         try:
             result = self.job.result()
         except Exception as err:                  # noqa: BLE001
-            self.phase = "failed"
             notify(f"fine-tuning failed: {describe(err)}")
-            return
+            return "failed"
         if result.cancelled:
             self.status.object = "cancelled: no version was saved"
-            return
+            return "cancelled"
         self.progress = self.bar.value = 100
         self.workbench.add_version(result.version, result.model)
         self.results.object = (f"#### {result.base_version} → {result.version} ({result.seconds:.0f} s, "
@@ -139,6 +140,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.selection.version = result.version                  # the new one on the left
         self.show_history()
         notify(f"fine-tuned {result.base_version} → {result.version}", "success", 4000)
+        return "done"
 
     def show_history(self) -> None:
         """The registry's versions with their parents and the metrics saved with them."""

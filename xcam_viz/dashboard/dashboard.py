@@ -1,0 +1,196 @@
+"""`xv.Dashboard`: the components composed into one app; serving it (`serve`, `session`).
+
+Each browser session gets its own Dashboard (its own selection); the Workbench — model versions,
+data, caches, feedback store — is built once per server process and shared.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import holoviews as hv
+import panel as pn
+import param
+from torch import nn
+
+from ..data import ImageSet
+from .browser import ImageBrowser
+from .brush import BrushFeedback
+from .controls import ExplainControls
+from .overlay import OverlayPair
+from .selection import Selection
+from .tasks import Runner, describe, notify
+from .tuning import FinetunePanel
+from .workbench import Workbench
+
+hv.extension("bokeh", logo=False)
+
+
+def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.Module | None:
+    """A model from a checkpoint path (xv.models.load) or a zoo name (random weights)."""
+    from .. import models
+
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    if Path(spec).exists():
+        return models.load(spec)
+    if str(spec) in models.MODEL_NAMES:
+        return models.build(str(spec), num_classes=num_classes)
+    raise FileNotFoundError(f"--model {spec!r} is neither a checkpoint file nor one of {models.MODEL_NAMES}")
+
+
+def load_data(spec) -> dict[str, ImageSet] | None:
+    """Data splits from an ImageSet, a dict of them, or paths 'name=path' / 'path' (folder, CSV or MedMNIST .npz)."""
+    from .. import data as xdata
+
+    if spec is None or isinstance(spec, dict):
+        return spec
+    if isinstance(spec, ImageSet):
+        return {spec.attrs.get("split", "data"): spec}
+    splits = {}
+    for item in [spec] if isinstance(spec, (str, Path)) else spec:
+        name, _, path = str(item).rpartition("=")
+        path = Path(path)
+        ds = xdata.load_medmnist(path, split=name or "test") if path.suffix == ".npz" else xdata.load_folder(path)
+        splits[name or path.stem] = ds
+    return splits
+
+
+def build_workbench(model=None, data=None, feedback=None) -> Workbench:
+    """A Workbench from the Dashboard's arguments; None everywhere gives the demo."""
+    from ..demo import demo_data, demo_model
+
+    splits = load_data(data) or {s: demo_data(s) for s in ("test", "flipped")}
+    num_classes = len(next(iter(splits.values())).class_names)
+    model = load_model(model, num_classes) or demo_model(progress=False)
+    return Workbench(model, splits, feedback)
+
+
+def shared_workbench(model=None, data=None, feedback=None) -> Workbench:
+    """One Workbench per (model, data, feedback) spec and server process (pn.state.cache)."""
+    key = ("xcam-viz-workbench", str(model), str(data), str(feedback))
+    if key not in pn.state.cache:
+        pn.state.cache[key] = build_workbench(model, data, feedback).warm()
+    return pn.state.cache[key]
+
+
+class StateProbe(param.Parameterized):
+    """A hidden element carrying the session's state as JSON (read by the browser tests and tools)."""
+
+    def __init__(self, dashboard: "Dashboard"):
+        super().__init__()
+        self.dashboard = dashboard
+        self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
+        sel = dashboard.selection
+        sel.param.watch(self.update, ["split", "sample", "version", "layer", "method", "target", "revision"])
+        for view in dashboard.overlays.views.values():
+            view.param.watch(self.update, ["digest"])
+        dashboard.brush.param.watch(self.update, ["strokes"])
+        dashboard.tuning.param.watch(self.update, ["progress", "phase", "new_version"])
+        dashboard.browser.param.watch(self.update, ["ids", "page"])
+        self.update()
+
+    def state(self) -> dict:
+        d = self.dashboard
+        sel, views, grid = d.selection, d.overlays.views, d.browser.grid
+        doc = d.runner.doc
+        return {"session": doc.session_context.id if doc is not None and doc.session_context else "local",
+                "split": sel.split, "sample": sel.sample, "version": sel.version, "layer": sel.layer,
+                "method": sel.method, "target": sel.target, "revision": sel.revision,
+                "left": views["left"].digest, "right": views["right"].digest,
+                "left_title": views["left"].title, "strokes": len(d.brush.strokes),
+                "page": d.browser.page, "page_ids": d.browser.page_ids(),
+                "finetune": {"phase": d.tuning.phase, "progress": d.tuning.progress,
+                             "version": d.tuning.new_version, "results": bool(d.tuning.results.object)},
+                "versions": d.workbench.versions,
+                "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile},
+                "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame)}
+
+    def update(self, *_):
+        text = json.dumps(self.state()).replace("&", "&amp;").replace("<", "&lt;")
+        self.pane.object = f'<pre class="xv-state-json">{text}</pre>'
+
+
+class Dashboard(pn.viewable.Viewer):
+    """The xcam-viz workbench: browse images, compare CAMs, paint feedback, fine-tune.
+
+    Dashboard() is the demo; give a model (module, checkpoint path or zoo name), data (ImageSet, dict of
+    splits or paths) and feedback (FeedbackStore or path) for your own. Display it in JupyterLab after
+    pn.extension(notifications=True), or call .servable() in a `panel serve` script. Dashboards given
+    paths (or nothing) share one Workbench per process (pn.state.cache); given objects, they get their own.
+    """
+
+    def __init__(self, model=None, data=None, feedback=None, *, workbench: Workbench | None = None,
+                 background: bool | None = None, **params):
+        super().__init__(**params)
+        specs = (model, feedback, *(data if isinstance(data, (list, tuple)) else [data]))
+        shareable = all(x is None or isinstance(x, (str, Path)) for x in specs)
+        self.workbench = workbench or (shared_workbench if shareable else build_workbench)(model, data, feedback)
+        self.runner = Runner(background)
+        self.selection = Selection(self.workbench)
+        self.browser = ImageBrowser(self.workbench, self.selection, self.runner)
+        self.overlays = OverlayPair(self.workbench, self.selection, self.runner)
+        self.brush = BrushFeedback(self.workbench, self.selection)
+        self.tuning = FinetunePanel(self.workbench, self.selection, self.overlays)
+        self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
+        self.probe = StateProbe(self)
+        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, dynamic=False,
+                            margin=(0, 10))
+        self.main = pn.Row(pn.Card(self.browser.layout, title="Images", collapsible=False, margin=(0, 10)),
+                           self.tabs, self.probe.pane)
+        if self.runner.background:             # versions other sessions fine-tune appear in the pickers
+            pn.state.add_periodic_callback(self._refresh_versions, period=3000)
+
+    def _refresh_versions(self) -> None:
+        if self.workbench.versions != self.selection.param.version.objects:
+            self.selection.sync_version()
+            self.overlays.sync_choices()
+            self.tuning.show_history()
+
+    @property
+    def sidebar(self) -> pn.Column:
+        return self.controls.layout
+
+    def __panel__(self):
+        return pn.Row(pn.Column(self.sidebar, width=280), self.main)
+
+    def template(self, title: str = "xcam-viz") -> pn.template.BootstrapTemplate:
+        """The dashboard in a page template: controls in the sidebar, browser and tabs in the main area."""
+        return pn.template.BootstrapTemplate(title=title, sidebar=[self.sidebar], main=[self.main],
+                                             sidebar_width=300, header_background="#2f5d8a")
+
+    def servable(self, title: str = "xcam-viz", **kw):
+        """Mark the dashboard's page template to be served by `panel serve`."""
+        return self.template(title).servable(title=title, **kw)
+
+
+def configure() -> None:
+    """Page-wide Panel settings: notifications on, callback errors shown as notifications."""
+    from bokeh.core.validation import silence
+    from bokeh.core.validation.warnings import FIXED_SIZING_MODE
+
+    pn.extension(notifications=True)
+    pn.config.exception_handler = lambda err: notify(describe(err))
+    silence(FIXED_SIZING_MODE)             # HoloViews sizes plots by their frames
+
+
+def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
+          show: bool = False, websocket_origin: list[str] | None = None, **kw):
+    """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks."""
+    configure()
+    workbench = build_workbench(model, data, feedback).warm()
+    origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
+    print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
+    return pn.serve({"/": lambda: Dashboard(workbench=workbench).template()}, port=port, address=address,
+                    show=show, title="xcam-viz", websocket_origin=origins, **kw)
+
+
+def session() -> pn.template.BootstrapTemplate:
+    """One browser session's page, on the process's shared Workbench.
+
+    XCAM_VIZ_MODEL (checkpoint or zoo name), XCAM_VIZ_DATA ([name=]path entries separated by os.pathsep)
+    and XCAM_VIZ_FEEDBACK (database) configure it; unset, it is the demo.
+    """
+    data = os.environ.get("XCAM_VIZ_DATA")
+    return Dashboard(model=os.environ.get("XCAM_VIZ_MODEL"), data=data.split(os.pathsep) if data else None).template()
