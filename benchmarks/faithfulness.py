@@ -69,8 +69,8 @@ def run(images: int, pda_images: int) -> str:
     everything = {k: v for k, v in results.items() if k != "evidence pda"}
     return (f"Demo smallcnn, demo test images {data.ids[0]}…{data.ids[-1]}, target = predicted class; "
             f"deletion/insertion: 32 steps, baselines blur (Gaussian, 11 px, σ 5) and mean (per image and "
-            f"channel); pointing games against the lesion masks (tolerance 0). CAMs: layer block3. Evidence: window 10, padding 2, marginal sampler on "
-            f"2,000 training images; PDA on {pda_images} of the images only (~30k forwards each). "
+            f"channel); pointing games against the lesion masks (tolerance 0). CAMs: layer block3. "
+            f"Evidence: window 10, padding 2, marginal sampler on 2,000 training images; PDA on {pda_images} of the images only (~30k forwards each). "
             f"Machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end.\n\n"
             f"All {images} images (every method but PDA):\n\n{table(everything)}\n\n"
             f"The {pda_images} images {', '.join(data.ids[i] for i in spaced)} (every method, PDA included):"
