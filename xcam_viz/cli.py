@@ -37,6 +37,29 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .explain.batch import load_data
+    from .feedback import FeedbackStore
+    from .finetune import finetune
+    from .models import load
+    from .demo import demo_model
+    if not Path(args.feedback).exists():
+        raise SystemExit(f"feedback database {args.feedback} does not exist; annotate images in the dashboard "
+                         "or write one with xv.FeedbackStore / xv.feedback.simulate(..., store=...)")
+    model = None if args.base_version else demo_model(progress=False) if args.model == "demo" else load(args.model)
+    store = FeedbackStore(args.feedback)
+    evals = args.eval if args.eval is not None else (["test", "flipped"] if args.data == "demo" else [])
+    versions = args.versions or Path(args.feedback).with_name(f"{Path(args.feedback).stem}-versions")
+    result = finetune(model, load_data(args.data, args.split), feedback=store, layer=args.layer, lam=args.lam,
+                      epochs=args.epochs, lr=args.lr, loss=args.loss, base_version=args.base_version,
+                      versions_dir=versions, eval_data={s: load_data(args.data, s) for s in evals})
+    print(result.summary())
+    print(f"saved {result.version} (from {result.base_version}) in {result.versions.directory}", flush=True)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -70,6 +93,21 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--overwrite", action="store_true", help="replace an output of a different run")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(run=_explain)
+    tune = sub.add_parser("finetune", help="fine-tune a model on saved explanation feedback into a new model version")
+    tune.add_argument("--model", default="demo", help="checkpoint written by xv.models.save, or 'demo'")
+    tune.add_argument("--base-version", help="start from this version of the registry instead of --model")
+    tune.add_argument("--feedback", required=True, help="feedback database (SQLite) written by xv.FeedbackStore")
+    tune.add_argument("--data", default="demo", help="'demo', an image folder, an ISIC-style CSV or a MedMNIST .npz")
+    tune.add_argument("--split", default="train", help="split fine-tuned on (demo / MedMNIST; default: train)")
+    tune.add_argument("--eval", action="append", metavar="SPLIT",
+                      help="split scored before and after; repeat (default for demo: test and flipped)")
+    tune.add_argument("--layer", help="layer whose Grad-CAM is corrected (default: the last spatial layer)")
+    tune.add_argument("--lam", type=float, default=1.0, help="weight of the explanation loss (0: plain fine-tuning)")
+    tune.add_argument("--epochs", type=int, default=3)
+    tune.add_argument("--lr", type=float, default=2e-3)
+    tune.add_argument("--loss", default="auto", help="auto, or terms joined by + from relevant, irrelevant, rrr")
+    tune.add_argument("--versions", help="model version folder (default: <feedback>-versions next to the database)")
+    tune.set_defaults(run=_finetune)
     return p
 
 

@@ -8,6 +8,12 @@ with feedback (they are few, so they are drawn again and again); an epoch is one
 images without feedback. Batch-norm statistics stay frozen during fine-tuning, so the small,
 oversampled feedback batches do not shift them and the model behaves the same in train and
 eval mode.
+
+Why the centred logit: softmax ignores a shift of all logits, so the CAM of a plain logit can
+hide a shortcut (the marker made to count against every class, more against one) while the
+decision still rests on it; the trained CAM explains the target logit minus the mean logit.
+A final linear layer is centred first (a softmax-invariant reparametrisation), so the plain
+CAMs of the new version equal the trained ones.
 """
 from __future__ import annotations
 
@@ -66,7 +72,7 @@ class FinetuneResult:
         return "\n".join(rows)
 
 
-def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | FeedbackSet, layer: str = "block3",
+def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | FeedbackSet, layer: str | None = None,
              lam: float = 1.0, epochs: int = 3, lr: float = 2e-3, loss: str = "auto", method: str = "gradcam",
              batch_size: int = 64, feedback_share: float = 0.25, base_version: str | None = None,
              versions_dir=None, eval_data: dict[str, ImageSet] | None = None, seed: int = 0,
@@ -75,6 +81,8 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     (background=True: a `FinetuneJob` at once; its `.result()` gives the FinetuneResult).
 
     feedback: a FeedbackStore or a FeedbackSet (what `xv.feedback.simulate` returns).
+    layer: the layer whose Grad-CAM is corrected (default: the model's last spatial layer, e.g.
+        smallcnn's block4, which repairs the demo shortcut best; see benchmarks/feedback_repair.py).
     loss: "auto" (the relevant term for relevant masks, the irrelevant term for irrelevant ones),
         or terms joined by "+" from "relevant", "irrelevant" (Grad-CAM RRR), "rrr" (input gradients).
     lam: weight of the explanation loss (0 = plain cross-entropy fine-tuning, the control).
@@ -88,7 +96,7 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     on_progress: called with the progress dict after every step (from the job's thread).
     The model passed in is never changed: the run trains a copy.
     """
-    settings = dict(layer=layer, lam=float(lam), epochs=int(epochs), lr=float(lr), method=method,
+    settings = dict(layer=str(layer), lam=float(lam), epochs=int(epochs), lr=float(lr), method=method,
                     batch_size=int(batch_size), feedback_share=float(feedback_share), seed=int(seed))
     _check_settings(settings)
     if not isinstance(ds, ImageSet):
@@ -99,8 +107,13 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     settings.update(loss="+".join(terms), feedback_samples=len(fb))
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
     start, base = _base(model, base_version, versions)
-    models.get_layer(start, layer)
+    if layer is None:
+        settings["layer"] = models.spatial_layers(start, tuple(ds.images.shape[1:]))[-1][0]
+    models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
+    for name, data in eval_data.items():
+        if not isinstance(data, ImageSet):
+            raise TypeError(f"eval_data[{name!r}] must be an ImageSet, got {type(data).__name__}")
 
     def run(control: Control) -> FinetuneResult:
         return _run(start, base, versions, ds, positions, fb, terms, settings, eval_data, control)
@@ -160,12 +173,7 @@ def _base(model: nn.Module | None, base_version: str | None, versions: ModelVers
         return versions.load(base_version), base_version
     if model is None:
         raise ValueError("give a model, or base_version= naming a version in versions_dir")
-    fp = models.fingerprint(model)
-    for name in reversed(versions.list()):
-        if versions.meta(name).get("fingerprint") == fp:
-            return copy.deepcopy(model), name
-    meta = {k: v for k, v in getattr(model, "xcam_meta", {}).items() if k not in ("version", "parent", "created")}
-    return copy.deepcopy(model), versions.save_new(model, meta={**meta, "fingerprint": fp})
+    return copy.deepcopy(model), versions.register(model)
 
 
 def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, positions: torch.Tensor,
@@ -173,6 +181,7 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, pos
     start = time.perf_counter()
     control.report(phase="evaluating before")
     before = _evaluate(model, eval_data, settings)
+    _centre_head(model, ds.images[:8])
     labels = ds.labels.clone()
     corrected = fb.labels >= 0
     labels[positions[corrected]] = fb.labels[corrected]
@@ -197,6 +206,7 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, pos
             control.report(epoch=epoch, step=step + 1, losses=values)
     except Cancelled:
         cancelled = True
+    _centre_head(model, ds.images[:8])           # Adam lets the class-mean drift again
     model.eval()
     version = None
     if cancelled:
@@ -207,11 +217,36 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, pos
         after = _evaluate(model, eval_data, settings)
         control.report(phase="saving")
         version = versions.save_new(model, parent=base, meta={
-            **settings, "fingerprint": models.fingerprint(model),
-            "metrics": {f"{split}/{k}": float(v) for split, vals in after.items() for k, v in vals.items()}})
+            **settings, "metrics": {f"{split}/{k}": float(v) for split, vals in after.items() for k, v in vals.items()}})
         control.report(phase="done")
     return FinetuneResult(model, version, base, versions, _metrics_dataset(before, after),
                           _history_dataset(history), settings, cancelled, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _centre_head(model: nn.Module, probe: torch.Tensor) -> None:
+    """Subtract the class-mean from the final linear layer's weights and bias, if the model ends in one.
+
+    Softmax ignores this shift, so predictions do not change; afterwards every logit equals its
+    centred logit, and the plain Grad-CAMs users see (`xv.explain`) are the ones fine-tuning
+    corrected. Kept only if the model's logits verifiably become their centred selves.
+    """
+    head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    if head is None:
+        return
+    was_training = model.training
+    model.eval()
+    probe = probe.to(models.model_device(model))
+    logits = model(probe)
+    saved = head.weight.clone(), None if head.bias is None else head.bias.clone()
+    head.weight -= head.weight.mean(0, keepdim=True)
+    if head.bias is not None:
+        head.bias -= head.bias.mean()
+    if not torch.allclose(model(probe), logits - logits.mean(1, keepdim=True), atol=1e-4):
+        head.weight.copy_(saved[0])
+        if saved[1] is not None:
+            head.bias.copy_(saved[1])
+    model.train(was_training)
 
 
 def _train_mode(model: nn.Module) -> None:

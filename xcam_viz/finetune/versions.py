@@ -65,8 +65,19 @@ class ModelVersions:
         """The metadata stored with version `name`."""
         return self.load(name).xcam_meta
 
+    def find(self, model: nn.Module) -> str | None:
+        """The newest version holding exactly `model`'s weights (by fingerprint), or None."""
+        fp = models.fingerprint(model)
+        return next((n for n in reversed(self.list()) if self.meta(n).get("fingerprint") == fp), None)
+
+    def register(self, model: nn.Module, meta: dict | None = None) -> str:
+        """`model`'s version name: the one holding its weights, else a new version saved now."""
+        return self.find(model) or self.save_new(model, meta={**_own_meta(model), **(meta or {})})
+
     def save_new(self, model: nn.Module, parent: str | None = None, meta: dict | None = None) -> str:
-        """Save `model` as the next version (atomically: temporary file, fsync, rename); returns its name."""
+        """Save `model` as the next version (atomically: temporary file, fsync, rename); returns its name.
+
+        The metadata gets `version`, `parent`, `created` and the weights' `fingerprint`."""
         while True:
             taken = [int(n[1:]) for n in self.list()]
             number = max(taken, default=-1) + 1
@@ -88,7 +99,14 @@ class ModelVersions:
                 if self.path(name).exists():    # written meanwhile by a writer that has released its lock
                     continue
                 models.save(model, self.path(name), meta={**(meta or {}), "version": name, "parent": parent,
-                                                          "created": time.time()})
+                                                          "created": time.time(),
+                                                          "fingerprint": models.fingerprint(model)})
                 return name
             finally:
                 lock.unlink(missing_ok=True)
+
+
+def _own_meta(model: nn.Module) -> dict:
+    """A loaded checkpoint's metadata without what belongs to its old version (name, parent, time)."""
+    return {k: v for k, v in getattr(model, "xcam_meta", {}).items()
+            if k not in ("version", "parent", "created", "fingerprint")}
