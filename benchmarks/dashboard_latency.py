@@ -1,9 +1,11 @@
 """Dashboard latency: server-side time from a selection change to new overlay data in the Bokeh models.
 
 A Dashboard is rendered into a Bokeh document (as a served session would be) and its selection is
-changed 100 times per kind of change; each change runs every watcher (browser highlight, brush image,
-both overlays: model pass or cached capture, weighting, upsampling, HoloViews updating the glyphs'
-data in place). Work runs inline, so the time is the whole server-side cost of the change.
+changed 100 times per kind of change. Work runs inline (no thread hand-off), and the time is taken
+from setting the selection to the moment the last overlay whose map changes has new data in its
+Bokeh models (model pass or cached capture, weighting, upsampling, HoloViews' in-place update).
+The column "whole" is the p95 of the full change including the other views (thumbnail highlight,
+brush image, state probe).
 
 Scenarios: the demo (smallcnn, 64 px) and resnet18 (random weights) at 224 px.
 Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
@@ -30,47 +32,59 @@ N = 100
 GRADIENT_METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"]
 
 
-def timed(change) -> float:
-    start = time.perf_counter()
-    change()
-    return (time.perf_counter() - start) * 1000
+class Clock:
+    """Times selection changes: until the last overlay update, and until every watcher has run."""
+
+    def __init__(self, dash: Dashboard):
+        self.stamps: list[float] = []
+        for view in dash.overlays.views.values():
+            view.param.watch(lambda _: self.stamps.append(time.perf_counter()), "digest")
+
+    def __call__(self, change) -> tuple[float, float]:
+        self.stamps.clear()
+        start = time.perf_counter()
+        change()
+        end = time.perf_counter()
+        return (max(self.stamps, default=end) - start) * 1000, (end - start) * 1000
 
 
-async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[str, list[float]]:
-    """Milliseconds per image change, layer change (new capture) and method change (cached capture)."""
+async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[str, list[tuple[float, float]]]:
+    """(to overlay data, whole change) in ms per image change, layer change (new capture) and method
+    change (cached capture)."""
     dash = Dashboard(workbench=workbench, background=False)
     pn.panel(dash).get_root(Document())                # real Bokeh models, updated in place
+    clock = Clock(dash)
     sel, ids = dash.selection, workbench.splits[dash.selection.split].ids
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(ids))
+    order = np.random.default_rng(0).permutation(len(ids))
     times = {"image": [], "layer": [], "method": []}
     for i in range(n):                                 # every image new: a model pass per change
-        times["image"].append(timed(lambda: setattr(sel, "sample", ids[order[i % len(ids)]])))
+        times["image"].append(clock(lambda: setattr(sel, "sample", ids[order[i % len(ids)]])))
         await asyncio.sleep(0)
     for i in range(n):                                 # a layer not yet captured for this image
         sel.sample = ids[order[(n + i) % len(ids)]]
-        times["layer"].append(timed(lambda: setattr(sel, "layer", layers[i % len(layers)])))
+        times["layer"].append(clock(lambda: setattr(sel, "layer", layers[i % len(layers)])))
         await asyncio.sleep(0)
     for i in range(n):                                 # capture cached, map not: weighting only
         workbench.maps.clear()
-        times["method"].append(timed(lambda: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
+        times["method"].append(clock(lambda: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
         await asyncio.sleep(0)
     return times
 
 
-def row(scenario: str, change: str, ms: list[float], goal: float | None) -> str:
-    p50, p95 = np.percentile(ms, [50, 95])
+def row(scenario: str, change: str, ms: list[tuple[float, float]], goal: float | None) -> str:
+    overlay, whole = np.array(ms).T
+    p50, p95 = np.percentile(overlay, [50, 95])
     verdict = "" if goal is None else ("yes" if p95 <= goal else "**no**")
-    return (f"| {scenario} | {change} | {len(ms)} | {p50:.1f} | {p95:.1f} | "
+    return (f"| {scenario} | {change} | {len(ms)} | {p50:.1f} | {p95:.1f} | {np.percentile(whole, 95):.1f} | "
             f"{'—' if goal is None else f'<= {goal:.0f}'} | {verdict} |")
 
 
 def run() -> str:
-    feedback = Path(tempfile.mkdtemp()) / "feedback.db"
-    demo = Workbench(demo_model(progress=False), {"test": demo_data("test")}, feedback)
+    folder = Path(tempfile.mkdtemp())
+    demo = Workbench(demo_model(progress=False), {"test": demo_data("test")}, folder / "demo.db")
     torch.manual_seed(0)
     resnet = Workbench(xv.models.build("resnet18", num_classes=2),
-                       {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")}, feedback)
+                       {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")}, folder / "resnet.db")
     rows = []
     for name, wb, layers, goals in (
             ("demo smallcnn 64 px", demo, ["block3", "block2", "block4", "block1"], (100, 100, 20)),
@@ -83,7 +97,8 @@ def run() -> str:
     return (f"Server-side latency of a selection change, until the new overlay data is in the Bokeh models "
             f"(ms; {N} changes each; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
             f"load average {load}).\n\n"
-            "| scenario | change | n | p50 ms | p95 ms | goal p95 ms | met |\n|---|---|---|---|---|---|---|\n"
+            "| scenario | change | n | p50 ms | p95 ms | whole p95 ms | goal p95 ms | met |\n"
+            "|---|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
 

@@ -315,3 +315,52 @@ def test_dashboard_renders_to_bokeh_models(dash):
     dash.browser._turn(1)                                               # updates go into the live models
     dash.selection.sample = dash.browser.page_ids()[1]
     assert dash.probe.state()["sample"] == dash.browser.page_ids()[1]
+
+
+def test_finetune_can_be_cancelled(dash, workbench):
+    tuning = dash.tuning
+    sample = workbench.splits["test"].ids[2]
+    workbench.feedback.add(sample, relevant=workbench.ground_truth("test", sample), author="test")
+    versions = workbench.versions
+    tuning.split, tuning.epochs = "test", 50
+    tuning.launch()
+    tuning.cancel()
+    assert tuning.job.wait(120)
+    tuning.poll()
+    assert tuning.phase == "cancelled" and workbench.versions == versions and not tuning.launch_button.disabled
+
+
+def test_models_and_data_from_specs(tmp_path, demo_test):
+    import xcam_viz as xv
+    from xcam_viz.dashboard.dashboard import load_data, load_model
+
+    assert load_model("smallcnn").xcam_arch["name"] == "smallcnn"
+    path = xv.models.save(load_model("smallcnn"), tmp_path / "m.pt")
+    assert isinstance(load_model(str(path)), type(load_model("smallcnn")))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
+        load_model("no-such-model")
+    assert load_data(demo_test) == {"test": demo_test} and load_data(None) is None
+
+
+def test_segmenter_targets_a_point_or_a_painted_region(tmp_path):
+    import torch
+
+    import xcam_viz as xv
+
+    torch.manual_seed(0)
+    data = xv.data.synthetic_lesions(n=8, size=64, split="test", task="segmentation")
+    wb = Workbench(xv.models.build("unet", num_classes=3), {"test": data}, tmp_path / "fb.db")
+    dash = Dashboard(workbench=wb, background=False)
+    sel = dash.selection
+    assert wb.is_segmenter() and sel.method == "seg-gradcam" and sel.layer == "dec1"
+    assert set(wb.methods()) == {"seg-gradcam", "seg-hirescam", "eigencam"}
+    assert dash.controls.region.visible and dash.overlays.compare_method == "seg-hirescam"
+    sel.layer, sel.region = "bottleneck", "point"             # (at dec1 a pixel's gradient is that pixel's
+    before = dash.overlays.left.digest                         # only: the head is a 1×1 convolution)
+    dash.overlays.click(40.5, 20.5)                                   # plot (x, y) -> pixel row 43, col 40
+    assert sel.point == (43, 40) and sel.request().region == (43, 40) and dash.overlays.left.digest != before
+    sel.region = "painted"
+    dash.brush.draw.event(data={"xs": [[10, 30]], "ys": [[40, 40]]})
+    region = sel.request().region
+    assert region[0] == "mask" and sel.painted[23, 10:30].all()
+    assert dash.overlays.left.result.request.region == region

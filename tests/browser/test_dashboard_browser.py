@@ -20,8 +20,8 @@ def test_clicking_a_thumbnail_changes_the_overlay(server, page):
     console = open_dashboard(page, server.url)
     before = state(page)
     page.mouse.click(*tile_point(page, before, 7))
-    after = wait_state(page, lambda s: s["sample"] == before["page_ids"][7] and s["left"] != before["left"])
-    assert after["right"] != before["right"]
+    wait_state(page, lambda s: s["sample"] == before["page_ids"][7] and s["left"] != before["left"]
+               and s["right"] != before["right"])                    # both views show the new image
     page.wait_for_timeout(300)
     publish(shot(page, "02-thumbnail-selected"))
     assert console.errors == []
@@ -115,9 +115,13 @@ def test_one_epoch_finetune_shows_progress_and_results(server, page):
     page.locator(".xv-finetune-epochs input").press("Enter")
     page.locator(".xv-launch button").click()
     wait_state(page, lambda s: s["finetune"]["phase"] not in ("idle", "starting"), timeout=60)
-    seen = {state(page)["finetune"]["progress"]}
-    done = wait_state(page, lambda s: seen.add(s["finetune"]["progress"]) or s["finetune"]["phase"] == "done",
-                      timeout=240)
+    seen = set()
+
+    def finished(s):
+        seen.add(s["finetune"]["progress"])
+        return s["finetune"]["phase"] == "done"
+
+    done = wait_state(page, finished, timeout=240)
     assert done["finetune"]["progress"] == 100 and done["finetune"]["results"]
     assert done["version"] == done["finetune"]["version"] != s0["version"]
     table = page.locator(".xv-finetune-results table")

@@ -10,6 +10,7 @@ import numpy as np
 import panel as pn
 import param
 
+from .raster import plot_to_pixel
 from .selection import Selection
 from .tasks import Runner
 from .workbench import MapResult, Workbench
@@ -100,17 +101,28 @@ class OverlayPair(pn.viewable.Viewer):
         self.views = {"left": self.left, "right": self.right}
         self.sync_choices()
         methods = self.param.compare_method.objects
-        self.compare_method = next((m for m in ("hirescam", "layercam") if m in methods), SAME)
+        self.compare_method = next((m for m in ("hirescam", "seg-hirescam", "layercam") if m in methods), SAME)
         self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
         self.layout = pn.Column(
             pn.Row(*[pn.pane.HoloViews(v.plot, linked_axes=True, margin=(5, 5)) for v in (self.left, self.right)],
                    css_classes=["xv-overlays"]),                  # Panel links their axes: zoom and pan together
             self.info, name="Explain")
+        self.tap = hv.streams.Tap(source=self.left.plot, x=None, y=None)
+        self.tap.param.watch(lambda *_: self.click(self.tap.x, self.tap.y), ["x", "y"])
         selection.param.watch(lambda *_: self.sync_choices(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
                                                          "region", "point", "painted"])
         self.param.watch(lambda *_: self.refresh("right"), ["compare_version", "compare_method", "compare_layer"])
         self.refresh()
+
+    def click(self, x: float | None, y: float | None) -> None:
+        """A click on the left map picks the pixel of the 'point' region (segmenters)."""
+        sel = self.selection
+        if x is None or y is None or sel.region != "point" or not self.workbench.is_segmenter(sel.version):
+            return
+        h, w = self.left.shape
+        row, col = plot_to_pixel(x, y, h)
+        sel.point = (int(np.clip(row, 0, h - 1)), int(np.clip(col, 0, w - 1)))
 
     def sync_choices(self) -> None:
         wb = self.workbench

@@ -43,7 +43,7 @@ class Selection(param.Parameterized):
         self.param.layer.objects, self.param.method.objects = layers, methods
         with param.parameterized.batch_call_watchers(self):
             if self.layer not in layers:
-                self.layer = default_layer(wb.layers(self.version))
+                self.layer = default_layer(wb.layers(self.version), wb.is_segmenter(self.version))
             if self.method not in methods:
                 self.method = methods[0]
 
@@ -71,11 +71,12 @@ class Selection(param.Parameterized):
         if method in EVIDENCE:
             layer = ""                                   # evidence does not depend on a layer
         elif layer not in dict(self.workbench.layers(version)):
-            layer = default_layer(self.workbench.layers(version))
+            layer = default_layer(self.workbench.layers(version), self.workbench.is_segmenter(version))
         return MapRequest(version, self.split, self.sample, method, layer, self.target, self.region_key())
 
 
-def default_layer(layers: list[tuple[str, tuple]]) -> str:
-    """The last top-level spatial layer (e.g. block4 / layer4): the usual Grad-CAM layer."""
-    top = [name for name, _ in layers if "." not in name]
-    return (top or [name for name, _ in layers])[-1]
+def default_layer(layers: list[tuple[str, tuple]], segmenter: bool = False) -> str:
+    """The last top-level spatial layer (e.g. block4 / layer4), the usual Grad-CAM layer; for a segmenter
+    the one before its output layer (e.g. a U-Net's last decoder block)."""
+    top = [name for name, _ in layers if "." not in name] or [name for name, _ in layers]
+    return top[-2] if segmenter and len(top) > 1 else top[-1]

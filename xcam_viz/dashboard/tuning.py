@@ -35,7 +35,8 @@ class FinetunePanel(pn.viewable.Viewer):
         super().__init__(**params)
         layers = [name for name, _ in workbench.layers(selection.version)]
         self.param.layer.objects, self.param.split.objects = layers, list(workbench.splits)
-        self.layer = "block3" if "block3" in layers else default_layer(workbench.layers(selection.version))
+        self.layer = "block3" if "block3" in layers else default_layer(workbench.layers(selection.version),
+                                                                         workbench.is_segmenter(selection.version))
         self.split = selection.split
         self.job = None
         self._callback = None
@@ -68,7 +69,8 @@ class FinetunePanel(pn.viewable.Viewer):
 
     @staticmethod
     def _curves(data):
-        return hv.NdOverlay({k: hv.Curve((data["step"], data[k]), "step", "loss")
+        """Loss terms per step; framewise, so the axes follow the growing curves."""
+        return hv.NdOverlay({k: hv.Curve((data["step"], data[k]), "step", "loss").opts(framewise=True)
                              for k in ("loss", "ce", "explanation")}, kdims="term")
 
     def launch(self) -> None:
@@ -131,8 +133,11 @@ class FinetunePanel(pn.viewable.Viewer):
             return "cancelled"
         self.progress = self.bar.value = 100
         self.workbench.add_version(result.version, result.model)
-        self.results.object = (f"#### {result.base_version} → {result.version} ({result.seconds:.0f} s, "
+        self.results.object = (f"**{result.base_version} → {result.version}** ({result.seconds:.0f} s, "
                                f"loss {result.settings['loss']}, λ {result.settings['lam']})\n\n" + result.summary())
+        self.workbench.measured.setdefault(result.base_version, {
+            f"{split}/{name}": float(result.metrics[name].sel(stage="before", split=split))
+            for split in result.metrics.split.values for name in result.metrics.data_vars})
         self.new_version = result.version
         self.selection.sync_version()
         self.overlays.sync_choices()
@@ -151,10 +156,10 @@ class FinetunePanel(pn.viewable.Viewer):
                 "|---" * (len(cols) + 2) + "|"]
         for name in self.workbench.versions:
             meta = self.workbench.version_meta(name)
-            m = meta.get("metrics", {})
+            m = meta.get("metrics") or self.workbench.measured.get(name, {})
             rows.append(f"| {name} | {meta.get('parent') or '—'} | "
                         + " | ".join(f"{m[key]:.3f}" if key in m else "—" for key, _ in cols) + " |")
-        self.history.object = "#### Model versions (switch or roll back in the sidebar)\n\n" + "\n".join(rows)
+        self.history.object = "**Model versions** (switch or roll back in the sidebar)\n\n" + "\n".join(rows)
 
     def __panel__(self):
         return self.layout

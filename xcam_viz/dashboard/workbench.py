@@ -141,6 +141,7 @@ class Workbench:
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
+        self.measured: dict[str, dict[str, float]] = {}     # metrics of versions saved without them
 
     @classmethod
     def demo(cls, feedback=None) -> "Workbench":
