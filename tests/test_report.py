@@ -76,7 +76,7 @@ def test_html_opens_offline_without_console_errors(built, tmp_path):
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
         page.goto(path.as_uri())
         page.wait_for_function("document.querySelectorAll('.bk-Figure, .bk-GridPlot, .bk-Row').length > 0",
-                               timeout=30000)
+                               timeout=120000)
         for section in SECTIONS:
             assert page.locator(f"section#{section}").is_visible(), section
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
