@@ -1,4 +1,6 @@
 """Our CAMs against pytorch-grad-cam, torchcam and captum on random-weight torchvision models."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -22,12 +24,17 @@ LIB_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
                "xgradcam": "XGradCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}
 
 
+@functools.lru_cache(maxsize=None)
+def random_model(name):
+    """One random-weight torchvision model per name for the whole module (vgg11_bn alone takes seconds)."""
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
 @pytest.fixture(scope="module", params=list(PEERS))
 def peer(request):
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(request.param, weights=None).eval()
     size, layers, score_layers = PEERS[request.param]
-    return model, torch.rand(len(CLASSES), 3, size, size), layers, score_layers
+    return random_model(request.param), torch.rand(len(CLASSES), 3, size, size), layers, score_layers
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +113,7 @@ def test_output_changed_in_place_downstream(name, layer):
     """
     from captum.attr import LayerGradCam
 
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
+    model = random_model(name)
     x = torch.rand(2, 3, 64, 64)
     cap = capture(model, x, layer, target=CLASSES)
     assert (cap.activations[layer] < 0).any(), "the kept activation must be the pre-ReLU output"

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from .capture import Capture
 
-SCORECAM_PIXELS = 2 ** 21   # masked images per Score-CAM chunk: this many input pixels (about 250 MB for resnet18)
+SCORECAM_PIXELS = 2 ** 17   # masked images per Score-CAM chunk: this many input pixels (32 at 64², 2 at 224²)
 
 
 def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
