@@ -8,7 +8,7 @@ import pytest
 
 from xcam_viz.dashboard import Dashboard, MapRequest, Workbench
 from xcam_viz.dashboard.cache import LRUCache
-from xcam_viz.dashboard.overlay import thresholded
+from xcam_viz.dashboard.overlay import palette, thresholded
 from xcam_viz.dashboard.raster import Grid, Stroke, montage, plot_to_pixel, stroke_mask, strokes_to_masks
 from xcam_viz.dashboard.tasks import Runner
 
@@ -192,6 +192,9 @@ def test_browser_filters_sorts_pages_and_clicks(dash, workbench):
     assert b.page == 1 and b.page_ids() == b.ids[20:40]
     b.click(*b.grid.centre(2))
     assert dash.selection.sample == b.ids[22]
+    sent = b._tiles.data
+    dash.selection.sample = b.ids[25]                                   # not a click: the outline is sent
+    assert b._tiles.data is not sent and b._tiles.data[1] == [5] and b._tiles.data[0]["id"][5] == b.ids[25]
     b.sort = "pointing_game"                                            # computed inline here
     scores = b._scores[b._metric_key()]["pointing_game"]
     assert [scores[s] for s in b.ids] == sorted(scores[s] for s in b.ids)
@@ -217,11 +220,12 @@ def test_overlay_updates_in_place_on_selection_changes(dash):
     dash.selection.method = "evidence"
     heat = left.plot[()].get(1)
     low, high = heat.opts.get().kwargs["clim"]
+    assert heat.opts.get().kwargs["cmap"] == palette("RdBu_r")
     assert left.result.signed and left.colormap == "RdBu_r" and low == -high < 0
     assert np.isclose(high, np.abs(left.result.values).max())
     dash.overlays.display.cmap = "viridis"
     assert left.colormap == "RdBu_r" and right.colormap == "viridis"
-    assert right.plot[()].get(1).opts.get().kwargs["cmap"] == "viridis"
+    assert right.plot[()].get(1).opts.get().kwargs["cmap"] == palette("viridis")
 
 
 def test_threshold_hides_low_values():
@@ -251,6 +255,10 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
     assert sample in workbench.feedback_ids("test")
     dash.browser.feedback = "with feedback"
     assert sample in dash.browser.ids
+    assert brush._stale and f"{before + 1} annotation" not in brush.summary.object  # off screen: not drawn
+    dash.tabs.active = 1
+    assert brush.active and not brush._stale and f"{before + 1} annotation" in brush.summary.object
+    dash.tabs.active = 0
     brush.undo()                                                       # nothing pending: undo the saved one
     assert len(workbench.feedback.annotations(sample)) == before
     brush.draw.event(data={"xs": [[1, 5]], "ys": [[1, 1]]})

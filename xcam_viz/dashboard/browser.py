@@ -15,7 +15,8 @@ SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low f
          "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
          "energy in lesion, high first": "-energy_pointing_game"}
 METRICS = ("pointing_game", "energy_pointing_game")
-HOVER = ("x", "y", "id", "label", "predicted", "confidence", "feedback")
+TILE_INFO = ("id", "label", "predicted", "confidence", "feedback")
+HIGHLIGHT = "#ffc400"
 
 
 class ImageBrowser(pn.viewable.Viewer):
@@ -36,14 +37,12 @@ class ImageBrowser(pn.viewable.Viewer):
         classes = {"any": -1, **{n: i for i, n in enumerate(workbench.class_names())}}
         self.param.true_class.objects = self.param.predicted_class.objects = classes
         h, w = grid.size
-        self._pipe = hv.streams.Pipe(data=(np.zeros((h, w, 3), np.uint8), {k: [] for k in HOVER}))
-        self._boxes = hv.streams.Pipe(data=[])
+        self._montage = hv.streams.Pipe(data=np.zeros((h, w, 3), np.uint8))
+        self._tiles = hv.streams.Pipe(data=({k: [] for k in ("x0", "y0", "x1", "y1", *TILE_INFO)}, []))
         self._scores: dict[tuple, dict[str, float]] = {}
-        thumbnails = hv.DynamicMap(self._montage_view, streams=[self._pipe])
-        hover = hv.DynamicMap(self._hover_view, streams=[self._pipe])
-        boxes = hv.DynamicMap(lambda data: hv.Rectangles(data).opts(fill_alpha=0, line_color="#ffc400", line_width=3),
-                              streams=[self._boxes])
-        self.plot = thumbnails * hover * boxes
+        self._clicked: str | None = None
+        thumbnails = hv.DynamicMap(self._montage_view, streams=[self._montage])
+        self.plot = thumbnails * hv.DynamicMap(self._tiles_view, streams=[self._tiles])
         self.tap = hv.streams.Tap(source=thumbnails, x=None, y=None)
         self.tap.param.watch(self._on_tap, ["x", "y"])
         self.pager = pn.pane.Markdown("", margin=(0, 10))
@@ -143,13 +142,19 @@ class ImageBrowser(pn.viewable.Viewer):
 
     def _montage_view(self, data):
         h, w = self.grid.size
-        return hv.RGB(data[0], bounds=(0, 0, w, h)).opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h,
+        return hv.RGB(data, bounds=(0, 0, w, h)).opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h,
                                                          toolbar=None, default_tools=[], border=0)
 
-    def _hover_view(self, data):
-        """Invisible squares over the thumbnails that carry the hover information."""
-        return hv.Points(data[1], ["x", "y"], list(HOVER[2:])).opts(
-            alpha=0, size=self.grid.tile // 2, tools=["hover"], marker="square", nonselection_alpha=0)
+    @staticmethod
+    def _tiles_view(data):
+        """Invisible rectangles over the thumbnails: their hover shows each image's details, and the
+        selected one is outlined. A click selects a rectangle in the browser (Bokeh's tap tool), so the
+        outline moves at once, without a round trip to the server."""
+        tiles, selected = data
+        return hv.Rectangles(tiles, vdims=list(TILE_INFO)).opts(
+            selected=selected, tools=["hover", "tap"], fill_alpha=0, line_alpha=0, nonselection_fill_alpha=0,
+            nonselection_line_alpha=0, selection_fill_alpha=0, selection_line_alpha=1,
+            selection_line_color=HIGHLIGHT, selection_line_width=3)
 
     # --- drawing and clicking ---------------------------------------------------------------------
     def draw(self) -> None:
@@ -165,21 +170,26 @@ class ImageBrowser(pn.viewable.Viewer):
             predicted, conf = pred.predicted.values, pred.confidence.values
             captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
             correct = list(pred.correct.values)
-        centres = [self.grid.centre(i) for i in range(len(ids))]
-        hover = {"x": [c[0] for c in centres], "y": [c[1] for c in centres], "id": ids,
-                 "label": [names[v] for v in pred.label.values] if ids else [],
-                 "predicted": [names[v] for v in pred.predicted.values] if ids else [],
-                 "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
-                 "feedback": ["yes" if s in marked else "no" for s in ids]}
-        self._pipe.send((montage(images, captions, correct, [s in marked for s in ids], self.grid), hover))
+        boxes = np.array([self.grid.box(i) for i in range(len(ids))]).reshape(-1, 4)
+        self._tile_data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
+                           "label": [names[v] for v in pred.label.values] if ids else [],
+                           "predicted": [names[v] for v in pred.predicted.values] if ids else [],
+                           "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
+                           "feedback": ["yes" if s in marked else "no" for s in ids]}
+        self._montage.send(montage(images, captions, correct, [s in marked for s in ids], self.grid))
         self.pager.object = (f"page {self.page + 1} of {self.pages} · {len(self.ids)} of "
                              f"{len(wb.splits[sel.split])} images")
+        self._clicked = None
         self._draw_highlight()
 
     def _draw_highlight(self) -> None:
-        ids = self.page_ids()
+        """Outline the selected image (unless a click in the browser has outlined it already)."""
         sample = self.selection.sample
-        self._boxes.send([self.grid.box(ids.index(sample))] if sample in ids else [])
+        if sample == self._clicked:
+            return
+        self._clicked = None
+        ids = self.page_ids()
+        self._tiles.send((self._tile_data, [ids.index(sample)] if sample in ids else []))
 
     def _on_tap(self, *_) -> None:
         if self.tap.x is None or self.tap.y is None:
@@ -191,7 +201,11 @@ class ImageBrowser(pn.viewable.Viewer):
         i = self.grid.tile_at(x, y)
         ids = self.page_ids()
         if i is not None and i < len(ids):
+            self._clicked = ids[i]                      # the browser has outlined it already
             self.selection.sample = ids[i]
+        else:                                           # a click beside the thumbnails cleared the outline
+            self._clicked = None
+            self._draw_highlight()
 
     def __panel__(self):
         return self.layout

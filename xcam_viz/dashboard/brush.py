@@ -25,6 +25,7 @@ class BrushFeedback(pn.viewable.Viewer):
     label = param.Selector(objects={"(no correction)": -1}, default=-1, label="Corrected class (optional)")
     author = param.String(default="analyst", label="Author")
     strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")
+    active = param.Boolean(default=True, doc="whether the view is on screen (it is only redrawn then)")
 
     def __init__(self, workbench: Workbench, selection: Selection, plot_width: int = 400, **params):
         self.workbench, self.selection = workbench, selection
@@ -32,9 +33,10 @@ class BrushFeedback(pn.viewable.Viewer):
         self.class_names = workbench.class_names()
         self.param.label.objects = {"(no correction)": -1, **{n: i for i, n in enumerate(self.class_names)}}
         self.shape = h, w = tuple(workbench.input_shape[1:])
-        self._image = np.zeros((h, w, 3), np.float32)
+        self._image: np.ndarray | None = None
         self._saved = np.zeros((h, w, 4), np.float32)
-        self._view = hv.streams.Pipe(data=self._image)
+        self._key, self._stale = None, False
+        self._view = hv.streams.Pipe(data=np.zeros((h, w, 3), np.float32))
         self._paths = hv.streams.Pipe(data=[])
         paths = hv.DynamicMap(lambda data: hv.Path(data).opts(color="white", line_width=2, alpha=0.9,
                                                              active_tools=["freehand_draw"]), streams=[self._paths])
@@ -80,11 +82,26 @@ class BrushFeedback(pn.viewable.Viewer):
 
     @param.depends("strokes", watch=True)
     def _show_pending(self) -> None:
-        relevant, irrelevant = self.masks()
-        self._view.send(composite(self._image, self._saved, mask_layer(relevant, irrelevant, alpha=0.55)))
         if self.workbench.is_segmenter(self.selection.version):
-            self.selection.painted = relevant
+            self.selection.painted = self.masks()[0]
+        self._redraw()
+
+    def _redraw(self) -> None:
+        """Draw image, saved and pending masks; while the view is off screen, only remember to."""
+        self._stale = not self.active
+        if self._stale:
+            return
+        if self._image is None:
+            sel = self.selection
+            self._image = self.workbench.image(sel.split, sel.sample)
+            self._saved = mask_layer(*self.saved_masks(), alpha=0.3)
+        self._view.send(composite(self._image, self._saved, mask_layer(*self.masks(), alpha=0.55)))
         self._describe()
+
+    @param.depends("active", watch=True)
+    def _shown(self) -> None:
+        if self.active and self._stale:
+            self._redraw()
 
     def _reset_paths(self) -> None:
         self._paths.send([np.column_stack([s.xs, s.ys]) for s in self.strokes])
@@ -126,16 +143,15 @@ class BrushFeedback(pn.viewable.Viewer):
         """Show the selected image and its saved feedback; pending strokes of another image are dropped."""
         sel = self.selection
         key = (sel.split, sel.sample)
-        self._saved = mask_layer(*self.saved_masks(), alpha=0.3)
-        if getattr(self, "_key", None) != key:
+        if self._key != key:
             if self.strokes:
                 notify("unsaved strokes were discarded", "info", 2500)
                 self._paths.send([])
             self._key = key
-            self._image = self.workbench.image(sel.split, sel.sample)
             with param.parameterized.discard_events(self):
                 self.strokes = []
-        self._show_pending()
+        self._image = None                             # (re)loaded with the saved masks when drawn
+        self._redraw()
 
     def saved_masks(self) -> tuple[np.ndarray, np.ndarray]:
         """Union of the relevant and of the irrelevant masks saved for the selected image."""

@@ -20,7 +20,7 @@ from .brush import BrushFeedback
 from .controls import ExplainControls
 from .overlay import OverlayPair
 from .selection import Selection
-from .tasks import Runner, describe, notify
+from .tasks import Runner, describe, next_tick, notify
 from .tuning import FinetunePanel
 from .workbench import Workbench
 
@@ -81,6 +81,7 @@ class StateProbe(param.Parameterized):
     def __init__(self, dashboard: "Dashboard"):
         super().__init__()
         self.dashboard = dashboard
+        self._scheduled = False
         self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
         sel = dashboard.selection
         sel.param.watch(self.update, ["split", "sample", "version", "layer", "method", "target", "revision"])
@@ -108,6 +109,16 @@ class StateProbe(param.Parameterized):
                 "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame)}
 
     def update(self, *_):
+        """Publish the state; in a served session at most once per event-loop tick."""
+        runner = self.dashboard.runner
+        if not runner.background:
+            self._publish()
+        elif not self._scheduled:
+            self._scheduled = True
+            next_tick(runner.doc, self._publish)
+
+    def _publish(self):
+        self._scheduled = False
         text = json.dumps(self.state()).replace("&", "&amp;").replace("<", "&lt;")
         self.pane.object = f'<pre class="xv-state-json">{text}</pre>'
 
@@ -137,6 +148,8 @@ class Dashboard(pn.viewable.Viewer):
         self.probe = StateProbe(self)
         self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, dynamic=False,
                             margin=(0, 10))
+        self.brush.active = False                # the brush view redraws only while its tab is shown
+        self.tabs.param.watch(lambda e: setattr(self.brush, "active", e.new == 1), "active")
         self.main = pn.Row(pn.Card(self.browser.layout, title="Images", collapsible=False, margin=(0, 10)),
                            self.tabs, self.probe.pane)
         if self.runner.background:             # versions other sessions fine-tune appear in the pickers

@@ -5,10 +5,13 @@ existing glyphs: no figure is re-rendered and zoom and pan survive a new selecti
 """
 from __future__ import annotations
 
+import functools
+
 import holoviews as hv
 import numpy as np
 import panel as pn
 import param
+from holoviews.plotting.util import process_cmap
 
 from .raster import plot_to_pixel
 from .selection import Selection
@@ -38,11 +41,18 @@ def thresholded(values: np.ndarray, signed: bool, threshold: float) -> np.ndarra
     return out
 
 
-class MapView(param.Parameterized):
-    """One overlay: the image (hv.RGB) with a map on top (hv.Image), drawn by one DynamicMap fed by a Pipe.
+@functools.lru_cache(maxsize=None)
+def palette(name: str) -> list[str]:
+    """The colormap as 256 hex colours, converted once (HoloViews would convert a name on every update)."""
+    return process_cmap(name, 256)
 
-    `show` sends image, map and title together, so a new selection costs one in-place update of the plot;
-    the display settings are stream parameters of the same DynamicMap.
+
+class MapView(param.Parameterized):
+    """One overlay: the image (hv.RGB) and a map on top (hv.Image), two DynamicMaps fed by one Pipe.
+
+    Each selection sends one event, so the plot updates once, in place. While the image stays the same
+    its DynamicMap returns the same element, which Bokeh then keeps without re-sending its pixels; the
+    display settings are stream parameters of the map's DynamicMap.
     """
 
     title = param.String(default="")
@@ -53,32 +63,41 @@ class MapView(param.Parameterized):
         self.display, self.shape = display, shape
         h, w = shape
         self.result: MapResult | None = None
-        self.pipe = hv.streams.Pipe(data=(np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), False, ""))
         self.size = (width, int(width * h / w))
-        self.plot = hv.DynamicMap(self._draw, streams=[self.pipe, *(display.param[p] for p in
-                                                                     ("opacity", "cmap", "threshold"))])
+        self._rgb_cache: tuple = (None, None)
+        self.pipe = hv.streams.Pipe(data=(None, np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32),
+                                          False, ""))
+        self.image = hv.DynamicMap(self._rgb, streams=[self.pipe])
+        heat = hv.DynamicMap(self._heat, streams=[self.pipe, *(display.param[p] for p in
+                                                              ("opacity", "cmap", "threshold"))])
+        self.plot = self.image * heat
 
-    def _draw(self, data, opacity, cmap, threshold):
-        """The overlay; options are set here, not on the DynamicMap, which would wrap it in another one."""
+    # options are set on the elements: on a DynamicMap they would wrap it in another, slower one
+    def _rgb(self, data):
+        key, image = data[:2]
+        if self._rgb_cache[0] != key or key is None:
+            h, w = self.shape
+            self._rgb_cache = (key, hv.RGB(image, bounds=(0, 0, w, h)).opts(
+                frame_width=self.size[0], frame_height=self.size[1], xaxis=None, yaxis=None))
+        return self._rgb_cache[1]
+
+    def _heat(self, data, opacity, cmap, threshold):
         h, w = self.shape
-        image, values, signed, title = data
+        values, signed, title = data[2:]
         scale = float(np.abs(values).max()) or 1e-6
-        rgb = hv.RGB(image, bounds=(0, 0, w, h)).opts(frame_width=self.size[0], frame_height=self.size[1],
-                                                      xaxis=None, yaxis=None)
-        heat = hv.Image(thresholded(values, signed, threshold), bounds=(0, 0, w, h), vdims=["value"]).opts(
-            alpha=opacity, cmap=DIVERGING if signed else cmap, clim=(-scale, scale) if signed else (0.0, 1.0),
-            colorbar=True, tools=["hover"], colorbar_opts={"width": 10})
-        return (rgb * heat).opts(title=title)
+        return hv.Image(thresholded(values, signed, threshold), bounds=(0, 0, w, h), vdims=["value"]).opts(
+            alpha=opacity, cmap=palette(DIVERGING if signed else cmap), clim=(-scale, scale) if signed else (0.0, 1.0),
+            colorbar=True, tools=["hover"], colorbar_opts={"width": 10}, title=title)
 
     @property
     def colormap(self) -> str:
         """The colormap the map is drawn with (diverging for signed maps)."""
         return DIVERGING if self.result is not None and self.result.signed else self.display.cmap
 
-    def show(self, image: np.ndarray, result: MapResult, title: str) -> None:
-        """Replace the image, map and title in the plot (one in-place update)."""
+    def show(self, image_key, image: np.ndarray, result: MapResult, title: str) -> None:
+        """Replace the map and title (and the image, if `image_key` names another one) in place."""
         self.result, self.title = result, title
-        self.pipe.send((np.clip(image, 0, 1), result.values, result.signed, title))
+        self.pipe.send((image_key, np.clip(image, 0, 1), result.values, result.signed, title))
         self.digest = result.digest
 
 
@@ -107,7 +126,7 @@ class OverlayPair(pn.viewable.Viewer):
             pn.Row(*[pn.pane.HoloViews(v.plot, linked_axes=True, margin=(5, 5)) for v in (self.left, self.right)],
                    css_classes=["xv-overlays"]),                  # Panel links their axes: zoom and pan together
             self.info, name="Explain")
-        self.tap = hv.streams.Tap(source=self.left.plot, x=None, y=None)
+        self.tap = hv.streams.Tap(source=self.left.image, x=None, y=None)
         self.tap.param.watch(lambda *_: self.click(self.tap.x, self.tap.y), ["x", "y"])
         selection.param.watch(lambda *_: self.sync_choices(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
@@ -156,7 +175,7 @@ class OverlayPair(pn.viewable.Viewer):
         names = self.workbench.class_names(request.split)
         what = request.method if request.method.startswith("evidence") else f"{request.method} · {request.layer}"
         title = f"{what} · {request.version} · {names[result.target_class]}"
-        self.views[side].show(image, result, title)
+        self.views[side].show((request.split, request.sample), image, result, title)
         if side == "left":
             self._describe(request, result)
 

@@ -32,6 +32,14 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0][:300]
 
 
+def next_tick(doc, fn: Callable[[], None]) -> None:
+    """Run `fn` on the session's event loop, with the document lock and `pn.state.curdoc` set (thread-safe)."""
+    def run():
+        with set_curdoc(doc):
+            fn()
+    doc.add_next_tick_callback(run)
+
+
 class Runner:
     """Runs `work()` in the background and `apply(result)` on the event loop; one job per channel."""
 
@@ -67,7 +75,7 @@ class Runner:
 
     def _schedule(self, channel: str, future: Future, apply: Callable) -> None:
         try:
-            self.doc.add_next_tick_callback(lambda: self._finish(channel, future, apply))
+            next_tick(self.doc, lambda: self._finish(channel, future, apply))
         except Exception:                          # noqa: BLE001 - the session has closed
             with self._lock:
                 self._running.discard(channel)
@@ -81,12 +89,11 @@ class Runner:
         if waiting is not None:                    # a newer request supersedes this result
             self._start(channel, *waiting)
             return
-        with set_curdoc(self.doc):
-            err = future.exception()
-            if err is not None:
-                notify(describe(err))
-                return
-            try:
-                apply(future.result())
-            except Exception as err:               # noqa: BLE001
-                notify(describe(err))
+        err = future.exception()
+        if err is not None:
+            notify(describe(err))
+            return
+        try:
+            apply(future.result())
+        except Exception as err:                   # noqa: BLE001
+            notify(describe(err))

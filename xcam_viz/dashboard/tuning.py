@@ -35,8 +35,7 @@ class FinetunePanel(pn.viewable.Viewer):
         super().__init__(**params)
         layers = [name for name, _ in workbench.layers(selection.version)]
         self.param.layer.objects, self.param.split.objects = layers, list(workbench.splits)
-        self.layer = "block3" if "block3" in layers else default_layer(workbench.layers(selection.version),
-                                                                         workbench.is_segmenter(selection.version))
+        self.layer = default_layer(workbench.layers(selection.version), workbench.is_segmenter(selection.version))
         self.split = selection.split
         self.job = None
         self._callback = None

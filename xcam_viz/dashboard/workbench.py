@@ -101,15 +101,6 @@ def versions_registry(model: nn.Module, directory):
     return ModelVersions(directory) if getattr(model, "xcam_arch", None) else None
 
 
-def registered_name(registry, model: nn.Module) -> str:
-    """The registry's name for the model's weights, saving them as a new version if they are not there."""
-    fp = models.fingerprint(model)
-    for name in reversed(registry.list()):
-        if registry.meta(name).get("fingerprint") == fp:
-            return name
-    return registry.save_new(model, meta={"fingerprint": fp, "source": "dashboard"})
-
-
 def default_feedback_path() -> Path:
     """Where feedback goes when no store is given: $XCAM_VIZ_FEEDBACK, else demo-feedback.db in
     $XCAM_VIZ_CACHE or ~/.cache/xcam-viz."""
@@ -134,7 +125,7 @@ class Workbench:
         self.feedback = feedback
         self.lock = threading.RLock()                       # one model pass at a time
         self.registry = versions_registry(model, versions_dir or default_versions_dir(feedback))
-        self.base_version = registered_name(self.registry, model) if self.registry is not None else "v0"
+        self.base_version = self.registry.register(model) if self.registry is not None else "v0"
         self._models: dict[str, nn.Module] = {self.base_version: model.eval()}
         self.captures = LRUCache(capture_bytes)
         self.maps = LRUCache(64 * 2**20)
