@@ -254,3 +254,29 @@ def test_segmenter_rejects_classifier_methods(unet):
 def test_finish_handles_flat_maps():
     out = finish(torch.zeros(2, 4, 4), (8, 8))
     assert out.shape == (2, 8, 8) and (out == 0).all()
+
+
+def test_score_cam_inference_copy(demo_model, demo_test):
+    """BatchNorm folded into the convolutions for Score-CAM only when the copy reproduces the model."""
+    from xcam_viz.explain.fold import inference_copy
+
+    x = demo_test.images[:2]
+    with torch.no_grad():
+        logits = demo_model(x)
+    fused = inference_copy(demo_model, x, logits)
+    assert fused is not demo_model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in demo_model.modules()) == 4
+
+    class ConvOutputUsedTwice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+            self.bn.running_mean.fill_(0.5)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.bn(y) + y).mean((2, 3))
+
+    odd = ConvOutputUsedTwice().eval()
+    with torch.no_grad():
+        assert inference_copy(odd, x, odd(x)) is odd

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .capture import Capture
+from .capture import Capture, eval_mode
+from .fold import inference_copy
 
-SCORECAM_PIXELS = 2 ** 17   # masked images per Score-CAM chunk: this many input pixels (32 at 64², 2 at 224²)
+SCORECAM_PIXELS = 2 ** 17   # masked images per Score-CAM chunk: this many input pixels (32 at 64²), at least 16
 
 
 def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -88,21 +89,22 @@ def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torc
     Each channel's map is upsampled (bilinear, corners aligned) to the input size, min-max normalised,
     multiplied with the input, and scored by the target; the scores are softmaxed over channels.
     The masked inputs go through the model in chunks of `chunk` images (default: SCORECAM_PIXELS input
-    pixels, bounding memory), channels-last (faster CPU convolutions), under inference mode;
-    channels whose map is all zero give an all-zero input, scored once per batch.
+    pixels but at least 16 images; small chunks stay in cache, memory stays bounded), channels-last,
+    under inference mode, through a copy with BatchNorm folded into the convolutions (see
+    `fold.inference_copy`; checked against the model's logits); channels whose map is all zero give an
+    all-zero input, scored once per batch.
     """
     a, x, model = cap.activations[layer], cap.input, cap.model
     n, c = a.shape[:2]
-    chunk = chunk or max(1, SCORECAM_PIXELS // (x.shape[-2] * x.shape[-1]))
+    chunk = chunk or max(16, SCORECAM_PIXELS // (x.shape[-2] * x.shape[-1]))
     scores = torch.empty(n, c, dtype=torch.float32, device=a.device)
     flat = a.flatten(2)
     dead = (flat == 0).all(-1)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
+        runner = inference_copy(model, x, cap.logits)
         with torch.inference_mode():
             if dead.any():
-                zero_scores = cap.scores(model(torch.zeros_like(x)), torch.arange(n, device=a.device))
+                zero_scores = cap.scores(runner(torch.zeros_like(x)), torch.arange(n, device=a.device))
                 scores[dead] = zero_scores[dead.nonzero()[:, 0]].float()
             rows, chans = (~dead).nonzero(as_tuple=True)
             for r, ch in zip(rows.split(chunk), chans.split(chunk)):
@@ -110,9 +112,7 @@ def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torc
                 lo = up.amin((2, 3), keepdim=True)
                 up = (up - lo) / (up.amax((2, 3), keepdim=True) - lo + 1e-8)
                 masked = (x[r] * up).contiguous(memory_format=torch.channels_last)
-                scores[r, ch] = cap.scores(model(masked), r).float()
-    finally:
-        model.train(was_training)
+                scores[r, ch] = cap.scores(runner(masked), r).float()
     return scores.softmax(1)
 
 
