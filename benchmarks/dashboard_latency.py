@@ -39,7 +39,7 @@ class Clock:
     def __init__(self, dash: Dashboard):
         self.stamps: list[float] = []
         for view in dash.overlays.views.values():       # a view's digest is set once its data is sent
-            view.param.watch(lambda _: self.stamps.append(time.perf_counter()), "digest", precedence=-1)
+            view.param.watch(lambda _: self.stamps.append(time.perf_counter()), "digest")
 
     def __call__(self, change) -> tuple[float, float, float]:
         self.stamps.clear()

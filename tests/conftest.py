@@ -1,9 +1,13 @@
 """Shared fixtures: the committed demo model and small demo data sets (cheap, session-scoped)."""
+from pathlib import Path
+
 import pytest
 import torch
 
 import xcam_viz as xv
 from xcam_viz.demo import demo_data, demo_model as load_demo_model
+
+from browser.harness import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,16 @@ def demo_flipped():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    """pytest-playwright launches Debian's chromium (never a downloaded browser); one per test session."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (bash run.sh test installs it)")
+    return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args():
+    return {"viewport": VIEWPORT}

@@ -82,6 +82,7 @@ def test_store_feedback_with_label_correction_and_control(fresh_demo_model, tiny
     (dict(loss="relevant+shortcut"), "unknown loss term"),
     (dict(lam=-1), "lam must be"),
     (dict(layer="block9"), "no layer 'block9'"),
+    (dict(method="scorecam"), "gradient CAM method"),
 ])
 def test_bad_settings_are_refused(fresh_demo_model, tiny, tiny_feedback, tmp_path, kw, match):
     with pytest.raises((ValueError, KeyError), match=match):

@@ -59,26 +59,19 @@ def test_netcdf_round_trip(built, tmp_path):
 
 
 @pytest.mark.browser
-def test_html_opens_offline_without_console_errors(built, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_html_opens_offline_without_console_errors(built, tmp_path, page):
     rep, _ = built
     path = rep.save(tmp_path / "report.html")
     text = path.read_text()
     assert "<script" in text and "cdn.bokeh.org" not in text and "http://" not in text.split("<body>")[1][:2000]
     errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
-        page.goto(path.as_uri())
-        page.wait_for_function("document.querySelectorAll('.bk-Figure, .bk-GridPlot, .bk-Row').length > 0",
-                               timeout=120000)
-        for section in SECTIONS:
-            assert page.locator(f"section#{section}").is_visible(), section
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.bk-Figure, .bk-GridPlot, .bk-Row').length > 0",
+                           timeout=120000)
+    for section in SECTIONS:
+        assert page.locator(f"section#{section}").is_visible(), section
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert errors == []

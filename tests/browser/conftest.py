@@ -1,4 +1,4 @@
-"""Browser-test harness: Debian's chromium through pytest-playwright, the demo served in a subprocess.
+"""Browser-test harness: the demo served in a subprocess (chromium launch settings: tests/conftest.py).
 
 Screenshots go to test-artifacts/browser/. Each server gets a free localhost port and a temporary
 feedback database.
@@ -7,20 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Server
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args():
-    """pytest-playwright launches Debian's chromium (never a downloaded browser)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (bash run.sh test installs it)")
-    return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
-
-
-@pytest.fixture(scope="session")
-def browser_context_args():
-    return {"viewport": VIEWPORT}
+from .harness import Server
 
 
 @pytest.fixture(scope="session")

@@ -48,19 +48,19 @@ class BrushFeedback(pn.viewable.Viewer):
             frame_width=plot_width, frame_height=height, xaxis=None, yaxis=None, border=0), streams=[self._view])
         self.plot = view * paths
         self.summary = pn.pane.Markdown("", margin=(0, 10))
-        buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4), css_classes=[f"xv-{name.lower()}"])
+        buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4),
+                                     css_classes=[f"xv-{name.lower()}"])
                    for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
         for button, action in zip(buttons, (self.undo, self.clear, self.save)):
             button.on_click(lambda _, act=action: act())
-        self.save_button = buttons[2]
         controls = pn.Column(
             pn.widgets.RadioButtonGroup.from_param(self.param.mode, color="light", width=280),
             pn.widgets.IntSlider.from_param(self.param.width, width=280),
             pn.widgets.Select.from_param(self.param.label, width=280),
             pn.widgets.TextInput.from_param(self.param.author, width=280),
             pn.Row(*buttons), self.summary, width=300)
-        self.layout = pn.Row(pn.pane.HoloViews(self.plot, css_classes=["xv-brush"], margin=(5, 5), linked_axes=False), controls,
-                             name="Feedback")
+        self.layout = pn.Row(pn.pane.HoloViews(self.plot, css_classes=["xv-brush"], margin=(5, 5), linked_axes=False),
+                             controls, name="Feedback")
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 

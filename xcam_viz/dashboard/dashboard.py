@@ -83,13 +83,12 @@ class StateProbe(param.Parameterized):
         self.dashboard = dashboard
         self._scheduled = False
         self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
-        sel = dashboard.selection
-        sel.param.watch(self.update, ["split", "sample", "version", "layer", "method", "target", "revision"])
-        for view in dashboard.overlays.views.values():
-            view.param.watch(self.update, ["digest"])
-        dashboard.brush.param.watch(self.update, ["strokes"])
-        dashboard.tuning.param.watch(self.update, ["progress", "phase", "new_version"])
-        dashboard.browser.param.watch(self.update, ["ids", "page"])
+        watched = [(dashboard.selection, ["split", "sample", "version", "layer", "method", "target", "revision"]),
+                   *((view, ["digest"]) for view in dashboard.overlays.views.values()),
+                   (dashboard.brush, ["strokes"]), (dashboard.tuning, ["progress", "phase", "new_version"]),
+                   (dashboard.browser, ["ids", "page"])]
+        for obj, names in watched:                      # after the other watchers of these parameters
+            obj.param.watch(self.update, names, precedence=1)
         self.update()
 
     def state(self) -> dict:

@@ -88,8 +88,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self._steps = {"step": [], "loss": [], "ce": [], "explanation": []}
         self.progress, self.phase, self.results.object = 0, "starting", ""
         self.launch_button.disabled, self.cancel_button.disabled = True, False
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context:
-            self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)
+        self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
 
     def cancel(self) -> None:
         if self.job is not None:

@@ -5,9 +5,9 @@ feedback: the differentiable Grad-CAM (of `layer`, for the labelled class) shoul
 inside the relevant mask and none inside the irrelevant one, or (loss "rrr") the input
 gradients should vanish inside the irrelevant mask. Each batch holds a fixed share of images
 with feedback (they are few, so they are drawn again and again); an epoch is one pass over the
-images without feedback. Batch-norm statistics stay frozen during fine-tuning, so the small,
-oversampled feedback batches do not shift them and the model behaves the same in train and
-eval mode.
+images without feedback. Adam with a cosine-decaying learning rate. Batch-norm statistics stay
+frozen during fine-tuning, so the small, oversampled feedback batches do not shift them and the
+model behaves the same in train and eval mode.
 
 Why the centred logit: softmax ignores a shift of all logits, so the CAM of a plain logit can
 hide a shortcut (the marker made to count against every class, more against one) while the
@@ -130,6 +130,10 @@ def _check_settings(s: dict) -> None:
         raise ValueError(f"epochs must be at least 1, got {s['epochs']}")
     if not s["lr"] > 0:
         raise ValueError(f"lr must be > 0, got {s['lr']}")
+    from ..explain import GRADIENT_METHODS
+    if s["method"] not in GRADIENT_METHODS:
+        raise ValueError(f"method must be a gradient CAM method (differentiable), one of {sorted(GRADIENT_METHODS)}; "
+                         f"got {s['method']!r}")
     if s["batch_size"] < 2 or not 0 < s["feedback_share"] < 1:
         raise ValueError("batch_size must be >= 2 and feedback_share in (0, 1), got "
                          f"{s['batch_size']} and {s['feedback_share']}")
@@ -187,6 +191,7 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, pos
     labels[positions[corrected]] = fb.labels[corrected]
     sampler = _Batches(len(ds), positions, settings)
     opt = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sampler.total_steps)
     history: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "explanation": []}
     cancelled = False
     control.report(phase="training", epochs=settings["epochs"], total_steps=sampler.total_steps)
@@ -199,6 +204,7 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, pos
                 opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 opt.step()
+            schedule.step()
             values = {k: float(v.detach()) for k, v in parts.items()}
             for k in ("loss", "ce", "explanation"):
                 history[k].append(values[k])
