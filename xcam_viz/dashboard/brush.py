@@ -1,16 +1,16 @@
 """Brush feedback: paint where the model should look (relevant) and what it must ignore (irrelevant).
 
-Strokes come from a FreehandDraw stream (Bokeh syncs a stroke when the mouse is released), get the
+Strokes come from a `FreehandCanvas` (Bokeh syncs a stroke when the mouse is released), get the
 brush kind and width current at that moment, and are rasterised to masks aligned with the image's
 pixels; Save writes the masks to the shared feedback store.
 """
 from __future__ import annotations
 
-import holoviews as hv
 import numpy as np
 import panel as pn
 import param
 
+from .freehand import FreehandCanvas, merge_strokes
 from .raster import Stroke, composite, mask_layer, strokes_to_masks
 from .selection import Selection
 from .tasks import notify
@@ -36,17 +36,8 @@ class BrushFeedback(pn.viewable.Viewer):
         self._image: np.ndarray | None = None
         self._saved = np.zeros((h, w, 4), np.float32)
         self._key, self._stale = None, False
-        self._view = hv.streams.Pipe(data=np.zeros((h, w, 3), np.float32))
-        self._paths = hv.streams.Pipe(data=[])
-        paths = hv.DynamicMap(lambda data: hv.Path(data).opts(color="white", line_width=2, alpha=0.9,
-                                                             active_tools=["freehand_draw"]), streams=[self._paths])
-        self.draw = hv.streams.FreehandDraw(source=paths, num_objects=0)
-        self.draw.param.watch(lambda e: self.receive(e.new), "data")
-        height = int(plot_width * h / w)
-        self.frame = (plot_width, height)          # image area of the plot, at its top left (border 0)
-        view = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)).opts(
-            frame_width=plot_width, frame_height=height, xaxis=None, yaxis=None, border=0), streams=[self._view])
-        self.plot = view * paths
+        self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-brush")
+        self.draw, self.frame = self.canvas.draw, self.canvas.frame
         self.summary = pn.pane.Markdown("", margin=(0, 10))
         buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4),
                                      css_classes=[f"xv-{name.lower()}"])
@@ -59,22 +50,14 @@ class BrushFeedback(pn.viewable.Viewer):
             pn.widgets.Select.from_param(self.param.label, width=280),
             pn.widgets.TextInput.from_param(self.param.author, width=280),
             pn.Row(*buttons), self.summary, width=300)
-        self.layout = pn.Row(pn.pane.HoloViews(self.plot, css_classes=["xv-brush"], margin=(5, 5), linked_axes=False),
-                             controls, name="Feedback")
+        self.layout = pn.Row(self.canvas.pane, controls, name="Feedback")
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 
     # --- strokes ----------------------------------------------------------------------------------
     def receive(self, data: dict) -> None:
-        """Take the strokes Bokeh holds (index i is our stroke i); new ones get the current brush."""
-        xs, ys = data.get("xs", []), data.get("ys", [])
-        strokes = list(self.strokes[:len(xs)])
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            if i < len(strokes):
-                strokes[i].xs, strokes[i].ys = list(x), list(y)
-            else:
-                strokes.append(Stroke(list(x), list(y), self.mode, float(self.width)))
-        self.strokes = strokes
+        """Take the strokes Bokeh holds; new ones get the current brush."""
+        self.strokes = merge_strokes(self.strokes, data, self.mode, self.width)
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """(relevant, irrelevant) bool masks (H×W, row 0 at the top) painted by the pending strokes."""
@@ -95,7 +78,7 @@ class BrushFeedback(pn.viewable.Viewer):
             sel = self.selection
             self._image = self.workbench.image(sel.split, sel.sample)
             self._saved = mask_layer(*self.saved_masks(), alpha=0.3)
-        self._view.send(composite(self._image, self._saved, mask_layer(*self.masks(), alpha=0.55)))
+        self.canvas.show(composite(self._image, self._saved, mask_layer(*self.masks(), alpha=0.55)))
         self._describe()
 
     @param.depends("active", watch=True)
@@ -103,14 +86,11 @@ class BrushFeedback(pn.viewable.Viewer):
         if self.active and self._stale:
             self._redraw()
 
-    def _reset_paths(self) -> None:
-        self._paths.send([np.column_stack([s.xs, s.ys]) for s in self.strokes])
-
     def undo(self) -> None:
         """Remove the last pending stroke; with none pending, the last saved annotation of the image."""
         if self.strokes:
             self.strokes = self.strokes[:-1]
-            self._reset_paths()
+            self.canvas.show_strokes(self.strokes)
         elif self.workbench.feedback.annotations(self.selection.sample):
             self.workbench.feedback.undo(self.selection.sample)
             self.selection.revision += 1
@@ -120,7 +100,7 @@ class BrushFeedback(pn.viewable.Viewer):
     def clear(self) -> None:
         """Drop every pending stroke."""
         self.strokes = []
-        self._reset_paths()
+        self.canvas.show_strokes(self.strokes)
 
     def save(self) -> None:
         """Write the pending masks to the feedback store as one annotation of the selected image."""
@@ -134,7 +114,7 @@ class BrushFeedback(pn.viewable.Viewer):
                                     irrelevant=irrelevant if irrelevant.any() else None, label=label,
                                     author=self.author or "analyst", model_version=self.selection.version)
         self.strokes = []
-        self._reset_paths()
+        self.canvas.show_strokes(self.strokes)
         self.selection.revision += 1
         notify(f"feedback saved for {sample}", "success", 2500)
 
@@ -146,7 +126,7 @@ class BrushFeedback(pn.viewable.Viewer):
         if self._key != key:
             if self.strokes:
                 notify("unsaved strokes were discarded", "info", 2500)
-                self._paths.send([])
+                self.canvas.show_strokes([])
             self._key = key
             with param.parameterized.discard_events(self):
                 self.strokes = []
