@@ -1,0 +1,93 @@
+"""Batch runs on Dask: every batch of a planned store is one task running `batch.write_batch` on a worker.
+
+The model travels as a checkpoint path (an in-memory model is saved next to the output first) and
+is loaded once per worker thread (capture hooks make a model single-threaded); a DataSpec is loaded
+once per worker process, in-memory data is scattered once. Workers write their batches straight
+into the zarr store, so the store, the checkpoint and any data folder must be on a filesystem every
+worker sees (any path on one machine; a shared filesystem on a cluster).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .batch import DataSpec, Plan, write_batch
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None, timeout: float = 10):
+    """A Client of the scheduler at `scheduler`, or of a LocalCluster of `workers` single-threaded processes."""
+    from dask.distributed import Client, LocalCluster
+    if scheduler and workers:
+        raise ValueError("give either workers (a local cluster) or scheduler (an existing cluster), not both")
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, ValueError, TypeError) as err:
+            raise ConnectionError(f"cannot reach the Dask scheduler {scheduler!r} ({err}); start one with "
+                                  "`dask scheduler` and give its address, e.g. tcp://host:8786") from None
+        with client:
+            yield client
+        return
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    with LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_on(client, plan: Plan, model, data, batches: list[int], progress: bool) -> None:
+    """Write `batches` of the plan as tasks on the client's workers; the first failing task's error is raised."""
+    from dask.distributed import as_completed
+    from ..models import save
+    plan = dataclasses.replace(plan, path=plan.path.absolute())
+    data = DataSpec(str(Path(data.source).absolute()) if data.source != "demo" else "demo", data.split, data.n) \
+        if isinstance(data, DataSpec) else client.scatter(data)
+    with contextlib.ExitStack() as cleanup:
+        if isinstance(model, Path):
+            checkpoint = model.absolute()
+        else:                               # a temporary checkpoint beside the output, removed afterwards
+            fd, name = tempfile.mkstemp(dir=plan.path.parent, prefix=f".{plan.path.name}.", suffix=".pt")
+            os.close(fd)
+            checkpoint = save(model, name)
+            cleanup.callback(checkpoint.unlink, missing_ok=True)
+        futures = [client.submit(_task, plan, str(checkpoint), data, b, pure=False) for b in batches]
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc="explain", unit="batch",
+                               disable=not progress):
+                future.result()
+        finally:
+            client.cancel(futures)
+
+
+def _task(plan: Plan, checkpoint: str, data, batch: int) -> int:
+    """One batch on a worker: the cached model and data, then the same `write_batch` as a serial run."""
+    for path in (checkpoint, plan.path):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"this worker cannot see {path}: the output store and the checkpoint must be on "
+                                    "a filesystem shared by every worker")
+    return write_batch(plan, _model(checkpoint), _data(data) if isinstance(data, DataSpec) else data, batch)
+
+
+def _model(checkpoint: str):
+    """The checkpoint's model, loaded once per worker thread (reloaded when the file changes)."""
+    from ..models import load
+    stat = os.stat(checkpoint)
+    key = (checkpoint, stat.st_mtime_ns, stat.st_size)
+    if getattr(_local, "key", None) != key:
+        _local.key, _local.model = key, load(checkpoint)
+    return _local.model
+
+
+@functools.lru_cache(maxsize=1)
+def _data(spec: DataSpec):
+    return spec.load()
