@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -20,19 +21,27 @@ def _demo(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .dashboard.app import serve
     serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
-          show=args.show, websocket_origin=args.allow_websocket_origin)
+          show=args.show, websocket_origin=args.allow_websocket_origin,
+          basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), max_upload_mb=args.max_upload_mb)
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain.batch import explain_dataset, load_data
-    from .models import load
-    from .demo import demo_model
-    model = demo_model(progress=not args.quiet) if args.model == "demo" else load(args.model)
+    import contextlib
+
+    from .explain.batch import DataSpec, explain_dataset
+    from .explain.distributed import dask_client
+    from .demo import CHECKPOINT_NAME, cache_dir, demo_model
+    if args.model == "demo":
+        demo_model(progress=not args.quiet)          # makes sure the demo checkpoint exists
+    checkpoint = cache_dir() / CHECKPOINT_NAME if args.model == "demo" else args.model
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    path = explain_dataset(model, load_data(args.data, args.split), args.out, methods=args.methods.split(","),
-                           layers=args.layers.split(","), target=target, batch_size=args.batch_size,
-                           progress=not args.quiet, overwrite=args.overwrite)
+    distributed = args.workers is not None or args.scheduler is not None
+    with dask_client(args.workers, args.scheduler) if distributed else contextlib.nullcontext() as client:
+        path = explain_dataset(checkpoint, DataSpec(args.data, args.split), args.out,
+                               methods=args.methods.split(","), layers=args.layers.split(","), target=target,
+                               batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+                               client=client)
     print(f"CAMs written to {path}", flush=True)
     return 0
 
@@ -60,6 +69,13 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _megabytes(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a size in MB above 0, e.g. 10 (got {text})")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-websocket-origin", action="append", metavar="HOST[:PORT]",
                        help="extra origins allowed to connect (needed with --address 0.0.0.0)")
     serve.add_argument("--show", action="store_true", help="open a browser tab")
+    serve.add_argument("--basic-auth", metavar="PASSWORD_OR_FILE",
+                       help="ask for a password (or a JSON file of {user: password}) on a login page; "
+                            "prefer the environment variable XCAM_VIZ_PASSWORD (not shown in the process list)")
+    serve.add_argument("--max-upload-mb", type=_megabytes, default=10.0,
+                       help="largest image file users may upload (default: 10 MB)")
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
     explain.add_argument("--data", required=True, help="'demo', an image folder, an ISIC-style CSV or a MedMNIST .npz")
@@ -92,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--batch-size", type=int, default=32)
     explain.add_argument("--overwrite", action="store_true", help="replace an output of a different run")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    cluster = explain.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, metavar="N",
+                         help="run the batches on a local Dask cluster of N single-threaded worker processes")
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the batches on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (shared filesystem)")
     explain.set_defaults(run=_explain)
     tune = sub.add_parser("finetune", help="fine-tune a model on saved explanation feedback into a new model version")
     tune.add_argument("--model", default="demo", help="checkpoint written by xv.models.save, or 'demo'")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import holoviews as hv
@@ -22,6 +23,7 @@ from .overlay import OverlayPair
 from .selection import Selection
 from .tasks import Runner, describe, next_tick, notify
 from .tuning import FinetunePanel
+from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
 from .workbench import Workbench
 
 hv.extension("bokeh", logo=False)
@@ -126,13 +128,14 @@ class Dashboard(pn.viewable.Viewer):
     """The xcam-viz workbench: browse images, compare CAMs, paint feedback, fine-tune.
 
     Dashboard() is the demo; give a model (module, checkpoint path or zoo name), data (ImageSet, dict of
-    splits or paths) and feedback (FeedbackStore or path) for your own. Display it in JupyterLab after
+    splits or paths) and feedback (FeedbackStore or path) for your own; users may upload images up to
+    max_upload_mb into an "uploads" split. Display it in JupyterLab after
     pn.extension(notifications=True), or call .servable() in a `panel serve` script. Dashboards given
     paths (or nothing) share one Workbench per process (pn.state.cache); given objects, they get their own.
     """
 
     def __init__(self, model=None, data=None, feedback=None, *, workbench: Workbench | None = None,
-                 background: bool | None = None, **params):
+                 background: bool | None = None, max_upload_mb: float = MAX_UPLOAD_MB, **params):
         super().__init__(**params)
         specs = (model, feedback, *(data if isinstance(data, (list, tuple)) else [data]))
         shareable = all(x is None or isinstance(x, (str, Path)) for x in specs)
@@ -144,12 +147,14 @@ class Dashboard(pn.viewable.Viewer):
         self.brush = BrushFeedback(self.workbench, self.selection)
         self.tuning = FinetunePanel(self.workbench, self.selection, self.overlays)
         self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
+        self.upload = ImageUpload(self.workbench, self.selection, max_upload_mb)
         self.probe = StateProbe(self)
         self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, dynamic=False,
                             margin=(0, 10))
         self.brush.active = False                # the brush view redraws only while its tab is shown
         self.tabs.param.watch(lambda e: setattr(self.brush, "active", e.new == 1), "active")
-        self.main = pn.Row(pn.Card(self.browser.layout, title="Images", collapsible=False, margin=(0, 10)),
+        self.main = pn.Row(pn.Card(self.browser.layout, self.upload.layout, title="Images", collapsible=False,
+                                   margin=(0, 10)),
                            self.tabs, self.probe.pane)
         if self.runner.background:             # versions other sessions fine-tune appear in the pickers
             pn.state.add_periodic_callback(self._refresh_versions, period=3000)
@@ -188,14 +193,22 @@ def configure() -> None:
 
 
 def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
-          show: bool = False, websocket_origin: list[str] | None = None, **kw):
-    """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks."""
+          show: bool = False, websocket_origin: list[str] | None = None, basic_auth: str | None = None,
+          max_upload_mb: float = MAX_UPLOAD_MB, **kw):
+    """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks.
+
+    basic_auth: a password, or a JSON file of {user: password}, asked for on Panel's login page.
+    max_upload_mb: the largest image a user may upload; the server drops larger websocket messages.
+    """
     configure()
     workbench = build_workbench(model, data, feedback).warm()
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
+    if basic_auth:
+        kw.update(basic_auth=basic_auth, cookie_secret=kw.get("cookie_secret") or secrets.token_hex(32))
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
-    return pn.serve({"/": lambda: Dashboard(workbench=workbench).template()}, port=port, address=address,
-                    show=show, title="xcam-viz", websocket_origin=origins, **kw)
+    return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},
+                    port=port, address=address, show=show, title="xcam-viz", websocket_origin=origins,
+                    websocket_max_message_size=websocket_limit(max_upload_mb), **kw)
 
 
 def session() -> pn.template.BootstrapTemplate:

@@ -23,6 +23,7 @@ import xarray as xr
 from torch import nn
 
 from .. import models
+from ..concepts.labels import LabelStore
 from ..data import ImageSet
 from .cache import LRUCache
 
@@ -101,6 +102,12 @@ def versions_registry(model: nn.Module, directory):
     return ModelVersions(directory) if getattr(model, "xcam_arch", None) else None
 
 
+def default_labels_path(feedback) -> Path:
+    """Concept labels of units live next to the feedback database: <name>-concepts.db."""
+    path = Path(feedback.path)
+    return path.with_name(f"{path.stem}-concepts.db")
+
+
 def default_feedback_path() -> Path:
     """Where feedback goes when no store is given: $XCAM_VIZ_FEEDBACK, else demo-feedback.db in
     $XCAM_VIZ_CACHE or ~/.cache/xcam-viz."""
@@ -133,6 +140,9 @@ class Workbench:
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
         self.measured: dict[str, dict[str, float]] = {}     # metrics of versions saved without them
+        self.labels = LabelStore(default_labels_path(feedback))   # concept labels, shared by every layer
+        self._units: dict[tuple, object] = {}
+        self._embeddings: dict[tuple, xr.Dataset] = {}
 
     @classmethod
     def demo(cls, feedback=None) -> "Workbench":
@@ -229,6 +239,27 @@ class Workbench:
             self._predictions[key] = out
         return self._predictions[key]
 
+    def add_images(self, split: str, images: torch.Tensor, ids: list[str]) -> list[str]:
+        """Append images (N×C×H×W in [0, 1] at the input size) to a split, created if new; ids it holds
+        already are kept as they are. The images have no true label (class 0). Returns `ids`."""
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"images are {tuple(images.shape[1:])}, the model takes {self.input_shape}: "
+                             "fit them first (dashboard.upload.fit)")
+        with self.lock:
+            old = self.splits.get(split)
+            new = [i for i, sid in enumerate(ids) if old is None or sid not in old._index]
+            if new:
+                pos = torch.tensor(new)
+                images, labels, names = images[pos], torch.zeros(len(new), dtype=torch.long), [ids[i] for i in new]
+                if old is not None:
+                    images, labels, names = (torch.cat([old.images, images]), torch.cat([old.labels, labels]),
+                                             old.ids + names)
+                self.splits[split] = ImageSet(images, labels, ids=names, class_names=self.class_names(),
+                                              attrs={"split": split, "labelled": False})
+                for key in [k for k in self._predictions if k[1] == split]:
+                    del self._predictions[key]
+        return ids
+
     def image(self, split: str, sample: str) -> np.ndarray:
         """The sample's image as H×W×C float32 in [0, 1]."""
         data = self.splits[split]
@@ -298,3 +329,26 @@ class Workbench:
             with self.lock:
                 return explain(self.model(version), self.splits[split], method=method, layer=layer)
         return self.maps.get_or_compute(("split", version, split, method, layer), compute)
+
+    # --- concepts -------------------------------------------------------------------------------
+    def units(self, version: str, split: str, layer: str):
+        """xv.concepts.dissect of a layer over a split, labelled in the shared LabelStore; cached per
+        (version, split and its size, layer)."""
+        from ..concepts import dissect
+
+        key = (version, split, len(self.splits[split]), layer)
+        with self.lock:
+            if key not in self._units:
+                self._units[key] = dissect(self.model(version), self.splits[split], layer, labels=self.labels,
+                                           progress=False)
+            return self._units[key]
+
+    def unit_embedding(self, version: str, split: str, layer: str) -> xr.Dataset:
+        """xv.concepts.embed_units of those units (PCA coordinates and clusters; labels change, read them
+        from `labels`), cached."""
+        from ..concepts import embed_units
+
+        key = (version, split, len(self.splits[split]), layer)
+        if key not in self._embeddings:
+            self._embeddings[key] = embed_units(self.units(version, split, layer))
+        return self._embeddings[key]

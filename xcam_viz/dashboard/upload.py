@@ -1,0 +1,160 @@
+"""Image upload: users open their own images (PNG, JPEG, or image arrays in a .npz) in the served app.
+
+A file is checked by its content, never by its name alone: Pillow must identify a PNG or JPEG (and
+decode it whole), an .npz must be a zip of plain arrays (loaded without pickle), and the size is
+limited before anything is decoded. Images are fitted to the model's input size and added to the
+shared "uploads" split. Nothing is written to disk and no path is ever taken from the page.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import numpy as np
+import panel as pn
+import torch
+from PIL import Image
+
+from .selection import Selection
+from .tasks import notify
+from .workbench import Workbench
+
+MAX_UPLOAD_MB = 10.0
+UPLOAD_SPLIT = "uploads"
+SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
+MAX_PIXELS = 40_000_000          # decoded pixels of one image (decompression bombs)
+MAX_NPZ_IMAGES = 64
+MAX_NPZ_EXPANSION = 20           # uncompressed / compressed size of an .npz (zip bombs)
+
+
+class UploadError(ValueError):
+    """An uploaded file the app refuses; the message says why and what to give instead."""
+
+
+def websocket_limit(max_upload_mb: float) -> int:
+    """Bytes the server accepts in one websocket message: an upload of the limit (base64, 4/3 larger)
+    plus room for the page's own messages. Larger messages close the connection before any decoding."""
+    return int(max_upload_mb * 2**20 * 4 / 3) + 16 * 2**20
+
+
+def decode_upload(content: bytes, filename: str, shape: tuple[int, int, int],
+                  max_mb: float = MAX_UPLOAD_MB) -> torch.Tensor:
+    """The images of an uploaded file as N×C×H×W float32 in [0, 1], fitted to `shape` (C, H, W)."""
+    name = str(filename or "the file")
+    if not name.lower().endswith(SUFFIXES):
+        raise UploadError(f"{name}: upload a PNG, JPEG or .npz file (got another file type)")
+    if len(content) > max_mb * 2**20:
+        raise UploadError(f"{name} is {len(content) / 2**20:.1f} MB, more than the {max_mb:g} MB limit; "
+                          "upload a smaller image (the server sets the limit with --max-upload-mb)")
+    if content[:4] == b"PK\x03\x04":
+        images = _npz_images(content, name, max_mb)
+    else:
+        images = _picture(content, name)
+    return fit(images, shape)
+
+
+def _picture(content: bytes, name: str) -> torch.Tensor:
+    """A PNG or JPEG, identified and fully decoded by Pillow."""
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            if im.format not in ("PNG", "JPEG"):
+                raise UploadError(f"{name} is a {im.format} image; upload a PNG or JPEG")
+            if im.width * im.height > MAX_PIXELS:
+                raise UploadError(f"{name} is {im.width}×{im.height} pixels, more than {MAX_PIXELS:,}; "
+                                  "upload a smaller image")
+            rgb = np.asarray(im.convert("RGB"))
+    except UploadError:
+        raise
+    except Exception as err:                     # noqa: BLE001 - Pillow raises many kinds for broken files
+        raise UploadError(f"{name} is not a readable PNG or JPEG image ({type(err).__name__}); "
+                          "upload an image file or an .npz of arrays") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def _npz_images(content: bytes, name: str, max_mb: float) -> torch.Tensor:
+    """Images from an .npz: the array `image` (one H×W[×C] image), or `images` / `<split>_images`
+    (a stack N×H×W[×C]); pickled objects are refused."""
+    from ..data import from_arrays
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as z:
+            unpacked = sum(info.file_size for info in z.infolist())
+        if unpacked > MAX_NPZ_EXPANSION * max(len(content), 2**20):
+            raise UploadError(f"{name} unpacks to {unpacked / 2**20:.0f} MB; upload fewer or smaller images")
+        with np.load(io.BytesIO(content), allow_pickle=False) as z:
+            keys = sorted(z.files)
+            found = [k for k in ("image", "images") if k in keys] + [k for k in keys if k.endswith("_images")]
+            if not found:
+                raise UploadError(f"{name} holds the arrays {keys}; put the picture in an array named 'image' "
+                                  "(H×W or H×W×C) or 'images' (N×H×W or N×H×W×C)")
+            key = found[0]
+            array = z[key]
+    except UploadError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise UploadError(f"{name} is not a readable .npz file of plain arrays ({err})") from None
+    stack = array[None] if key == "image" else array
+    if stack.ndim not in (3, 4) or len(stack) > MAX_NPZ_IMAGES:
+        raise UploadError(f"{name}: array {key!r} has shape {array.shape}; give 'image' as H×W[×C] or "
+                          f"'images' as N×H×W[×C] with at most {MAX_NPZ_IMAGES} images")
+    try:
+        return from_arrays(stack, np.zeros(len(stack), np.int64)).images
+    except (ValueError, TypeError) as err:
+        raise UploadError(f"{name}: {err}") from None
+
+
+def fit(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Images N×C×H×W in [0, 1] with the channel count and size of `shape` (C, H, W)."""
+    channels, h, w = shape
+    if images.shape[1] == 4:                                    # RGBA: composite on white
+        images = images[:, :3] * images[:, 3:] + (1 - images[:, 3:])
+    if images.shape[1] != channels:
+        images = images.mean(1, keepdim=True) if channels == 1 else images[:, :1].expand(-1, channels, -1, -1)
+    if images.shape[-2:] != (h, w):
+        images = torch.nn.functional.interpolate(images, size=(h, w), mode="bilinear", antialias=True,
+                                                 align_corners=False)
+    return images.clamp(0, 1).contiguous()
+
+
+def upload_ids(content: bytes, n: int) -> list[str]:
+    """Sample ids named by the file's content (the same file uploaded twice is one sample)."""
+    digest = hashlib.sha1(content).hexdigest()[:10]
+    return [f"upload-{digest}"] if n == 1 else [f"upload-{digest}-{i}" for i in range(n)]
+
+
+class ImageUpload(pn.viewable.Viewer):
+    """A file input that opens the user's own images in the "uploads" split and selects the first."""
+
+    def __init__(self, workbench: Workbench, selection: Selection, max_mb: float = MAX_UPLOAD_MB):
+        super().__init__()
+        self.workbench, self.selection, self.max_mb = workbench, selection, max_mb
+        self.input = pn.widgets.FileInput(accept=",".join(SUFFIXES), css_classes=["xv-upload"],
+                                          sizing_mode="stretch_width")
+        self.input.param.watch(lambda e: self.receive(e.new, self.input.filename), "value")
+        c, h, w = workbench.input_shape
+        self.layout = pn.Column(
+            pn.pane.Markdown(f"**Explain your own image** — PNG, JPEG or .npz up to {max_mb:g} MB "
+                             f"(resized to {h}×{w})", margin=(5, 10, 0, 10)),
+            self.input, sizing_mode="stretch_width")
+
+    def receive(self, content: bytes | None, filename: str | None) -> list[str]:
+        """Open an uploaded file; a bad one is shown as a notification. Returns the new sample ids."""
+        if not content:
+            return []
+        try:
+            images = decode_upload(content, filename, self.workbench.input_shape, self.max_mb)
+        except UploadError as err:
+            notify(str(err))
+            return []
+        ids = self.workbench.add_images(UPLOAD_SPLIT, images, upload_ids(content, len(images)))
+        sel = self.selection
+        sel.param.split.objects = list(self.workbench.splits)
+        sel.param.update(split=UPLOAD_SPLIT, sample=ids[0])
+        sel.revision += 1                                        # the browser lists the new images
+        notify(f"opened {filename} as {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else ""),
+               level="success", duration=3000)
+        return ids
+
+    def __panel__(self):
+        return self.layout
