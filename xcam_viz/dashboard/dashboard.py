@@ -18,6 +18,7 @@ from torch import nn
 from ..data import ImageSet
 from .browser import ImageBrowser
 from .brush import BrushFeedback
+from .concepts import ConceptsPanel
 from .controls import ExplainControls
 from .overlay import OverlayPair
 from .selection import Selection
@@ -88,7 +89,8 @@ class StateProbe(param.Parameterized):
         watched = [(dashboard.selection, ["split", "sample", "version", "layer", "method", "target", "revision"]),
                    *((view, ["digest"]) for view in dashboard.overlays.views.values()),
                    (dashboard.brush, ["strokes"]), (dashboard.tuning, ["progress", "phase", "new_version"]),
-                   (dashboard.browser, ["ids", "page"])]
+                   (dashboard.browser, ["ids", "page"]),
+                   (dashboard.concepts, ["layer", "phase", "strokes", "matches", "labelled", "report_version"])]
         for obj, names in watched:                      # after the other watchers of these parameters
             obj.param.watch(self.update, names, precedence=1)
         self.update()
@@ -107,7 +109,8 @@ class StateProbe(param.Parameterized):
                              "version": d.tuning.new_version, "results": bool(d.tuning.results.object)},
                 "versions": d.workbench.versions,
                 "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile},
-                "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame)}
+                "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame),
+                "concepts": d.concepts.snapshot()}
 
     def update(self, *_):
         """Publish the state; in a served session at most once per event-loop tick."""
@@ -146,13 +149,15 @@ class Dashboard(pn.viewable.Viewer):
         self.overlays = OverlayPair(self.workbench, self.selection, self.runner)
         self.brush = BrushFeedback(self.workbench, self.selection)
         self.tuning = FinetunePanel(self.workbench, self.selection, self.overlays)
+        self.concepts = ConceptsPanel(self.workbench, self.selection, self.runner)
         self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
         self.upload = ImageUpload(self.workbench, self.selection, max_upload_mb)
         self.probe = StateProbe(self)
-        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, dynamic=False,
-                            margin=(0, 10))
+        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, self.concepts.layout,
+                            dynamic=False, margin=(0, 10))
         self.brush.active = False                # the brush view redraws only while its tab is shown
         self.tabs.param.watch(lambda e: setattr(self.brush, "active", e.new == 1), "active")
+        self.tabs.param.watch(lambda e: setattr(self.concepts, "active", e.new == 3), "active")   # computes when shown
         self.main = pn.Row(pn.Card(self.browser.layout, self.upload.layout, title="Images", collapsible=False,
                                    margin=(0, 10)),
                            self.tabs, self.probe.pane)

@@ -1,0 +1,341 @@
+"""The Concepts tab: draw a region, see the units that fire there, name the concept, watch the report grow.
+
+A layer's units are dissected (`xv.concepts.dissect` over the selected split) in the background the
+first time the tab needs them, and cached on the shared Workbench per model version, split and layer.
+Every stroke of the freehand tool ranks the units by the IoU of their masks with the painted region
+(`Units.match`); "Label" names every unit above the IoU threshold (`Units.label`, kept in the
+Workbench's LabelStore beside the feedback), recolours the unit-embedding scatter and rebuilds the
+explanation report (`xv.report`) in the background.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from .controls import layer_options
+from .freehand import FreehandCanvas, merge_strokes
+from .raster import Grid, Stroke, composite, mask_layer, montage, strokes_to_masks
+from .selection import Selection, default_layer
+from .tasks import Runner, notify
+from .workbench import Workbench, one_thread
+
+TABLE_ROWS = 10               # units listed, best first
+BEST_UNITS = 3                # units whose top images the montage shows, one row each
+TOP_IMAGES = 6
+REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
+UNLABELLED = "(unlabelled)"
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+UNIT_COLOUR = (1.0, 0.78, 0.0)
+
+
+def unit_layer(mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An RGBA layer painting a unit's mask (H×W bool) in amber."""
+    rgba = np.zeros((*mask.shape, 4), np.float32)
+    rgba[mask] = (*UNIT_COLOUR, alpha)
+    return rgba
+
+
+class ConceptsPanel(pn.viewable.Viewer):
+    """Match a painted region against a layer's units, name the concept, and follow the concept
+    dictionary, the unit embedding and the report as labels accumulate."""
+
+    layer = param.Selector(objects={}, label="Layer")
+    width = param.Integer(default=6, bounds=(1, 32), label="Brush width (image pixels)")
+    preset = param.Selector(objects=[], label="Concept")
+    concept = param.String(default="", label="…or a new concept")
+    threshold = param.Number(default=0.2, bounds=(0, 1), step=0.05, label="Label units with IoU above")
+    report_evidence = param.Boolean(default=False, label="Evidence maps in the report (slow)")
+    strokes = param.List(default=[], item_type=Stroke, doc="the strokes painting the region, oldest first")
+    active = param.Boolean(default=False, doc="whether the tab is on screen (it only computes then)")
+    phase = param.String(default="idle", doc="idle | dissecting | ready")
+    matches = param.List(default=[], doc="[unit, IoU] of the best-matching units, best first")
+    labelled = param.Dict(default={}, doc="concept -> number of units of the layer carrying it")
+    report_version = param.Integer(default=0, doc="version of the latest report (0: none yet)")
+
+    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, plot_width: int = 300, **params):
+        self.workbench, self.selection, self.runner = workbench, selection, runner
+        super().__init__(**params)
+        self.shape = tuple(workbench.input_shape[1:])
+        self.sync_layers()
+        self.param.preset.objects = workbench.labels.names()
+        self.preset = self.param.preset.objects[0]
+        self.report = None
+        self._html = b""
+        self._ready = self._shown = None              # units key prepared; (split, sample) on the canvas
+        self._image = np.zeros((*self.shape, 3), np.float32)
+        self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
+        self._scatter_labels: list[str] = []
+        self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-concept-roi")
+        self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=64)
+        h, w = self.grid.size
+        self._montage = hv.streams.Pipe(data=np.full((h, w, 3), 245, np.uint8))
+        self._scatter = hv.streams.Pipe(data=self._scatter_data(None))
+        self.table = pn.pane.DataFrame(pd.DataFrame(columns=["unit", "IoU", "concept"]), index=False, width=260,
+                                       css_classes=["xv-concept-units"])
+        self.status = pn.pane.Markdown("", margin=(0, 10), width=280)
+        self.dictionary = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-concept-dictionary"])
+        self.report_info = pn.pane.Markdown("No report yet: label a concept (or press Update).", margin=(0, 10))
+        self.download = pn.widgets.FileDownload(callback=lambda: io.BytesIO(self._html), filename="xcam-viz-report.html",
+                                                label="Download the HTML report", disabled=True, width=250,
+                                                css_classes=["xv-report-download"])
+        buttons = {name: pn.widgets.Button(label=name, width=80, margin=(5, 4), css_classes=[f"xv-concept-{name.lower()}"],
+                                           color="primary" if name == "Label" else "default")
+                   for name in ("Undo", "Clear", "Label", "Update")}
+        for name, action in (("Undo", self.undo), ("Clear", self.clear), ("Label", self.label),
+                             ("Update", self.build_report)):
+            buttons[name].on_click(lambda _, act=action: act())
+        controls = pn.Column(
+            pn.widgets.Select.from_param(self.param.layer, width=260, css_classes=["xv-concept-layer"]),
+            pn.widgets.IntSlider.from_param(self.param.width, width=260), pn.Row(buttons["Undo"], buttons["Clear"]),
+            pn.widgets.Select.from_param(self.param.preset, width=260, css_classes=["xv-concept-preset"]),
+            pn.widgets.TextInput.from_param(self.param.concept, width=260, css_classes=["xv-concept-name"]),
+            pn.widgets.FloatSlider.from_param(self.param.threshold, width=260), buttons["Label"], self.status,
+            width=290)
+        montage_view = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)).opts(
+            frame_width=w, frame_height=h, xaxis=None, yaxis=None, toolbar=None, default_tools=[], border=0),
+            streams=[self._montage])
+        scatter = hv.DynamicMap(self._scatter_view, streams=[self._scatter])
+        self.layout = pn.Column(
+            pn.Row(self.canvas.pane, controls),
+            pn.Row(pn.Column("**Units ranked by IoU with the region**", self.table, width=280),
+                   pn.Column("**Top images of the best units** (one row per unit, its mask in amber)",
+                             pn.pane.HoloViews(montage_view, linked_axes=False, css_classes=["xv-concept-montage"]))),
+            pn.Row(pn.pane.HoloViews(scatter, linked_axes=False, css_classes=["xv-concept-scatter"]),
+                   pn.Column("### Report", self.report_info,
+                             pn.widgets.Checkbox.from_param(self.param.report_evidence),
+                             pn.Row(buttons["Update"], self.download), self.dictionary, width=360)),
+            name="Concepts")
+        selection.param.watch(lambda *_: self.sync_layers(), ["version"])
+        selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(model version, split, layer) of the units on show."""
+        return self.selection.version, self.selection.split, self.layer
+
+    def sync_layers(self) -> None:
+        """Offer the spatial layers of the selected model version, keeping the current one if it has it."""
+        wb, version = self.workbench, self.selection.version
+        options = layer_options(wb, version)
+        self.param.layer.objects = options
+        if self.layer not in options.values():
+            self.layer = default_layer(wb.layers(version), wb.is_segmenter(version))
+
+    # --- the image and its region ---------------------------------------------------------------
+    @param.depends("active", "layer", watch=True)
+    def refresh(self) -> None:
+        """Show the selected image (dropping the region of another image) and prepare the layer's units."""
+        if not self.active:
+            return
+        sel = self.selection
+        if self._shown != (sel.split, sel.sample):
+            self._shown = (sel.split, sel.sample)
+            self._image = self.workbench.image(sel.split, sel.sample)
+            self.canvas.show_strokes([])
+            with param.parameterized.discard_events(self):
+                self.strokes = []
+            self._show_matches(None)
+            self._draw_canvas()
+        self._prepare()
+
+    def receive(self, data: dict) -> None:
+        """Take the strokes the freehand tool holds; new ones get the current width."""
+        self.strokes = merge_strokes(self.strokes, data, "relevant", self.width)
+
+    def roi(self) -> np.ndarray:
+        """The painted region (H×W bool, row 0 at the top)."""
+        return strokes_to_masks(self.strokes, self.shape)[0]
+
+    @param.depends("strokes", watch=True)
+    def _strokes_changed(self) -> None:
+        if self.strokes and self._ready == self.key:
+            self.match()
+        elif not self.strokes:
+            self._show_matches(None)
+        self._draw_canvas()
+
+    def _draw_canvas(self) -> None:
+        self.canvas.show(composite(self._image, unit_layer(self._best, 0.45),
+                                   mask_layer(self.roi(), np.zeros(self.shape, bool), alpha=0.45)))
+
+    def undo(self) -> None:
+        self.strokes = self.strokes[:-1]
+        self.canvas.show_strokes(self.strokes)
+
+    def clear(self) -> None:
+        self.strokes = []
+        self.canvas.show_strokes(self.strokes)
+
+    # --- units: dissection, matching, labelling ---------------------------------------------------
+    def _prepare(self) -> None:
+        """Dissect the layer (and embed its units) in the background unless that is done already."""
+        key = self.key
+        if self._ready == key:
+            return
+        self.phase = "dissecting"
+        self.status.object = f"dissecting **{key[2]}** over the {key[1]} split…"
+
+        def work():
+            self.workbench.unit_embedding(*key)
+            return key
+        self.runner.submit("concepts-units", work, self._prepared)
+
+    def _prepared(self, key) -> None:
+        if key != self.key:                          # the layer or version changed meanwhile
+            return
+        self._ready, self.phase = key, "ready"
+        self.status.object = f"**{key[2]}**: {len(self.workbench.units(*key))} units. Paint over a region of the image."
+        self._show_labels()
+        if self.strokes:
+            self.match()
+
+    def match(self) -> None:
+        """Rank the units by IoU with the painted region (in the background) and show the best ones."""
+        key, sample, roi = self.key, self.selection.sample, self.roi()
+        self.runner.submit("concepts-match", lambda: self._match(key, sample, roi),
+                           lambda out: self._matched(key, sample, out))
+
+    def _match(self, key, sample: str, roi: np.ndarray):
+        """The ranking, the best unit's mask on the image and the montage of the best units' top images."""
+        wb = self.workbench
+        units = wb.units(*key)
+        split = key[1]
+        with wb.lock, one_thread():
+            ranked = units.match(sample, roi)
+            best = [int(u) for u, v in zip(ranked.unit.values[:BEST_UNITS], ranked.values) if v > 0]
+            tops = {u: units.top_images(u, self.grid.cols) for u in best}
+            masks = {sid: units.masks(sid).numpy() for sid in {sample, *(s for ids in tops.values() for s in ids)}}
+        predictions = wb.predictions(key[0], split)
+        images, captions, correct, marked = [], [], [], []
+        for u, ids in tops.items():
+            images += [composite(wb.image(split, s), unit_layer(masks[s][u])) for s in ids]
+            captions += [f"u{u} · {s[-5:]}" for s in ids]
+            correct += [bool(predictions.correct.sel(sample=s)) for s in ids]
+            marked += [s == sample for s in ids]
+        best_mask = masks[sample][best[0]] if best else np.zeros(self.shape, bool)
+        return ranked, best_mask, montage(images, captions, correct, marked, self.grid)
+
+    def _matched(self, key, sample: str, out) -> None:
+        if key != self.key or sample != self.selection.sample:
+            return
+        self._show_matches(out)
+        self._draw_canvas()
+
+    def _show_matches(self, out) -> None:
+        """Fill the table, the montage and the best unit's mask (None: clear them)."""
+        if out is None:
+            self.matches, self._best = [], np.zeros(self.shape, bool)
+            self._montage.send(np.full((*self.grid.size, 3), 245, np.uint8))
+        else:
+            ranked, self._best, image = out
+            self.matches = [[int(u), round(float(v), 4)] for u, v in
+                            zip(ranked.unit.values[:TABLE_ROWS], ranked.values[:TABLE_ROWS])]
+            self._montage.send(image)
+        self._fill_table()
+
+    def _fill_table(self) -> None:
+        current = self.workbench.labels.current(self.layer)
+        self.table.object = pd.DataFrame([(u, iou, current.get(u, ("",))[0]) for u, iou in self.matches],
+                                         columns=["unit", "IoU", "concept"])
+
+    def label(self) -> None:
+        """Give the chosen name to every unit whose IoU with the region passes the threshold."""
+        key, sample, roi = self.key, self.selection.sample, self.roi()
+        name, threshold = (self.concept or self.preset or "").strip(), self.threshold
+        wb = self.workbench
+
+        def work():
+            units = wb.units(*key)
+            with wb.lock, one_thread():
+                return units.label(sample, roi, name, threshold=threshold)
+        self.runner.submit("concepts-label", work, lambda chosen: self._labelled(key, name, chosen))
+
+    def _labelled(self, key, name: str, chosen: list[int]) -> None:
+        if not chosen:
+            notify(f"no unit of {key[2]} passes IoU {self.threshold:.2f} with this region (or each has a better "
+                   "match already): paint the region more tightly or lower the threshold", "warning", 5000)
+            return
+        notify(f"{len(chosen)} unit{'s' * (len(chosen) != 1)} of {key[2]} labelled '{name}'", "success", 3000)
+        self.param.preset.objects = self.workbench.labels.names()
+        self.preset, self.concept = name, ""
+        self._show_labels()
+        self._fill_table()
+        self.build_report()
+
+    # --- labels: scatter, dictionary, report ------------------------------------------------------
+    def _show_labels(self) -> None:
+        """Recolour the scatter and rewrite the concept dictionary from the stored labels."""
+        if self._ready != self.key:
+            return
+        current = self.workbench.labels.current(self.layer)
+        self._scatter.send(self._scatter_data(self.workbench.unit_embedding(*self.key), current))
+        self.labelled = dict(Counter(name for name, _ in current.values()))
+        rows = [f"| {name} | {count} | {', '.join(str(u) for u, (n, _) in sorted(current.items()) if n == name)} |"
+                for name, count in sorted(self.labelled.items())]
+        self.dictionary.object = (f"**Concept dictionary** · {self.layer}\n\n| concept | units | which |\n|---|---|---|\n"
+                                  + "\n".join(rows) if rows else f"No concept labelled in {self.layer} yet.")
+
+    def _scatter_data(self, embedding, current: dict | None = None) -> dict:
+        if embedding is None:
+            return {"pc1": [], "pc2": [], "unit": [], "concept": [], "cluster": []}
+        self._scatter_labels = [current.get(int(u), (UNLABELLED,))[0] for u in embedding.unit.values]
+        return {"pc1": embedding.pc1.values, "pc2": embedding.pc2.values, "unit": embedding.unit.values,
+                "concept": self._scatter_labels, "cluster": embedding.cluster.values}
+
+    def _scatter_view(self, data):
+        names = self.workbench.labels.names()
+        cmap = {UNLABELLED: "#c8c8c8", **{n: PALETTE[names.index(n) % len(PALETTE)] for n in set(data["concept"])
+                                          if n != UNLABELLED}}
+        return hv.Points(data, kdims=["pc1", "pc2"], vdims=["unit", "concept", "cluster"]).opts(
+            color="concept", cmap=cmap, size=7, line_color="#555555", tools=["hover"], width=400, height=300,
+            title="Units (PCA of activation profiles), coloured by concept", legend_position="bottom_right",
+            framewise=True)
+
+    def build_report(self) -> None:
+        """Rebuild the report (xv.report on a copy of the model, so other sessions' maps do not wait)."""
+        from ..report import report
+
+        key, sample, wb = self.key, self.selection.sample, self.workbench
+        evidence = "efficient" if self.report_evidence else None
+        self.report_info.object = f"building report v{self.report_version + 1}…"
+
+        def work():
+            start = time.perf_counter()
+            with wb.lock:
+                model = copy.deepcopy(wb.model(key[0]))
+            data = wb.splits[key[1]]
+            labelled = [s for s in reversed(wb.labels.history().sample_id.values.tolist()) if s in set(data.ids)]
+            samples = list(dict.fromkeys([sample, *labelled, *data.ids]))[:REPORT_IMAGES]
+            rep = report(model, data, samples=samples, methods=(wb.methods(key[0])[0],), layers=(key[2],),
+                         evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key), previous=self.report)
+            with tempfile.TemporaryDirectory() as tmp:
+                html = rep.save(Path(tmp) / "report.html").read_bytes()
+            return rep, html, time.perf_counter() - start
+        self.runner.submit("concepts-report", work, lambda out: self._reported(*out))
+
+    def _reported(self, rep, html: bytes, seconds: float) -> None:
+        self.report, self._html = rep, html
+        self.download.filename = f"xcam-viz-report-v{rep.version}.html"
+        self.download.disabled = False
+        self.report_info.object = (f"**Report v{rep.version}** ({rep.images.sizes['sample']} images, built in "
+                                   f"{seconds:.0f} s)\n\nWhat is new: " + "; ".join(rep.changes))
+        self.report_version = rep.version
+
+    def snapshot(self) -> dict:
+        """What the tab shows, for the state probe (browser tests)."""
+        return {"layer": self.layer, "phase": self.phase, "strokes": len(self.strokes), "matches": self.matches[:5],
+                "labelled": self.labelled, "scatter": dict(Counter(self._scatter_labels)),
+                "report": self.report_version}
+
+    def __panel__(self):
+        return self.layout
