@@ -182,6 +182,20 @@ def test_bad_upload_leaves_the_session_as_it_was(dash, caplog):
     assert UPLOAD_SPLIT not in dash.workbench.splits
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1.5, -0.1])
+def test_workbench_refuses_nan_inf_and_out_of_range_images(demo_model, demo_test, tmp_path, bad):
+    from xcam_viz.data import ImageSet
+
+    images = demo_test.images[:4].clone()
+    images[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match="split 'odd' hold NaN, inf or values outside"):
+        Workbench(demo_model, {"test": demo_test, "odd": ImageSet(images, torch.zeros(4))}, tmp_path / "fb.db")
+    wb = Workbench(demo_model, {"test": demo_test}, tmp_path / "fb.db")
+    with pytest.raises(ValueError, match="outside"):
+        wb.add_images("odd", images, [f"x{i}" for i in range(4)])
+    assert "odd" not in wb.splits
+
+
 # --- serve flags ----------------------------------------------------------------------------------
 def test_serve_passes_auth_and_the_websocket_limit(monkeypatch):
     import panel as pn
@@ -196,6 +210,21 @@ def test_serve_passes_auth_and_the_websocket_limit(monkeypatch):
     assert seen["address"] == "127.0.0.1"
     dashboard.serve(basic_auth="s3cret")
     assert seen["basic_auth"] == "s3cret" and len(seen["cookie_secret"]) >= 32
+
+
+def test_bokeh_server_gets_the_websocket_limit_and_binds_localhost(monkeypatch):
+    import signal
+
+    from xcam_viz.dashboard import dashboard
+
+    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: type("W", (), {"warm": lambda self: self})())
+    monkeypatch.setattr(signal, "signal", lambda *a: None)          # pn.serve would take over Ctrl+C
+    server = dashboard.serve(port=0, max_upload_mb=3, start=False)
+    try:
+        assert server._tornado.settings["websocket_max_message_size"] == websocket_limit(3)
+        assert server.address == "127.0.0.1"
+    finally:
+        server.stop()
 
 
 def test_cli_reads_the_password_from_the_environment(monkeypatch):

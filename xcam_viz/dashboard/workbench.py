@@ -117,6 +117,14 @@ def default_feedback_path() -> Path:
     return Path(root) / "demo-feedback.db"
 
 
+def check_images(images: torch.Tensor, what: str) -> None:
+    """Refuse NaN, inf or values outside [0, 1] (they would draw as garbage and break every map)."""
+    low, high = torch.aminmax(images)
+    if not (0 <= low and high <= 1):
+        raise ValueError(f"{what} hold NaN, inf or values outside [0, 1] (found {float(low):.3g}..{float(high):.3g}); "
+                         "clean or rescale them first (xv.data.from_arrays checks its input)")
+
+
 class Workbench:
     """Data splits, model versions and the feedback store shared by all sessions, with caches."""
 
@@ -125,6 +133,8 @@ class Workbench:
         self.splits = dict(splits) if isinstance(splits, dict) else {"data": splits}
         if not self.splits:
             raise ValueError("give at least one data split")
+        for name, data in self.splits.items():
+            check_images(data.images, f"images of split {name!r}")
         if feedback is None or isinstance(feedback, (str, Path)):
             from ..feedback import FeedbackStore
 
@@ -245,6 +255,7 @@ class Workbench:
         if tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"images are {tuple(images.shape[1:])}, the model takes {self.input_shape}: "
                              "fit them first (dashboard.upload.fit)")
+        check_images(images, f"images for split {split!r}")
         with self.lock:
             old = self.splits.get(split)
             new = [i for i, sid in enumerate(ids) if old is None or sid not in old._index]
