@@ -31,7 +31,7 @@ from .workbench import Workbench, one_thread
 
 TABLE_ROWS = 10               # units listed, best first
 BEST_UNITS = 3                # units whose top images the montage shows, one row each
-TOP_IMAGES = 6
+TOP_IMAGES = 5
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
 UNLABELLED = "(unlabelled)"
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -62,7 +62,7 @@ class ConceptsPanel(pn.viewable.Viewer):
     labelled = param.Dict(default={}, doc="concept -> number of units of the layer carrying it")
     report_version = param.Integer(default=0, doc="version of the latest report (0: none yet)")
 
-    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, plot_width: int = 300, **params):
+    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, plot_width: int = 256, **params):
         self.workbench, self.selection, self.runner = workbench, selection, runner
         super().__init__(**params)
         self.shape = tuple(workbench.input_shape[1:])
@@ -76,44 +76,45 @@ class ConceptsPanel(pn.viewable.Viewer):
         self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
         self._scatter_labels: list[str] = []
         self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-concept-roi")
-        self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=64)
+        self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=56)
         h, w = self.grid.size
         self._montage = hv.streams.Pipe(data=np.full((h, w, 3), 245, np.uint8))
         self._scatter = hv.streams.Pipe(data=self._scatter_data(None))
-        self.table = pn.pane.DataFrame(pd.DataFrame(columns=["unit", "IoU", "concept"]), index=False, width=260,
+        self.table = pn.pane.DataFrame(pd.DataFrame(columns=["unit", "IoU", "concept"]), index=False, width=230,
                                        css_classes=["xv-concept-units"])
-        self.status = pn.pane.Markdown("", margin=(0, 10), width=280)
+        self.status = pn.pane.Markdown("", margin=(0, 10), width=250)
         self.dictionary = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-concept-dictionary"])
         self.report_info = pn.pane.Markdown("No report yet: label a concept (or press Update).", margin=(0, 10))
         self.download = pn.widgets.FileDownload(callback=lambda: io.BytesIO(self._html), filename="xcam-viz-report.html",
-                                                label="Download the HTML report", disabled=True, width=250,
+                                                label="Download the HTML report", disabled=True, width=170,
                                                 css_classes=["xv-report-download"])
-        buttons = {name: pn.widgets.Button(label=name, width=80, margin=(5, 4), css_classes=[f"xv-concept-{name.lower()}"],
+        buttons = {name: pn.widgets.Button(label=name, width=75, margin=(5, 4), css_classes=[f"xv-concept-{name.lower()}"],
                                            color="primary" if name == "Label" else "default")
                    for name in ("Undo", "Clear", "Label", "Update")}
         for name, action in (("Undo", self.undo), ("Clear", self.clear), ("Label", self.label),
                              ("Update", self.build_report)):
             buttons[name].on_click(lambda _, act=action: act())
         controls = pn.Column(
-            pn.widgets.Select.from_param(self.param.layer, width=260, css_classes=["xv-concept-layer"]),
-            pn.widgets.IntSlider.from_param(self.param.width, width=260), pn.Row(buttons["Undo"], buttons["Clear"]),
-            pn.widgets.Select.from_param(self.param.preset, width=260, css_classes=["xv-concept-preset"]),
-            pn.widgets.TextInput.from_param(self.param.concept, width=260, css_classes=["xv-concept-name"]),
-            pn.widgets.FloatSlider.from_param(self.param.threshold, width=260), buttons["Label"], self.status,
-            width=290)
+            pn.widgets.Select.from_param(self.param.layer, width=250, css_classes=["xv-concept-layer"]),
+            pn.widgets.IntSlider.from_param(self.param.width, width=250), pn.Row(buttons["Undo"], buttons["Clear"]),
+            pn.widgets.Select.from_param(self.param.preset, width=250, css_classes=["xv-concept-preset"]),
+            pn.widgets.TextInput.from_param(self.param.concept, width=250, css_classes=["xv-concept-name"]),
+            pn.widgets.FloatSlider.from_param(self.param.threshold, width=250), buttons["Label"], self.status,
+            width=270)
         montage_view = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)).opts(
             frame_width=w, frame_height=h, xaxis=None, yaxis=None, toolbar=None, default_tools=[], border=0),
             streams=[self._montage])
         scatter = hv.DynamicMap(self._scatter_view, streams=[self._scatter])
         self.layout = pn.Column(
             pn.Row(self.canvas.pane, controls),
-            pn.Row(pn.Column("**Units ranked by IoU with the region**", self.table, width=280),
-                   pn.Column("**Top images of the best units** (one row per unit, its mask in amber)",
-                             pn.pane.HoloViews(montage_view, linked_axes=False, css_classes=["xv-concept-montage"]))),
+            pn.Row(pn.Column("**Units ranked by IoU with the region**", self.table, width=250),
+                   pn.Column("**Top images of the best units**<br>one row per unit, its mask in amber",
+                             pn.pane.HoloViews(montage_view, linked_axes=False, css_classes=["xv-concept-montage"]),
+                             width=300)),
             pn.Row(pn.pane.HoloViews(scatter, linked_axes=False, css_classes=["xv-concept-scatter"]),
                    pn.Column("### Report", self.report_info,
                              pn.widgets.Checkbox.from_param(self.param.report_evidence),
-                             pn.Row(buttons["Update"], self.download), self.dictionary, width=360)),
+                             pn.Row(buttons["Update"], self.download), self.dictionary, width=270)),
             name="Concepts")
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
@@ -219,7 +220,7 @@ class ConceptsPanel(pn.viewable.Viewer):
         images, captions, correct, marked = [], [], [], []
         for u, ids in tops.items():
             images += [composite(wb.image(split, s), unit_layer(masks[s][u])) for s in ids]
-            captions += [f"u{u} · {s[-5:]}" for s in ids]
+            captions += [f"u{u} {s[-4:]}" for s in ids]
             correct += [bool(predictions.correct.sel(sample=s)) for s in ids]
             marked += [s == sample for s in ids]
         best_mask = masks[sample][best[0]] if best else np.zeros(self.shape, bool)
@@ -297,8 +298,8 @@ class ConceptsPanel(pn.viewable.Viewer):
         cmap = {UNLABELLED: "#c8c8c8", **{n: PALETTE[names.index(n) % len(PALETTE)] for n in set(data["concept"])
                                           if n != UNLABELLED}}
         return hv.Points(data, kdims=["pc1", "pc2"], vdims=["unit", "concept", "cluster"]).opts(
-            color="concept", cmap=cmap, size=7, line_color="#555555", tools=["hover"], width=400, height=300,
-            title="Units (PCA of activation profiles), coloured by concept", legend_position="bottom_right",
+            color="concept", cmap=cmap, size=7, line_color="#555555", tools=["hover"], width=300, height=300,
+            title="Units: PCA of activation profiles", legend_position="bottom_right",
             framewise=True)
 
     def build_report(self) -> None:
@@ -335,7 +336,7 @@ class ConceptsPanel(pn.viewable.Viewer):
         """What the tab shows, for the state probe (browser tests)."""
         return {"layer": self.layer, "phase": self.phase, "strokes": len(self.strokes), "matches": self.matches[:5],
                 "labelled": self.labelled, "scatter": dict(Counter(self._scatter_labels)),
-                "report": self.report_version}
+                "report": self.report_version, "frame": list(self.canvas.frame)}
 
     def __panel__(self):
         return self.layout
