@@ -150,3 +150,17 @@ def test_each_label_makes_the_next_report_version(dash, workbench):
     assert concepts.report_version == 2 and concepts.labelled.get("centre")
     assert any("new concepts: centre" in c for c in concepts.report.changes), concepts.report.changes
     assert "Report v2" in concepts.report_info.object
+
+
+def test_a_split_that_grows_is_dissected_again(dash, workbench, demo_flipped):
+    concepts = dash.concepts
+    workbench.add_images("uploads", demo_flipped.images[:4], ["a", "b", "c", "d"])
+    dash.selection.param.split.objects = list(workbench.splits)
+    dash.selection.split = "uploads"
+    concepts.active = True
+    assert concepts.ready and len(workbench.units("v0", "uploads", "block4").data) == 4
+    workbench.add_images("uploads", demo_flipped.images[4:6], ["e", "f"])      # e.g. two more uploads
+    dash.selection.sample = "f"
+    assert concepts.ready and len(workbench.units("v0", "uploads", "block4").data) == 6
+    paint(concepts)
+    assert len(concepts.matches) == 10

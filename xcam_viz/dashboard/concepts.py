@@ -71,7 +71,7 @@ class ConceptsPanel(pn.viewable.Viewer):
         self.preset = self.param.preset.objects[0]
         self.report = None
         self._html = b""
-        self._ready = self._shown = None              # units key prepared; (split, sample) on the canvas
+        self._ready = self._shown = None              # units prepared (key, split size); (split, sample) shown
         self._image = np.zeros((*self.shape, 3), np.float32)
         self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
         self._scatter_labels: list[str] = []
@@ -124,6 +124,11 @@ class ConceptsPanel(pn.viewable.Viewer):
         """(model version, split, layer) of the units on show."""
         return self.selection.version, self.selection.split, self.layer
 
+    @property
+    def ready(self) -> bool:
+        """Whether the units on show are dissected (a split that grew, e.g. by uploads, needs it again)."""
+        return self._ready == (self.key, len(self.workbench.splits[self.selection.split]))
+
     def sync_layers(self) -> None:
         """Offer the spatial layers of the selected model version, keeping the current one if it has it."""
         wb, version = self.workbench, self.selection.version
@@ -159,7 +164,7 @@ class ConceptsPanel(pn.viewable.Viewer):
 
     @param.depends("strokes", watch=True)
     def _strokes_changed(self) -> None:
-        if self.strokes and self._ready == self.key:
+        if self.strokes and self.ready:
             self.match()
         elif not self.strokes:
             self._show_matches(None)
@@ -181,20 +186,20 @@ class ConceptsPanel(pn.viewable.Viewer):
     def _prepare(self) -> None:
         """Dissect the layer (and embed its units) in the background unless that is done already."""
         key = self.key
-        if self._ready == key:
+        if self.ready:
             return
         self.phase = "dissecting"
         self.status.object = f"dissecting **{key[2]}** over the {key[1]} split…"
 
         def work():
             self.workbench.unit_embedding(*key)
-            return key
-        self.runner.submit("concepts-units", work, self._prepared)
+            return key, len(self.workbench.units(*key).data)
+        self.runner.submit("concepts-units", work, lambda done: self._prepared(*done))
 
-    def _prepared(self, key) -> None:
+    def _prepared(self, key, size: int) -> None:
         if key != self.key:                          # the layer or version changed meanwhile
             return
-        self._ready, self.phase = key, "ready"
+        self._ready, self.phase = (key, size), "ready"
         self.status.object = f"**{key[2]}**: {len(self.workbench.units(*key))} units. Paint over a region of the image."
         self._show_labels()
         if self.strokes:
@@ -276,7 +281,7 @@ class ConceptsPanel(pn.viewable.Viewer):
     # --- labels: scatter, dictionary, report ------------------------------------------------------
     def _show_labels(self) -> None:
         """Recolour the scatter and rewrite the concept dictionary from the stored labels."""
-        if self._ready != self.key:
+        if not self.ready:
             return
         current = self.workbench.labels.current(self.layer)
         self._scatter.send(self._scatter_data(self.workbench.unit_embedding(*self.key), current))
