@@ -64,8 +64,9 @@ def run() -> str:
             for stat in ("mean", "peak"):
                 score = getattr(on_flipped, stat)[:, which].mean(1).numpy()
                 auc, high, low = error_split(score, errors)
-                scores.append(f"| {layer} | {stat} activation of the {len(which)} {name} unit{'s' * (len(which) != 1)} | {auc:.3f} | "
-                              f"{roc_auc_score(flipped_marked, score):.3f} | {high:.1%} | {low:.1%} |")
+                what = f"{stat} activation of the {len(which)} {name} unit{'s' * (len(which) != 1)}"
+                scores.append(f"| {layer} | {what} | {auc:.3f} | {roc_auc_score(flipped_marked, score):.3f} | "
+                              f"{high:.1%} | {low:.1%} |")
     auc, high, low = error_split(flipped_marked.astype(float), errors)
     scores.append(f"| – | marker present (ground truth, reference) | {auc:.3f} | 1 | {flipped_marked.sum()} marked: "
                   f"{errors[flipped_marked].mean():.1%} | unmarked: {errors[~flipped_marked].mean():.1%} |")

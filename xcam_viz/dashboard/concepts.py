@@ -85,11 +85,11 @@ class ConceptsPanel(pn.viewable.Viewer):
         self.status = pn.pane.Markdown("", margin=(0, 10), width=250)
         self.dictionary = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-concept-dictionary"])
         self.report_info = pn.pane.Markdown("No report yet: label a concept (or press Update).", margin=(0, 10))
-        self.download = pn.widgets.FileDownload(callback=lambda: io.BytesIO(self._html), filename="xcam-viz-report.html",
-                                                label="Download the HTML report", disabled=True, width=170,
+        self.download = pn.widgets.FileDownload(callback=lambda: io.BytesIO(self._html), disabled=True, width=170,
+                                                filename="xcam-viz-report.html", label="Download the HTML report",
                                                 css_classes=["xv-report-download"])
-        buttons = {name: pn.widgets.Button(label=name, width=75, margin=(5, 4), css_classes=[f"xv-concept-{name.lower()}"],
-                                           color="primary" if name == "Label" else "default")
+        buttons = {name: pn.widgets.Button(label=name, width=75, margin=(5, 4), color="primary" if name == "Label"
+                                           else "default", css_classes=[f"xv-concept-{name.lower()}"])
                    for name in ("Undo", "Clear", "Label", "Update")}
         for name, action in (("Undo", self.undo), ("Clear", self.clear), ("Label", self.label),
                              ("Update", self.build_report)):
@@ -288,8 +288,8 @@ class ConceptsPanel(pn.viewable.Viewer):
         self.labelled = dict(Counter(name for name, _ in current.values()))
         rows = [f"| {name} | {count} | {', '.join(str(u) for u, (n, _) in sorted(current.items()) if n == name)} |"
                 for name, count in sorted(self.labelled.items())]
-        self.dictionary.object = (f"**Concept dictionary** · {self.layer}\n\n| concept | units | which |\n|---|---|---|\n"
-                                  + "\n".join(rows) if rows else f"No concept labelled in {self.layer} yet.")
+        header = f"**Concept dictionary** · {self.layer}\n\n| concept | units | which |\n|---|---|---|\n"
+        self.dictionary.object = header + "\n".join(rows) if rows else f"No concept labelled in {self.layer} yet."
 
     def _scatter_data(self, embedding, current: dict | None = None) -> dict:
         if embedding is None:
@@ -320,10 +320,12 @@ class ConceptsPanel(pn.viewable.Viewer):
             with wb.lock:
                 model = copy.deepcopy(wb.model(key[0]))
             data = wb.splits[key[1]]
-            labelled = [s for s in reversed(wb.labels.history().sample_id.values.tolist()) if s in set(data.ids)]
+            ids = set(data.ids)
+            labelled = [s for s in reversed(wb.labels.history().sample_id.values.tolist()) if s in ids]
             samples = list(dict.fromkeys([sample, *labelled, *data.ids]))[:REPORT_IMAGES]
             rep = report(model, data, samples=samples, methods=(wb.methods(key[0])[0],), layers=(key[2],),
-                         evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key), previous=self.report)
+                         evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key),
+                         previous=self.report)
             with tempfile.TemporaryDirectory() as tmp:
                 html = rep.save(Path(tmp) / "report.html").read_bytes()
             return rep, html, time.perf_counter() - start
