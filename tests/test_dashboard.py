@@ -192,9 +192,8 @@ def test_browser_filters_sorts_pages_and_clicks(dash, workbench):
     assert b.page == 1 and b.page_ids() == b.ids[20:40]
     b.click(*b.grid.centre(2))
     assert dash.selection.sample == b.ids[22]
-    sent = b._tiles.data
     dash.selection.sample = b.ids[25]                                   # not a click: the outline is sent
-    assert b._tiles.data is not sent and b._tiles.data[1] == [5] and b._tiles.data[0]["id"][5] == b.ids[25]
+    assert b._tiles.selected.indices == [5] and b._tiles.data["id"][5] == b.ids[25]
     b.sort = "pointing_game"                                            # computed inline here
     scores = b._scores[b._metric_key()]["pointing_game"]
     assert [scores[s] for s in b.ids] == sorted(scores[s] for s in b.ids)
@@ -202,7 +201,7 @@ def test_browser_filters_sorts_pages_and_clicks(dash, workbench):
 
 def test_overlay_updates_in_place_on_selection_changes(dash):
     left, right = dash.overlays.left, dash.overlays.right
-    pipe_before, right_before = left.pipe, right.digest
+    source_before, right_before = left.map_source, right.digest
     digests = [left.digest]
     dash.selection.sample = dash.workbench.splits["test"].ids[7]
     digests.append(left.digest)
@@ -211,21 +210,27 @@ def test_overlay_updates_in_place_on_selection_changes(dash):
     right_before = right.digest
     dash.selection.method = "layercam"
     digests.append(left.digest)
-    assert len(set(digests)) == 4 and left.pipe is pipe_before
+    assert len(set(digests)) == 4 and left.map_source is source_before
     assert right.digest == right_before                               # its request did not change
-    assert left.title.startswith("layercam · block3 · v0")
+    assert left.title.startswith("layercam · block3 · v0") and left.figure.title.text == left.title
+    shown = np.asarray(left.map_source.data["value"][0])[::-1]        # Bokeh draws row 0 at the bottom
+    np.testing.assert_allclose(shown, left.result.values)
     dash.overlays.compare_method = "eigencam"
     assert right.title.startswith("eigencam · block3") and right.digest != left.digest
+    assert right.figure.x_range is left.figure.x_range                # linked zoom and pan
     dash.selection.sample = dash.workbench.splits["test"].ids[0]      # its evidence is cached already
     dash.selection.method = "evidence"
-    heat = left.plot[()].get(1)
-    low, high = heat.opts.get().kwargs["clim"]
-    assert heat.opts.get().kwargs["cmap"] == palette("RdBu_r")
+    low, high = left.mapper.low, left.mapper.high
+    assert tuple(left.mapper.palette) == palette("RdBu_r")
     assert left.result.signed and left.colormap == "RdBu_r" and low == -high < 0
     assert np.isclose(high, np.abs(left.result.values).max())
     dash.overlays.display.cmap = "viridis"
     assert left.colormap == "RdBu_r" and right.colormap == "viridis"
-    assert right.plot[()].get(1).opts.get().kwargs["cmap"] == palette("viridis")
+    assert tuple(right.mapper.palette) == palette("viridis") and tuple(left.mapper.palette) == palette("RdBu_r")
+    dash.overlays.display.threshold, dash.overlays.display.opacity = 0.5, 0.8
+    hidden = np.isnan(np.asarray(right.map_source.data["value"][0])[::-1])
+    np.testing.assert_array_equal(hidden, right.result.values < 0.5 * right.result.values.max())
+    assert right.heat.glyph.global_alpha == 0.8
 
 
 def test_threshold_hides_low_values():

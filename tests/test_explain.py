@@ -7,6 +7,7 @@ import torch
 
 import xcam_viz as xv
 from xcam_viz.explain import GRADIENT_METHODS, METHODS, capture, differentiable_cam, finish, weigh
+from xcam_viz.explain.fold import inference_copy
 
 
 def hook_count(model):
@@ -257,13 +258,9 @@ def test_finish_handles_flat_maps():
 
 
 def test_score_cam_inference_copy(demo_model, demo_test):
-    """BatchNorm folded into the convolutions for Score-CAM only when the copy reproduces the model."""
-    from xcam_viz.explain.fold import inference_copy
-
+    """BatchNorm folded into the convolutions only when the copy reproduces the model."""
     x = demo_test.images[:2]
-    with torch.no_grad():
-        logits = demo_model(x)
-    fused = inference_copy(demo_model, x, logits)
+    fused = inference_copy(demo_model, x)
     assert fused is not demo_model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in demo_model.modules()) == 4
 
@@ -278,5 +275,18 @@ def test_score_cam_inference_copy(demo_model, demo_test):
             return (self.bn(y) + y).mean((2, 3))
 
     odd = ConvOutputUsedTwice().eval()
+    assert inference_copy(odd, x) is odd
+
+
+def test_folded_copy_is_cached_and_follows_the_model(fresh_demo_model, demo_test):
+    """Score-CAM's folded copy is built once per model state and rebuilt when a parameter changes."""
+    model, x = fresh_demo_model.eval(), demo_test.images[:4]
+    first = inference_copy(model, x, keep=["block4"])
+    assert first is not model and inference_copy(model, x, keep=["block4"]) is first
     with torch.no_grad():
-        assert inference_copy(odd, x, odd(x)) is odd
+        next(model.parameters()).mul_(0.5)
+    second = inference_copy(model, x, keep=["block4"])
+    assert second is not first
+    with torch.inference_mode():
+        torch.testing.assert_close(second(x.contiguous(memory_format=torch.channels_last)), model(x),
+                                   rtol=1e-4, atol=1e-4)

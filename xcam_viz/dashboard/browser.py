@@ -1,11 +1,13 @@
 """The image browser: one montage image of a page of thumbnails, filters, sorting, click to select."""
 from __future__ import annotations
 
-import holoviews as hv
 import numpy as np
 import panel as pn
 import param
+from bokeh.events import DoubleTap, Tap
+from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
+from .overlay import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
 from .tasks import Runner, notify
@@ -36,15 +38,13 @@ class ImageBrowser(pn.viewable.Viewer):
         super().__init__(**params)
         classes = {"any": -1, **{n: i for i, n in enumerate(workbench.class_names())}}
         self.param.true_class.objects = self.param.predicted_class.objects = classes
-        h, w = grid.size
-        self._montage = hv.streams.Pipe(data=np.zeros((h, w, 3), np.uint8))
-        self._tiles = hv.streams.Pipe(data=({k: [] for k in ("x0", "y0", "x1", "y1", *TILE_INFO)}, []))
+        self._montage = ColumnDataSource({"image": [rgba(np.zeros((*grid.size, 3), np.uint8))]})
+        self._tiles = ColumnDataSource({k: [] for k in ("x0", "y0", "x1", "y1", *TILE_INFO)})
         self._scores: dict[tuple, dict[str, float]] = {}
         self._clicked: str | None = None
-        thumbnails = hv.DynamicMap(self._montage_view, streams=[self._montage])
-        self.plot = thumbnails * hv.DynamicMap(self._tiles_view, streams=[self._tiles])
-        self.tap = hv.streams.Tap(source=thumbnails, x=None, y=None)
-        self.tap.param.watch(self._on_tap, ["x", "y"])
+        self.figure = self._montage_figure()
+        for kind in (Tap, DoubleTap):            # two quick clicks on two thumbnails arrive as a double tap
+            self.figure.on_event(kind, lambda event: self.click(event.x, event.y))
         self.pager = pn.pane.Markdown("", margin=(0, 10))
         self._prev = pn.widgets.Button(label="◀", width=40, margin=(0, 5))
         self._next = pn.widgets.Button(label="▶", width=40, margin=(0, 5))
@@ -54,8 +54,7 @@ class ImageBrowser(pn.viewable.Viewer):
         filters = pn.GridBox(pn.widgets.Select.from_param(selection.param.split, name="Split", **size),
                              *[pn.widgets.Select.from_param(self.param[p], **size) for p in
                                ("true_class", "predicted_class", "outcome", "feedback", "sort")], ncols=3)
-        self.layout = pn.Column(filters, pn.pane.HoloViews(self.plot, css_classes=["xv-montage"], margin=(5, 5),
-                                                  linked_axes=False),
+        self.layout = pn.Column(filters, pn.pane.Bokeh(self.figure, margin=(5, 5)),
                                 pn.Row(self._prev, self.pager, self._next), name="Images")
         selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
         selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
@@ -140,21 +139,20 @@ class ImageBrowser(pn.viewable.Viewer):
             self.page = self.ids.index(sample) // (self.grid.cols * self.grid.rows)
             self.draw()
 
-    def _montage_view(self, data):
+    def _montage_figure(self):
+        """The montage (one RGBA image) under invisible rectangles, one per thumbnail: their hover shows each
+        image's details, and the selected one is outlined. A click selects a rectangle in the browser (Bokeh's
+        tap tool), so the outline moves at once, without a round trip to the server."""
         h, w = self.grid.size
-        return hv.RGB(data, bounds=(0, 0, w, h)).opts(xaxis=None, yaxis=None, frame_width=w, frame_height=h,
-                                                         toolbar=None, default_tools=[], border=0)
-
-    @staticmethod
-    def _tiles_view(data):
-        """Invisible rectangles over the thumbnails: their hover shows each image's details, and the
-        selected one is outlined. A click selects a rectangle in the browser (Bokeh's tap tool), so the
-        outline moves at once, without a round trip to the server."""
-        tiles, selected = data
-        return hv.Rectangles(tiles, vdims=list(TILE_INFO)).opts(
-            selected=selected, tools=["hover", "tap"], fill_alpha=0, line_alpha=0, nonselection_fill_alpha=0,
-            nonselection_line_alpha=0, selection_fill_alpha=0, selection_line_alpha=1,
-            selection_line_color=HIGHLIGHT, selection_line_width=3)
+        fig = image_figure((h, w), w, toolbar_location=None, tools="", css_classes=["xv-montage"])
+        fig.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self._montage)
+        tiles = fig.quad(left="x0", right="x1", bottom="y0", top="y1", source=self._tiles, fill_alpha=0,
+                         line_alpha=0, selection_fill_alpha=0, selection_line_alpha=1, selection_line_color=HIGHLIGHT,
+                         selection_line_width=3, nonselection_fill_alpha=0, nonselection_line_alpha=0)
+        fig.add_tools(HoverTool(renderers=[tiles], tooltips=[(k, f"@{k}") for k in TILE_INFO]),
+                      TapTool(renderers=[tiles]))
+        fig.toolbar.active_tap = fig.tools[-1]
+        return fig
 
     # --- drawing and clicking ---------------------------------------------------------------------
     def draw(self) -> None:
@@ -171,12 +169,13 @@ class ImageBrowser(pn.viewable.Viewer):
             captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
             correct = list(pred.correct.values)
         boxes = np.array([self.grid.box(i) for i in range(len(ids))]).reshape(-1, 4)
-        self._tile_data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
-                           "label": [names[v] for v in pred.label.values] if ids else [],
-                           "predicted": [names[v] for v in pred.predicted.values] if ids else [],
-                           "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
-                           "feedback": ["yes" if s in marked else "no" for s in ids]}
-        self._montage.send(montage(images, captions, correct, [s in marked for s in ids], self.grid))
+        self._tiles.data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
+                            "label": [names[v] for v in pred.label.values] if ids else [],
+                            "predicted": [names[v] for v in pred.predicted.values] if ids else [],
+                            "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
+                            "feedback": ["yes" if s in marked else "no" for s in ids]}
+        self._montage.data = {"image": [rgba(montage(images, captions, correct, [s in marked for s in ids],
+                                                     self.grid))]}
         self.pager.object = (f"page {self.page + 1} of {self.pages} · {len(self.ids)} of "
                              f"{len(wb.splits[sel.split])} images")
         self._clicked = None
@@ -189,7 +188,7 @@ class ImageBrowser(pn.viewable.Viewer):
             return
         self._clicked = None
         ids = self.page_ids()
-        self._tiles.send((self._tile_data, [ids.index(sample)] if sample in ids else []))
+        self._tiles.selected.indices = [ids.index(sample)] if sample in ids else []
 
     def _on_tap(self, *_) -> None:
         if self.tap.x is None or self.tap.y is None:

@@ -101,7 +101,7 @@ def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torc
     flat = a.flatten(2)
     dead = (flat == 0).all(-1)
     with eval_mode(model):
-        runner = inference_copy(model, x, cap.logits)
+        runner = inference_copy(model, x, keep=cap.layers)
         with torch.inference_mode():
             if dead.any():
                 zero_scores = cap.scores(runner(torch.zeros_like(x)), torch.arange(n, device=a.device))
