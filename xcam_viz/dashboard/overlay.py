@@ -90,7 +90,8 @@ class MapView(param.Parameterized):
                                    toolbar_location="above", title="")
         self.image_source = ColumnDataSource({"image": [rgba(np.zeros((h, w, 3)))]})
         self.map_source = ColumnDataSource({"value": [np.zeros((h, w), np.float32)]})
-        self.mapper = LinearColorMapper(palette=palette(display.cmap), low=0, high=1, nan_color=(0, 0, 0, 0))
+        self._palette = palette(display.cmap)
+        self.mapper = LinearColorMapper(palette=self._palette, low=0, high=1, nan_color=(0, 0, 0, 0))
         self.figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self.image_source)
         self.heat = self.figure.image("value", x=0, y=0, dw=w, dh=h, source=self.map_source,
                                       color_mapper=self.mapper, global_alpha=display.opacity)
@@ -105,8 +106,10 @@ class MapView(param.Parameterized):
         return DIVERGING if self.result is not None and self.result.signed else self.display.cmap
 
     def _restyle(self, event=None) -> None:
+        colours = palette(self.colormap)
+        if self._palette is not colours:        # Bokeh validates all 256 colours on every assignment
+            self.mapper.palette, self._palette = colours, colours
         self.heat.glyph.global_alpha = self.display.opacity
-        self.mapper.palette = palette(self.colormap)
         if event is not None and event.name == "threshold" and self.result is not None:
             self._send_map()
 
