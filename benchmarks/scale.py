@@ -87,6 +87,8 @@ def main(rounds: int) -> str:
         workers = ", ".join(f"{mb:.0f}" for mb in b["workers_mb"]) or "-"
         lines.append(f"| {label} | {b['threads']} | {rate:.0f} | {rate / serial:.2f}x | {b['startup']:.1f} "
                      f"| {workers} | {b['driver_mb']:.0f} |")
+    lines += ["", "Seconds per round (the machine was shared; compare rounds side by side): " + "; ".join(
+        f"{label}: " + ", ".join(f"{r['seconds']:.1f}" for r in results[mode]) for mode, label in MODES.items())]
     return "\n".join(lines) + "\n"
 
 
