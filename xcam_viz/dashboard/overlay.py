@@ -79,7 +79,7 @@ class MapView(param.Parameterized):
     title = param.String(default="")
     digest = param.String(default="", doc="hash of the map on show (changes whenever the map does)")
 
-    def __init__(self, display: Display, shape: tuple[int, int], width: int = 270, x_range=None, y_range=None,
+    def __init__(self, display: Display, shape: tuple[int, int], width: int = 250, x_range=None, y_range=None,
                  **params):
         super().__init__(**params)
         self.display, self.shape = display, shape
@@ -87,7 +87,8 @@ class MapView(param.Parameterized):
         self.result: MapResult | None = None
         self._image_key = None
         self.figure = image_figure(shape, width, x_range, y_range, tools="pan,wheel_zoom,box_zoom,reset",
-                                   toolbar_location="above", title="")
+                                   toolbar_location="below", title="")
+        self.figure.toolbar.autohide = True            # shown while the pointer is over the figure
         self.image_source = ColumnDataSource({"image": [rgba(np.zeros((h, w, 3)))]})
         self.map_source = ColumnDataSource({"value": [np.zeros((h, w), np.float32)]})
         self._palette = palette(display.cmap)
@@ -140,7 +141,7 @@ class OverlayPair(pn.viewable.Viewer):
     compare_layer = param.Selector(objects=[SAME], default=SAME, label="Right: layer")
 
     def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, display: Display | None = None,
-                 width: int = 270, **params):
+                 width: int = 250, **params):
         self.workbench, self.selection, self.runner = workbench, selection, runner
         super().__init__(**params)
         self.display = display or Display()
