@@ -244,9 +244,9 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
     brush, sel = dash.brush, dash.selection
     sel.sample = sample = workbench.splits["test"].ids[11]
     before = len(workbench.feedback.annotations(sample))
-    brush.draw.event(data={"xs": [[10, 30]], "ys": [[54, 54]]})          # rows ~9-10
+    brush.canvas.paths.data = {"xs": [[10, 30]], "ys": [[54, 54]]}          # rows ~9-10
     brush.mode = "irrelevant"                                          # later strokes only
-    brush.draw.event(data={"xs": [[10, 30], [40, 50]], "ys": [[54, 54], [10, 10]]})
+    brush.canvas.paths.data = {"xs": [[10, 30], [40, 50]], "ys": [[54, 54], [10, 10]]}
     assert [s.kind for s in brush.strokes] == ["relevant", "irrelevant"]
     relevant, irrelevant = brush.masks()
     assert relevant[9:11, 12:28].all() and irrelevant[53:55, 42:48].all()
@@ -266,7 +266,7 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
     dash.tabs.active = 0
     brush.undo()                                                       # nothing pending: undo the saved one
     assert len(workbench.feedback.annotations(sample)) == before
-    brush.draw.event(data={"xs": [[1, 5]], "ys": [[1, 1]]})
+    brush.canvas.paths.data = {"xs": [[1, 5]], "ys": [[1, 1]]}
     sel.sample = workbench.splits["test"].ids[12]                      # another image drops pending strokes
     assert brush.strokes == []
     brush.save()                                                       # nothing to save: a notice, no row
@@ -373,7 +373,7 @@ def test_segmenter_targets_a_point_or_a_painted_region(tmp_path):
     dash.overlays.click(40.5, 20.5)                                   # plot (x, y) -> pixel row 43, col 40
     assert sel.point == (43, 40) and sel.request().region == (43, 40) and dash.overlays.left.digest != before
     sel.region = "painted"
-    dash.brush.draw.event(data={"xs": [[10, 30]], "ys": [[40, 40]]})
+    dash.brush.canvas.paths.data = {"xs": [[10, 30]], "ys": [[40, 40]]}
     region = sel.request().region
     assert region[0] == "mask" and sel.painted[23, 10:30].all()
     assert dash.overlays.left.result.request.region == region

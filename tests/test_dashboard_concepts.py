@@ -25,7 +25,7 @@ def dash(workbench):
 
 def paint(concepts, data=STROKE, width=12):
     concepts.width = width
-    concepts.canvas.draw.event(data=data)
+    concepts.canvas.paths.data = data
 
 
 def forward_passes(model):

@@ -37,7 +37,7 @@ class BrushFeedback(pn.viewable.Viewer):
         self._saved = np.zeros((h, w, 4), np.float32)
         self._key, self._stale = None, False
         self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-brush")
-        self.draw, self.frame = self.canvas.draw, self.canvas.frame
+        self.frame = self.canvas.frame
         self.summary = pn.pane.Markdown("", margin=(0, 10))
         buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4),
                                      css_classes=[f"xv-{name.lower()}"])
