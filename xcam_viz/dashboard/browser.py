@@ -10,7 +10,7 @@ from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from .overlay import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
-from .tasks import Runner, notify
+from .tasks import Runner, bokeh_update, notify
 from .workbench import EVIDENCE, Workbench
 
 SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",
@@ -155,6 +155,7 @@ class ImageBrowser(pn.viewable.Viewer):
         return fig
 
     # --- drawing and clicking ---------------------------------------------------------------------
+    @bokeh_update
     def draw(self) -> None:
         """Render the current page into the montage and the hover points."""
         wb, sel = self.workbench, self.selection
@@ -181,6 +182,7 @@ class ImageBrowser(pn.viewable.Viewer):
         self._clicked = None
         self._draw_highlight()
 
+    @bokeh_update
     def _draw_highlight(self) -> None:
         """Outline the selected image (unless a click in the browser has outlined it already)."""
         sample = self.selection.sample

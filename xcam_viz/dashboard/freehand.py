@@ -16,6 +16,7 @@ from bokeh.models import ColumnDataSource, FreehandDrawTool
 
 from .overlay import image_figure, rgba
 from .raster import Stroke
+from .tasks import bokeh_update
 
 
 class FreehandCanvas:
@@ -43,10 +44,12 @@ class FreehandCanvas:
         if not self._sending:
             self._on_draw(data)
 
+    @bokeh_update
     def show(self, rgb: np.ndarray) -> None:
         """Replace the image (H×W×3 float in [0, 1])."""
         self._image.data = {"image": [rgba(rgb)]}
 
+    @bokeh_update
     def show_strokes(self, strokes: list[Stroke]) -> None:
         """Make the tool hold exactly these strokes (after an undo, a clear or a save).
 

@@ -18,7 +18,7 @@ from holoviews.plotting.util import process_cmap
 
 from .raster import plot_to_pixel
 from .selection import Selection
-from .tasks import Runner
+from .tasks import Runner, bokeh_update
 from .workbench import MapResult, Workbench
 
 CMAPS = ["inferno", "viridis", "jet", "turbo", "gray"]
@@ -106,6 +106,7 @@ class MapView(param.Parameterized):
         """The colormap the map is drawn with (diverging for signed maps)."""
         return DIVERGING if self.result is not None and self.result.signed else self.display.cmap
 
+    @bokeh_update
     def _restyle(self, event=None) -> None:
         colours = palette(self.colormap)
         if self._palette is not colours:        # Bokeh validates all 256 colours on every assignment
@@ -118,6 +119,7 @@ class MapView(param.Parameterized):
         r = self.result
         self.map_source.data = {"value": [thresholded(r.values, r.signed, self.display.threshold)[::-1]]}
 
+    @bokeh_update
     def show(self, image_key, image: np.ndarray, result: MapResult, title: str) -> None:
         """Replace the map and title (and the image, if `image_key` names another one) in place."""
         self.result, self.title = result, title

@@ -8,12 +8,14 @@ clicks computes the first and the last selection, not every one in between. Outs
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import panel as pn
+from panel.io.document import unlocked
 from panel.io.state import set_curdoc
 
 log = logging.getLogger("xcam_viz.dashboard")
@@ -30,6 +32,20 @@ def notify(message: str, level: str = "error", duration: int = 6000) -> None:
 
 def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0][:300]
+
+
+def bokeh_update(method: Callable) -> Callable:
+    """Decorate a method that changes Bokeh models directly (data sources, mappers, glyphs).
+
+    Panel runs some callbacks as event-loop tasks without the document lock (e.g. a button click that
+    arrives while a widget change is pending); a Bokeh change there fails ("_pending_writes should be
+    non-None"). Panel's `unlocked` holds the changes and sends them itself.
+    """
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with unlocked():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 def next_tick(doc, fn: Callable[[], None]) -> None:
