@@ -67,6 +67,7 @@ def test_html_opens_offline_without_console_errors(built, tmp_path, page):
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))    # the page asks for nothing
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
     page.goto(path.as_uri())
     page.wait_for_function("document.querySelectorAll('.bk-Figure, .bk-GridPlot, .bk-Row').length > 0",

@@ -36,6 +36,7 @@ def write_html(rep, path: Path) -> Path:
         body.append(f'<section id="{key}"><h2>{title}</h2>{parts.get(key, "")}{divs.get(key, "")}</section>')
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>xcam-viz report v{rep.version}</title>
+<link rel="icon" href="data:,">
 {INLINE.render()}
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
