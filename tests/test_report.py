@@ -60,6 +60,7 @@ def test_netcdf_round_trip(built, tmp_path):
 
 @pytest.mark.browser
 def test_html_opens_offline_without_console_errors(built, tmp_path, page):
+    import panel  # noqa: F401 - as in the dashboard's process: Panel's resources must not leak into the page
     rep, _ = built
     path = rep.save(tmp_path / "report.html")
     text = path.read_text()

@@ -46,8 +46,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, timeou
 
 
 def run_on(client, plan: Plan, model, data, batches: list[int], progress: bool) -> None:
-    """Write `batches` of the plan as tasks on the client's workers; the first failing task's error is raised."""
-    from dask.distributed import as_completed
+    """Write `batches` of the plan as tasks on the client's workers; the first failing task's error is raised
+    once every other task has ended."""
+    from dask.distributed import as_completed, wait
     from ..models import save
     plan = dataclasses.replace(plan, path=plan.path.absolute())
     data = DataSpec(str(Path(data.source).absolute()) if data.source != "demo" else "demo", data.split, data.n) \
@@ -65,6 +66,9 @@ def run_on(client, plan: Plan, model, data, batches: list[int], progress: bool) 
             for future in tqdm(as_completed(futures), total=len(futures), desc="explain", unit="batch",
                                disable=not progress):
                 future.result()
+        except Exception:
+            wait(futures)               # the other batches finish: no task writes once this returns,
+            raise                       # and a re-run redoes only the batches that failed
         finally:
             client.cancel(futures)
 

@@ -28,6 +28,8 @@ def write_html(rep, path: Path) -> Path:
     parts["concepts"] = _concepts(rep)
     plots["history"], parts["history"] = _history(rep.overview)
     parts["feedback"] = _feedback(rep.images)
+    # Bokeh's own code, inlined; not INLINE.render(), which (once Panel is imported anywhere in the
+    # process, e.g. in the dashboard) adds Panel's extension scripts as relative links
     script, divs = components({k: v for k, v in plots.items() if v is not None})
     body = []
     parts["images"] = "".join(text + divs[f"image-{i}"] for i, (text, _) in enumerate(per_image))
@@ -37,7 +39,8 @@ def write_html(rep, path: Path) -> Path:
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>xcam-viz report v{rep.version}</title>
 <link rel="icon" href="data:,">
-{INLINE.render()}
+{"".join(f"<style>{css}</style>" for css in INLINE.css_raw)}
+{"".join(f"<script>{js}</script>" for js in INLINE.js_raw)}
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
 th{{background:#f3f3f3}}section{{margin-bottom:2em}}h2{{border-bottom:2px solid #6a4c93}}</style>
