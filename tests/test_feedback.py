@@ -165,15 +165,18 @@ def test_simulate_fraction_kinds_and_imperfection(small):
     assert torch.equal(fb.relevant, small.masks[pos]) and not fb.has_irrelevant.any()
     assert simulate(small, fraction=0.25, seed=3).sample_ids == fb.sample_ids          # deterministic
 
-    irr = simulate(small, fraction=0.5, kind="irrelevant", seed=3)
+    irr = simulate(small, fraction=0.5, kind="irrelevant", seed=3)     # the marker, painted where it is
     conf = small.regions["confounder"][[small.index_of(s) for s in irr.sample_ids]]
-    marked = conf.flatten(1).any(1)
-    assert marked.any() and (~marked).any()
-    assert torch.equal(irr.irrelevant[marked], conf[marked])
-    assert not (irr.irrelevant[~marked] & small.masks[[small.index_of(s) for s in irr.sample_ids]][~marked]).any()
+    assert conf.flatten(1).any(1).all() and torch.equal(irr.irrelevant, conf) and irr.has_irrelevant.all()
+    assert len(irr) == min(20, int(small.regions["confounder"].flatten(1).any(1).sum()))
+    no_marker = xv.data.from_arrays(small.images.numpy(), small.labels.numpy(), masks=small.masks.numpy())
+    background = simulate(no_marker, fraction=0.25, kind="irrelevant", seed=3)     # no confounder known
+    assert torch.equal(background.irrelevant, ~no_marker.masks[[no_marker.index_of(s) for s in background.sample_ids]])
 
-    both = simulate(small, fraction=0.1, kind="both")
-    assert both.has_relevant.all() and both.has_irrelevant.all()
+    both = simulate(small, fraction=0.5, kind="both")
+    marked = small.regions["confounder"][[small.index_of(s) for s in both.sample_ids]].flatten(1).any(1)
+    assert both.has_relevant.all() and torch.equal(both.has_irrelevant, marked) and (~marked).any()
+    assert not both.irrelevant[~marked].any()
 
     exact = fb.relevant.sum((1, 2))
     assert (simulate(small, 0.25, seed=3, imperfection={"dilate": 2}).relevant.sum((1, 2)) > exact).all()

@@ -13,7 +13,7 @@ import torch
 import xcam_viz as xv
 from xcam_viz.demo import demo_data
 from xcam_viz.feedback import FeedbackStore, simulate
-from xcam_viz.finetune import ModelVersions, irrelevant_loss, relevant_loss, rrr_loss
+from xcam_viz.finetune import AUTO, ModelVersions, irrelevant_loss, relevant_loss, rrr_loss
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,8 @@ def test_finetune_makes_a_new_version_and_keeps_the_base(fresh_demo_model, tiny,
     assert versions.list() == ["v0", "v1"] and versions.latest == "v1"
     assert xv.models.fingerprint(versions.load("v0")) == before
     assert xv.models.fingerprint(versions.load("v1")) == xv.models.fingerprint(result.model) != before
-    assert versions.meta("v1")["parent"] == "v0" and versions.meta("v1")["loss"] == "relevant+irrelevant"
+    auto = "+".join(n for kind in ("irrelevant", "relevant") for n in AUTO[kind])
+    assert versions.meta("v1")["parent"] == "v0" and versions.meta("v1")["strategy"] == auto
     assert result.history.sizes["step"] == 1 and set(result.history) >= {"loss", "ce", "explanation", "epoch"}
     assert result.metrics.accuracy.dims == ("stage", "split") and np.isfinite(result.metrics.to_array()).all()
     assert "| test | pointing_game |" in result.summary()
@@ -66,7 +67,7 @@ def test_finetune_makes_a_new_version_and_keeps_the_base(fresh_demo_model, tiny,
     again = xv.finetune(fresh_demo_model, tiny, feedback=tiny_feedback, layer="block4", epochs=1, versions_dir=tmp_path)
     assert (again.base_version, again.version) == ("v0", "v2")                # the base is recognised, not re-saved
     chained = xv.finetune(None, tiny, feedback=tiny_feedback, layer="block4", epochs=1, versions_dir=tmp_path,
-                          base_version="v2", loss="rrr")
+                          base_version="v2", strategy="rrr")
     assert (chained.base_version, chained.version) == ("v2", "v3")
 
 
@@ -74,12 +75,15 @@ def test_store_feedback_with_label_correction_and_control(fresh_demo_model, tiny
     store = FeedbackStore(tmp_path / "fb.db", dataset=tiny)
     store.add(tiny.ids[0], relevant=tiny.masks[0], label=1 - int(tiny.labels[0]))
     result = xv.finetune(fresh_demo_model, tiny, feedback=store, layer="block4", lam=0, epochs=1,
-                         versions_dir=tmp_path / "v")
-    assert result.settings["loss"] == "relevant" and (result.history.explanation == 0).all()
+                         versions_dir=tmp_path / "v", strategy="cam-relevant")
+    assert result.settings["strategy"] == "cam-relevant" and (result.history.explanation == 0).all()
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(loss="relevant+shortcut"), "unknown loss term"),
+    (dict(strategy="swap-background+shortcut"), "unknown strategy 'shortcut'"),
+    (dict(lr=5.0), "lr must lie in"),
+    (dict(epochs=0), "epochs must be at least 1"),
+    (dict(patience=0), "patience must be"),
     (dict(lam=-1), "lam must be"),
     (dict(layer="block9"), "no layer 'block9'"),
     (dict(method="scorecam"), "gradient CAM method"),
@@ -91,8 +95,9 @@ def test_bad_settings_are_refused(fresh_demo_model, tiny, tiny_feedback, tmp_pat
 
 def test_feedback_must_fit_the_data(fresh_demo_model, tiny, tmp_path):
     only_irrelevant = simulate(tiny, fraction=0.1, kind="irrelevant")
-    with pytest.raises(ValueError, match="needs relevant masks"):
-        xv.finetune(fresh_demo_model, tiny, feedback=only_irrelevant, loss="relevant", versions_dir=tmp_path)
+    with pytest.raises(ValueError, match="learns from relevant masks"):
+        xv.finetune(fresh_demo_model, tiny, feedback=only_irrelevant, strategy="swap-background",
+                    versions_dir=tmp_path)
     elsewhere = simulate(demo_data("test", n=8), fraction=0.5)
     with pytest.raises(ValueError, match="none of the 4 samples with feedback is in the data set"):
         xv.finetune(fresh_demo_model, tiny, feedback=elsewhere, versions_dir=tmp_path)
@@ -137,10 +142,14 @@ def test_background_errors_are_raised_from_result(fresh_demo_model, tiny, tiny_f
     assert job.done and job.progress["phase"] == "failed"
 
 
+def _bytes(mask):
+    return None if mask is None else mask.tobytes()
+
+
 def test_sigkill_mid_finetune_loses_nothing(tmp_path, demo_model):
     data = demo_data("train", n=160)
     store = simulate(data, fraction=0.2, kind="both", store=FeedbackStore(tmp_path / "fb.db"))
-    saved = [(a.sample_id, a.relevant.tobytes(), a.irrelevant.tobytes()) for a in store.annotations()]
+    saved = [(a.sample_id, _bytes(a.relevant), _bytes(a.irrelevant)) for a in store.annotations()]
     versions = ModelVersions(tmp_path / "versions")
     versions.save_new(demo_model)
     script = textwrap.dedent(f"""
@@ -164,7 +173,7 @@ def test_sigkill_mid_finetune_loses_nothing(tmp_path, demo_model):
     assert versions.list() == ["v0"]
     assert xv.models.fingerprint(versions.load("v0")) == xv.models.fingerprint(demo_model)
     store = FeedbackStore(tmp_path / "fb.db")
-    assert [(a.sample_id, a.relevant.tobytes(), a.irrelevant.tobytes()) for a in store.annotations()] == saved
+    assert [(a.sample_id, _bytes(a.relevant), _bytes(a.irrelevant)) for a in store.annotations()] == saved
 
 
 def test_versions_never_overwrite(tmp_path, demo_model):

@@ -62,7 +62,7 @@ def _finetune(args: argparse.Namespace) -> int:
     evals = args.eval if args.eval is not None else (["test", "flipped"] if args.data == "demo" else [])
     versions = args.versions or Path(args.feedback).with_name(f"{Path(args.feedback).stem}-versions")
     result = finetune(model, load_data(args.data, args.split), feedback=store, layer=args.layer, lam=args.lam,
-                      epochs=args.epochs, lr=args.lr, loss=args.loss, base_version=args.base_version,
+                      epochs=args.epochs, lr=args.lr, strategy=args.strategy, base_version=args.base_version,
                       versions_dir=versions, eval_data={s: load_data(args.data, s) for s in evals})
     print(result.summary())
     print(f"saved {result.version} (from {result.base_version}) in {result.versions.directory}", flush=True)
@@ -77,6 +77,8 @@ def _megabytes(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .finetune.strategies import DEFAULTS, STRATEGIES
+
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="load (or train) the demo model, show what it learned, serve the dashboard")
@@ -128,10 +130,11 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--eval", action="append", metavar="SPLIT",
                       help="split scored before and after; repeat (default for demo: test and flipped)")
     tune.add_argument("--layer", help="layer whose Grad-CAM is corrected (default: the last spatial layer)")
-    tune.add_argument("--lam", type=float, default=1.0, help="weight of the explanation loss (0: plain fine-tuning)")
-    tune.add_argument("--epochs", type=int, default=3)
-    tune.add_argument("--lr", type=float, default=2e-3)
-    tune.add_argument("--loss", default="auto", help="auto, or terms joined by + from relevant, irrelevant, rrr")
+    tune.add_argument("--strategy", default="auto",
+                      help=f"auto, or names joined by + from {', '.join(STRATEGIES)} (see docs/methods.md)")
+    tune.add_argument("--lam", type=float, help=f"weight of explanation-loss strategies (default {DEFAULTS['lam']})")
+    tune.add_argument("--epochs", type=int, help=f"most epochs; the best is kept (default {DEFAULTS['epochs']})")
+    tune.add_argument("--lr", type=float, help=f"learning rate (default {DEFAULTS['lr']})")
     tune.add_argument("--versions", help="model version folder (default: <feedback>-versions next to the database)")
     tune.set_defaults(run=_finetune)
     return p

@@ -17,8 +17,10 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
     """Feedback for a random `fraction` of the images of `ds`, drawn from its ground-truth masks.
 
     Only samples with a non-empty lesion mask are chosen. relevant = the lesion mask ("look
-    here"); irrelevant = the `confounder` region where the sample has one, else everything but
-    the lesion ("not there"); both = the two. imperfection, e.g. {"dilate": 2} / {"erode": 1} /
+    here"); irrelevant = the `confounder` region ("not there": an annotator paints the shortcut
+    where they see it, so with kind="irrelevant" only samples that carry it are chosen), or, in a
+    data set without confounder regions, everything but the lesion; both = the two (a sample
+    without the confounder then gets only its relevant mask). imperfection, e.g. {"dilate": 2} / {"erode": 1} /
     {"partial": 0.5}: grow or shrink each mask by that many pixels, or keep only that share of
     it (the part on one side of a random line). Returns a `FeedbackSet`, or, with `store=`,
     writes one annotation per sample into that `FeedbackStore` and returns the store.
@@ -36,25 +38,26 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
     if ds.masks is None:
         raise ValueError("the data set has no ground-truth masks to simulate feedback from; "
                          "use a data set with masks (e.g. xv.data.synthetic_lesions)")
-    candidates = ds.masks.flatten(1).any(1).nonzero().flatten()
+    conf = ds.regions.get("confounder")
+    eligible = ds.masks.flatten(1).any(1)
+    if kind == "irrelevant" and conf is not None:
+        eligible &= conf.flatten(1).any(1)
+    candidates = eligible.nonzero().flatten()
     if len(candidates) == 0:
-        raise ValueError("every ground-truth mask of the data set is empty; nothing to simulate feedback from")
+        raise ValueError("no image of the data set has a non-empty ground-truth mask (and, for irrelevant "
+                         "feedback, a confounder region); nothing to simulate feedback from")
     k = min(len(candidates), max(1, round(fraction * len(ds))))
     rng = np.random.default_rng(seed)
     chosen = candidates[torch.from_numpy(np.sort(rng.permutation(len(candidates))[:k]))]
 
     lesion = ds.masks[chosen]
-    conf = ds.regions.get("confounder")
-    if conf is not None:
-        conf = conf[chosen]
-        irrelevant = torch.where(conf.flatten(1).any(1)[:, None, None], conf, ~lesion)
-    else:
-        irrelevant = ~lesion
-    want = {"relevant": kind in ("relevant", "both"), "irrelevant": kind in ("irrelevant", "both")}
+    irrelevant = ~lesion if conf is None else conf[chosen]
     masks = {"relevant": lesion, "irrelevant": irrelevant}
-    out = {name: torch.from_numpy(np.stack([_imperfect(m, imperfection, rng) for m in masks[name].numpy()]))
-           if want[name] else torch.zeros_like(lesion) for name in masks}
-    flags = {name: torch.full((k,), want[name], dtype=torch.bool) for name in masks}
+    flags = {"relevant": torch.full((k,), kind in ("relevant", "both"), dtype=torch.bool),
+             "irrelevant": irrelevant.flatten(1).any(1) & (kind in ("irrelevant", "both"))}
+    out = {name: torch.from_numpy(np.stack([_imperfect(m, imperfection, rng) if flag else np.zeros_like(m)
+                                            for m, flag in zip(masks[name].numpy(), flags[name].tolist())]))
+           for name in masks}
     fb = FeedbackSet([ds.ids[i] for i in chosen.tolist()], out["relevant"], out["irrelevant"],
                      flags["relevant"], flags["irrelevant"], torch.full((k,), NO_LABEL, dtype=torch.long))
     if store is None:

@@ -1,19 +1,19 @@
 """`xv.finetune`: fine-tune a classifier on explanation feedback, from one model version to the next.
 
-The loss is cross-entropy on every image plus `lam` × an explanation loss on the images with
-feedback: the differentiable Grad-CAM (of `layer`, for the labelled class) should put its mass
-inside the relevant mask and none inside the irrelevant one, or (loss "rrr") the input
-gradients should vanish inside the irrelevant mask. Each batch holds a fixed share of images
-with feedback (they are few, so they are drawn again and again); an epoch is one pass over the
-images without feedback. Adam with a cosine-decaying learning rate. Batch-norm statistics stay
-frozen during fine-tuning, so the small, oversampled feedback batches do not shift them and the
-model behaves the same in train and eval mode.
+Each batch mixes a share of annotated images (they are few, so they are drawn again and again)
+with other training images; the run's strategies (`strategies.py`: counterexamples made from the
+painted regions, explanation losses) change the batch or add terms to cross-entropy. An epoch is
+one pass over the images without feedback. Adam with a cosine-decaying learning rate. After each
+epoch a validation split, carved from the training images when none is given (never from a test
+split), is scored; the best epoch's weights are kept and the run stops early when the score stops
+improving. A run whose validation accuracy ends more than `FLAG_DROP` below where it started is
+still saved as a version, but flagged. Batch-norm statistics stay frozen.
 
 Why the centred logit: softmax ignores a shift of all logits, so the CAM of a plain logit can
 hide a shortcut (the marker made to count against every class, more against one) while the
-decision still rests on it; the trained CAM explains the target logit minus the mean logit.
-A final linear layer is centred first (a softmax-invariant reparametrisation), so the plain
-CAMs of the new version equal the trained ones.
+decision still rests on it; CAM losses explain the target logit minus the mean logit. A final
+linear layer is centred first (a softmax-invariant reparametrisation), so the plain CAMs of the
+new version equal the trained ones.
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ from torch import nn
 from .. import models
 from ..data import ImageSet
 from ..feedback import FeedbackSet, FeedbackStore
+from . import loop
+from .counterexamples import Donors
 from .job import Cancelled, Control, FinetuneJob
-from .losses import centred_logit, irrelevant_loss, relevant_loss, rrr_loss
+from .strategies import DEFAULTS, resolve
 from .versions import ModelVersions
 
-TERMS = ("relevant", "irrelevant", "rrr")
-_MASK_OF = {"relevant": "relevant", "irrelevant": "irrelevant", "rrr": "irrelevant"}
+FLAG_DROP = 0.02           # validation accuracy may fall this much before a run is flagged
 
 
 @dataclass
@@ -44,8 +45,11 @@ class FinetuneResult:
 
     model: the fine-tuned model (eval mode); version: its name in `versions` (None if the run was
     cancelled: a cancelled run saves nothing); base_version: the version it started from;
-    metrics: accuracy / pointing_game / iou by (stage: before, after) × split (NaN where not
-    measured); history: per-step loss, ce, explanation and epoch.
+    metrics: accuracy / pointing_game / iou by (stage: before, after) × split, the validation split
+    included (NaN where not measured); history: per-step loss, ce, explanation and epoch;
+    validation: the validation scores after each epoch; best_epoch: the epoch whose weights were
+    kept; flagged: validation accuracy fell more than FLAG_DROP (the version is saved, but do not
+    switch to it without looking); warning: why, in words.
     """
 
     model: nn.Module
@@ -57,66 +61,94 @@ class FinetuneResult:
     settings: dict = field(default_factory=dict)
     cancelled: bool = False
     seconds: float = 0.0
+    validation: list = field(default_factory=list)
+    best_epoch: int = 0
+    flagged: bool = False
+    warning: str = ""
 
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"-> {self.version}"
-        return f"FinetuneResult({self.base_version} {state}, {self.history.sizes.get('step', 0)} steps)\n{self.summary()}"
+        state = "cancelled" if self.cancelled else f"-> {self.version}" + (" (flagged)" if self.flagged else "")
+        steps = self.history.sizes.get("step", 0)
+        return f"FinetuneResult({self.base_version} {state}, {steps} steps)\n{self.summary()}"
 
     def summary(self) -> str:
-        """The before/after metrics as a markdown table."""
+        """The before/after metrics as a markdown table (and the warning of a flagged run)."""
         rows = ["| split | metric | before | after |", "|---|---|---|---|"]
         for split in self.metrics.split.values:
             for name in self.metrics.data_vars:
                 b, a = (float(self.metrics[name].sel(stage=s, split=split)) for s in ("before", "after"))
-                rows.append(f"| {split} | {name} | {b:.3f} | {a:.3f} |")
-        return "\n".join(rows)
+                if np.isfinite(b) or np.isfinite(a):
+                    rows.append(f"| {split} | {name} | {b:.3f} | {a:.3f} |")
+        return "\n".join(rows) + (f"\n\n**flagged:** {self.warning}" if self.flagged else "")
 
 
-def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | FeedbackSet, layer: str | None = None,
-             lam: float = 1.0, epochs: int = 3, lr: float = 2e-3, loss: str = "auto", method: str = "gradcam",
-             batch_size: int = 64, feedback_share: float = 0.25, base_version: str | None = None,
+def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | FeedbackSet, strategy: str = "auto",
+             layer: str | None = None, method: str = "gradcam", lam: float | None = None, epochs: int | None = None,
+             lr: float | None = None, batch_size: int = 64, feedback_share: float | None = None,
+             patience: int | None = None, validation: ImageSet | None = None, base_version: str | None = None,
              versions_dir=None, eval_data: dict[str, ImageSet] | None = None, seed: int = 0,
              background: bool = False, on_progress=None):
-    """Fine-tune `model` on `ds` with explanation `feedback`; returns a `FinetuneResult`
-    (background=True: a `FinetuneJob` at once; its `.result()` gives the FinetuneResult).
+    """Fine-tune `model` on the training images `ds` with explanation `feedback`; returns a
+    `FinetuneResult` (background=True: a `FinetuneJob` at once; its `.result()` gives it).
 
-    feedback: a FeedbackStore or a FeedbackSet (what `xv.feedback.simulate` returns).
-    layer: the layer whose Grad-CAM is corrected (default: the model's last spatial layer, e.g.
-        smallcnn's block4, which repairs the demo shortcut best; see benchmarks/feedback_repair.py).
-    loss: "auto" (the relevant term for relevant masks, the irrelevant term for irrelevant ones),
-        or terms joined by "+" from "relevant", "irrelevant" (Grad-CAM RRR), "rrr" (input gradients).
-    lam: weight of the explanation loss (0 = plain cross-entropy fine-tuning, the control).
-    feedback_share: share of each batch drawn from the images with feedback.
-    Versions: the run starts from `base_version` of the registry in `versions_dir` (model may then
-    be None) or, without one, from `model`, which is saved as a version first unless the registry
-    already holds its weights. The result is saved as the next version; no version is ever
-    overwritten. versions_dir defaults to a new temporary folder.
-    eval_data: {"test": ImageSet, ...} scored before and after (accuracy; pointing game and IoU of
-    `method` CAMs of `layer` for the predicted class against the ground-truth masks).
-    on_progress: called with the progress dict after every step (from the job's thread).
+    Args:
+        feedback: a FeedbackStore or a FeedbackSet (what `xv.feedback.simulate` returns).
+        strategy: "auto" (what benchmarks/feedback_repair.py found best for the kinds of feedback
+            given), one name of `xv.finetune.STRATEGIES`, or names joined by "+".
+        layer, method: the CAM that CAM-loss strategies correct and that pointing games score
+            (default: the model's last spatial layer, Grad-CAM).
+        lam: weight of the explanation-loss strategies, normalised against cross-entropy (1: as
+            large as cross-entropy at the start); 0 turns them off.
+        epochs, lr, feedback_share, patience: the most epochs, Adam's learning rate, the share of
+            each batch drawn from the annotated images, epochs without a better validation score
+            before stopping. None: `DEFAULTS`, the settings the benchmark picked.
+        validation: the images that pick the best epoch; default: a stratified share of the
+            training images without feedback, held out of training.
+        base_version, versions_dir: the run starts from `base_version` of the registry in
+            `versions_dir` (model may then be None) or from `model`, saved as a version first unless
+            the registry holds its weights. The result is the next version; none is overwritten.
+        eval_data: {"test": ImageSet, ...} scored before and after (accuracy; pointing game and IoU
+            of `method` CAMs of `layer` for the predicted class against the ground-truth masks).
+        on_progress: called with the progress dict after every step (from the job's thread).
+
     The model passed in is never changed: the run trains a copy.
+
+    Example:
+        >>> import xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> train = demo_data("train", n=200)
+        >>> fb = xv.feedback.simulate(train, fraction=0.05, kind="irrelevant")
+        >>> result = xv.finetune(demo_model(progress=False), train, feedback=fb, epochs=1)
+        >>> result.version
+        'v1'
     """
-    settings = dict(layer=str(layer), lam=float(lam), epochs=int(epochs), lr=float(lr), method=method,
-                    batch_size=int(batch_size), feedback_share=float(feedback_share), seed=int(seed))
+    picked = {k: v for k, v in dict(lam=lam, epochs=epochs, lr=lr, feedback_share=feedback_share,
+                                    patience=patience).items() if v is not None}
+    settings = {**{k: v for k, v in DEFAULTS.items() if k != "validation_share"}, **picked,
+                "layer": layer, "method": method, "batch_size": batch_size, "seed": seed}
+    settings = {k: (float(v) if k in ("lam", "lr", "feedback_share") else v) for k, v in settings.items()}
     _check_settings(settings)
     if not isinstance(ds, ImageSet):
         raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
     fb = _feedback_set(feedback, ds)
     positions, fb = fb.align(ds)
-    terms = _terms(loss, fb)
-    settings.update(loss="+".join(terms), feedback_samples=len(fb))
+    strategies = resolve(strategy, {"relevant": bool(fb.has_relevant.any()),
+                                    "irrelevant": bool(fb.has_irrelevant.any())})
+    settings.update(strategy="+".join(s.name for s in strategies) or "labels only", feedback_samples=len(fb))
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
     start, base = _base(model, base_version, versions)
-    if layer is None:
+    if settings["layer"] is None:
         settings["layer"] = models.spatial_layers(start, tuple(ds.images.shape[1:]))[-1][0]
     models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
-    for name, data in eval_data.items():
-        if not isinstance(data, ImageSet):
-            raise TypeError(f"eval_data[{name!r}] must be an ImageSet, got {type(data).__name__}")
+    for name, data in [*eval_data.items(), ("validation", validation)]:
+        if data is not None and not isinstance(data, ImageSet):
+            raise TypeError(f"{name} must be an ImageSet, got {type(data).__name__}")
+    train_others, validation = _split_validation(ds, positions, validation, seed)
 
     def run(control: Control) -> FinetuneResult:
-        return _run(start, base, versions, ds, positions, fb, terms, settings, eval_data, control)
+        return _run(start, base, versions, _Run(ds, positions, fb, strategies, settings, train_others, validation),
+                    eval_data, control)
 
     if background:
         return FinetuneJob(run, on_progress)
@@ -128,8 +160,10 @@ def _check_settings(s: dict) -> None:
         raise ValueError(f"lam must be a finite number >= 0, got {s['lam']}")
     if s["epochs"] < 1:
         raise ValueError(f"epochs must be at least 1, got {s['epochs']}")
-    if not s["lr"] > 0:
-        raise ValueError(f"lr must be > 0, got {s['lr']}")
+    if s["patience"] < 1:
+        raise ValueError(f"patience must be at least 1 epoch, got {s['patience']}")
+    if not 0 < s["lr"] < 1:
+        raise ValueError(f"lr must lie in (0, 1), got {s['lr']}; {DEFAULTS['lr']} is the tested default")
     from ..explain import GRADIENT_METHODS
     if s["method"] not in GRADIENT_METHODS:
         raise ValueError(f"method must be a gradient CAM method (differentiable), one of {sorted(GRADIENT_METHODS)}; "
@@ -151,24 +185,28 @@ def _feedback_set(feedback, ds: ImageSet) -> FeedbackSet:
     return feedback
 
 
-def _terms(loss: str, fb: FeedbackSet) -> tuple[str, ...]:
-    """The explanation-loss terms `loss` asks for, checked against the feedback there is."""
-    have = {"relevant": bool(fb.has_relevant.any()), "irrelevant": bool(fb.has_irrelevant.any())}
-    if loss == "auto":
-        terms = tuple(t for t in ("relevant", "irrelevant") if have[t])
-    else:
-        terms = tuple(dict.fromkeys(str(loss).split("+")))
-        bad = [t for t in terms if t not in TERMS]
-        if bad:
-            raise ValueError(f"unknown loss term {bad[0]!r}: use 'auto' or terms joined by '+' from {TERMS}")
-    missing = [t for t in terms if not have[_MASK_OF[t]]]
-    if missing:
-        raise ValueError(f"loss term {missing[0]!r} needs {_MASK_OF[missing[0]]} masks, but the feedback has none; "
-                         "use loss='auto' or give such feedback")
-    if not terms:
-        raise ValueError("the feedback holds only class corrections; explanation losses need relevant or "
-                         "irrelevant masks (fine-tune with lam=0 to learn from the labels alone)")
-    return terms
+def _split_validation(ds: ImageSet, positions: torch.Tensor, validation: ImageSet | None,
+                      seed: int) -> tuple[torch.Tensor, ImageSet]:
+    """The training positions without feedback that train, and the validation images.
+
+    Without `validation`, a stratified `validation_share` of the images without feedback is held
+    out (at least one per class where the class has two or more such images)."""
+    others = torch.ones(len(ds), dtype=torch.bool)
+    others[positions] = False
+    if validation is not None:
+        return others.nonzero().flatten(), validation
+    gen = torch.Generator().manual_seed(seed + 3)
+    held = []
+    for c in ds.labels[others].unique().tolist():
+        pool = (others & (ds.labels == c)).nonzero().flatten()
+        k = min(len(pool) - 1, max(1, round(DEFAULTS["validation_share"] * len(pool))))
+        held.append(pool[torch.randperm(len(pool), generator=gen)[:k]])
+    held = torch.cat(held) if held else torch.empty(0, dtype=torch.long)
+    if len(held) == 0:
+        raise ValueError(f"the training data has too few images without feedback ({int(others.sum())}) to hold "
+                         "out a validation split; give validation= or more training images")
+    others[held] = False
+    return others.nonzero().flatten(), ds.subset(held.sort().values)
 
 
 def _base(model: nn.Module | None, base_version: str | None, versions: ModelVersions) -> tuple[nn.Module, str]:
@@ -180,53 +218,68 @@ def _base(model: nn.Module | None, base_version: str | None, versions: ModelVers
     return copy.deepcopy(model), versions.register(model)
 
 
-def _run(model: nn.Module, base: str, versions: ModelVersions, ds: ImageSet, positions: torch.Tensor,
-         fb: FeedbackSet, terms: tuple[str, ...], settings: dict, eval_data: dict, control: Control) -> FinetuneResult:
+@dataclass
+class _Run:
+    """The prepared inputs of one run (what `loop.train_epochs` reads)."""
+
+    ds: ImageSet
+    positions: torch.Tensor
+    feedback: FeedbackSet
+    strategies: tuple
+    settings: dict
+    others: torch.Tensor
+    validation: ImageSet
+
+    def __post_init__(self):
+        self.labels = self.ds.labels.clone()
+        corrected = self.feedback.labels >= 0
+        self.labels[self.positions[corrected]] = self.feedback.labels[corrected]
+        fb = self.feedback
+        self.donors = Donors(self.ds.images[self.positions], fb.relevant & fb.has_relevant[:, None, None],
+                             fb.irrelevant & fb.has_irrelevant[:, None, None], fb.has_relevant, fb.has_irrelevant,
+                             self.settings["seed"])
+        self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.settings["seed"])
+        self.batches = loop.Batches(self.others, len(self.positions), self.settings)
+
+
+def _run(model: nn.Module, base: str, versions: ModelVersions, run: _Run, eval_data: dict,
+         control: Control) -> FinetuneResult:
     start = time.perf_counter()
+    settings = run.settings
     control.report(phase="evaluating before")
-    before = _evaluate(model, eval_data, settings)
-    _centre_head(model, ds.images[:8])
-    labels = ds.labels.clone()
-    corrected = fb.labels >= 0
-    labels[positions[corrected]] = fb.labels[corrected]
-    sampler = _Batches(len(ds), positions, settings)
-    opt = torch.optim.Adam(model.parameters(), lr=settings["lr"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sampler.total_steps)
-    history: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "explanation": []}
-    cancelled = False
-    control.report(phase="training", epochs=settings["epochs"], total_steps=sampler.total_steps)
-    _train_mode(model)
+    evals = {**eval_data, "validation": run.validation}
+    before = _evaluate(model, evals, settings)
+    _centre_head(model, run.ds.images[:8])
+    history: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "explanation": [], "validation": []}
+    best, cancelled = {}, False
     try:
-        for step, (epoch, rows_fb, idx_other) in enumerate(sampler):
-            control.check()
-            parts = _step(model, ds, labels, positions[rows_fb], fb.subset(rows_fb), idx_other, terms, settings)
-            if torch.isfinite(parts["loss"]):          # a non-finite loss would poison the weights: skip it
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-            schedule.step()
-            values = {k: float(v.detach()) for k, v in parts.items()}
-            for k in ("loss", "ce", "explanation"):
-                history[k].append(values[k])
-            history["epoch"].append(epoch)
-            control.report(epoch=epoch, step=step + 1, losses=values)
+        best = loop.train_epochs(model, run, control, history)
     except Cancelled:
         cancelled = True
-    _centre_head(model, ds.images[:8])           # Adam lets the class-mean drift again
+    _centre_head(model, run.ds.images[:8])           # Adam lets the class-mean drift again
     model.eval()
-    version = None
+    version, flagged, warning = None, False, ""
     if cancelled:
         control.report(phase="cancelled")
         after = {name: {k: np.nan for k in vals} for name, vals in before.items()}
     else:
         control.report(phase="evaluating after")
-        after = _evaluate(model, eval_data, settings)
+        after = _evaluate(model, evals, settings)
+        drop = before["validation"]["accuracy"] - after["validation"]["accuracy"]
+        if drop > FLAG_DROP:
+            flagged = True
+            warning = (f"validation accuracy fell from {before['validation']['accuracy']:.1%} to "
+                       f"{after['validation']['accuracy']:.1%}; the new version may be worse than {base}")
         control.report(phase="saving")
         version = versions.save_new(model, parent=base, meta={
-            **settings, "metrics": {f"{split}/{k}": float(v) for split, vals in after.items() for k, v in vals.items()}})
+            **settings, "best_epoch": best.get("epoch", 0), "flagged": flagged, "warning": warning,
+            "metrics": {f"{split}/{k}": float(v) for split, vals in after.items() for k, v in vals.items()}})
         control.report(phase="done")
-    return FinetuneResult(model, version, base, versions, _metrics_dataset(before, after),
-                          _history_dataset(history), settings, cancelled, time.perf_counter() - start)
+    metrics = _metrics_dataset(before, after)
+    metrics.attrs["validation_ids"] = list(run.validation.ids)
+    return FinetuneResult(model, version, base, versions, metrics, _history_dataset(history), settings, cancelled,
+                          time.perf_counter() - start,
+                          history["validation"], best.get("epoch", 0), flagged, warning)
 
 
 @torch.no_grad()
@@ -253,82 +306,6 @@ def _centre_head(model: nn.Module, probe: torch.Tensor) -> None:
         if saved[1] is not None:
             head.bias.copy_(saved[1])
     model.train(was_training)
-
-
-def _train_mode(model: nn.Module) -> None:
-    """Train mode with batch-norm statistics frozen."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-class _Batches:
-    """Yields (epoch, feedback rows, other dataset positions) for every step of the run.
-
-    Each batch: `feedback_share` of it from the samples with feedback (reshuffled whenever all
-    have been used), the rest from the other samples; an epoch is one pass over those others.
-    """
-
-    def __init__(self, n: int, positions: torch.Tensor, s: dict):
-        self.gen = torch.Generator().manual_seed(s["seed"])
-        with_fb = torch.zeros(n, dtype=torch.bool)
-        with_fb[positions] = True
-        self.others = (~with_fb).nonzero().flatten()
-        self.n_fb = max(1, min(len(positions), round(s["batch_size"] * s["feedback_share"])))
-        self.n_other = s["batch_size"] - self.n_fb
-        self.n_feedback = len(positions)
-        per_epoch = -(-len(self.others) // self.n_other) if len(self.others) else -(-self.n_feedback // self.n_fb)
-        self.epochs = s["epochs"]
-        self.total_steps = per_epoch * self.epochs
-
-    def __iter__(self):
-        queue = torch.empty(0, dtype=torch.long)
-        per_epoch = self.total_steps // self.epochs
-        for epoch in range(1, self.epochs + 1):
-            others = self.others[torch.randperm(len(self.others), generator=self.gen)]
-            for b in range(per_epoch):
-                if len(queue) < self.n_fb:
-                    queue = torch.cat([queue, torch.randperm(self.n_feedback, generator=self.gen)])
-                rows, queue = queue[:self.n_fb], queue[self.n_fb:]
-                yield epoch, rows, others[b * self.n_other:(b + 1) * self.n_other]
-
-
-def _step(model: nn.Module, ds: ImageSet, labels: torch.Tensor, pos_fb: torch.Tensor, fb: FeedbackSet,
-          idx_other: torch.Tensor, terms: tuple[str, ...], s: dict) -> dict[str, torch.Tensor]:
-    """The losses of one batch: cross-entropy on all of it, explanation terms on the feedback rows."""
-    device = models.model_device(model)
-    x_fb, y_fb = ds.images[pos_fb].to(device), labels[pos_fb].to(device)
-    parts, logits_fb = {}, None
-    if s["lam"] > 0 and any(t in terms for t in ("relevant", "irrelevant")):
-        from ..explain import differentiable_cam
-        logits_fb, cam = differentiable_cam(model, x_fb, layer=s["layer"], target=centred_logit(y_fb),
-                                            method=s["method"])
-        for t in ("relevant", "irrelevant"):
-            if t in terms:
-                parts[t] = _masked_mean(_LOSSES[t](cam, _mask(fb, t, device)), getattr(fb, f"has_{_MASK_OF[t]}"))
-    if s["lam"] > 0 and "rrr" in terms:
-        value, logits_rrr = rrr_loss(model, x_fb, _mask(fb, "rrr", device))
-        parts["rrr"] = _masked_mean(value, fb.has_irrelevant)
-        logits_fb = logits_rrr if logits_fb is None else logits_fb
-    if logits_fb is None:
-        logits_fb = model(x_fb)
-    logits = torch.cat([logits_fb, model(ds.images[idx_other].to(device))]) if len(idx_other) else logits_fb
-    ce = nn.functional.cross_entropy(logits, torch.cat([y_fb, labels[idx_other].to(device)]))
-    explanation = sum(parts.values()) if parts else torch.zeros((), device=device)
-    return {"loss": ce + s["lam"] * explanation, "ce": ce, "explanation": explanation, **parts}
-
-
-_LOSSES = {"relevant": relevant_loss, "irrelevant": irrelevant_loss}
-
-
-def _mask(fb: FeedbackSet, term: str, device) -> torch.Tensor:
-    return getattr(fb, _MASK_OF[term]).to(device=device, dtype=torch.float32)
-
-
-def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    keep = keep.to(values.device)
-    return values[keep].mean() if keep.any() else values.sum() * 0
 
 
 def _evaluate(model: nn.Module, eval_data: dict[str, ImageSet], s: dict) -> dict[str, dict[str, float]]:
@@ -358,6 +335,7 @@ def _metrics_dataset(before: dict, after: dict) -> xr.Dataset:
 
 
 def _history_dataset(h: dict) -> xr.Dataset:
-    return xr.Dataset({k: ("step", np.array(v, float if k != "epoch" else int)) for k, v in h.items()},
+    steps = {k: v for k, v in h.items() if k != "validation"}
+    return xr.Dataset({k: ("step", np.array(v, float if k != "epoch" else int)) for k, v in steps.items()},
                       coords={"step": np.arange(1, len(h["loss"]) + 1)})
 

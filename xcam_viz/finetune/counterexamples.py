@@ -1,0 +1,131 @@
+"""Counterexamples: new training images made from the regions a user painted.
+
+A painted region says something about one image; a counterexample spreads it over the whole
+training set (Teso & Kersting 2019; the XIL typology of Friedrich et al. 2023). An irrelevant
+region (a shortcut) is moved onto other images of every class, which keep their labels, so it
+stops predicting a class, and is erased from its own image, which keeps its label, so its absence
+stops predicting one either. A relevant region is kept and what lies outside it is replaced by
+another annotated image's background, whose own object was erased first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+MAX_MOVED_AREA = 1 / 3    # a larger "irrelevant" region is a background, not an object to move
+
+
+def inpaint(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill the masked pixels (N×H×W bool) of N×C×H×W images from their surroundings.
+
+    Push-pull: known pixels are averaged down an image pyramid and the holes are filled from the
+    coarsest level that has data, smoothly upwards; then noise with the image's own fine-grain
+    spread is added, so a filled patch does not stand out as the one smooth place of the image.
+    """
+    known = (~masks).to(images.dtype)[:, None]
+    levels = [(images * known, known)]
+    while min(levels[-1][0].shape[-2:]) > 1:
+        value, weight = levels[-1]
+        levels.append((F.avg_pool2d(value, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)))
+    value, weight = levels[-1]
+    filled = value / weight.clamp(min=1e-6)
+    for value, weight in reversed(levels[:-1]):
+        coarse = F.interpolate(filled, size=value.shape[-2:], mode="bilinear", align_corners=False)
+        share = weight.clamp(max=1)
+        filled = value / weight.clamp(min=1e-6) * share + coarse * (1 - share)
+    local = F.avg_pool2d(images * known, 3, stride=1, padding=1) / F.avg_pool2d(known, 3, stride=1, padding=1).clamp(
+        min=1e-6)
+    grain = (images - local) * known
+    spread = (grain.pow(2).sum((2, 3)) / known.sum((2, 3)).clamp(min=1)).sqrt()[..., None, None]
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype) * spread
+    return torch.where(masks[:, None], (filled + noise).clamp(0, 1), images)
+
+
+def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 rotations / reflections of the last two axes (k in 0..7; 0 is the identity).
+
+    Non-square images only take the four that keep their shape (k even -> 0 or 180 degrees)."""
+    if t.shape[-1] != t.shape[-2]:
+        k = (k // 2) * 2 % 4 + (k // 4) * 4
+    if k >= 4:
+        t = t.flip(-1)
+    return torch.rot90(t, k % 4, dims=(-2, -1))
+
+
+@dataclass
+class Batch:
+    """One training batch: images, labels and the feedback masks that go with each image
+    (all False where an image has none); counterexamples change it in place."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    relevant: torch.Tensor
+    irrelevant: torch.Tensor
+    positions: torch.Tensor          # each row's position among the annotated images (-1: another image)
+
+    @property
+    def annotated(self) -> torch.Tensor:
+        return self.positions >= 0
+
+    @property
+    def has_relevant(self) -> torch.Tensor:
+        return self.relevant.flatten(1).any(1)
+
+    @property
+    def has_irrelevant(self) -> torch.Tensor:
+        return self.irrelevant.flatten(1).any(1)
+
+
+class Donors:
+    """What counterexamples are made of, prepared once per run from the annotated images:
+    the small irrelevant regions with their pixels, each annotated image with its irrelevant
+    region erased, and the backgrounds of the images with relevant regions (the region erased)."""
+
+    def __init__(self, images: torch.Tensor, relevant: torch.Tensor, irrelevant: torch.Tensor,
+                 has_relevant: torch.Tensor, has_irrelevant: torch.Tensor, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        area = irrelevant.flatten(1).float().mean(1)
+        movable = has_irrelevant & (area <= MAX_MOVED_AREA)
+        self.regions, self.region_pixels = irrelevant[movable], images[movable]
+        self.erasable = movable
+        self.erased = inpaint(images, irrelevant & movable[:, None, None], gen)
+        halo = F.max_pool2d(relevant[:, None].float(), 5, stride=1, padding=2)[:, 0].bool()
+        self.backgrounds = inpaint(images[has_relevant], halo[has_relevant], gen)
+
+    @property
+    def can_move(self) -> bool:
+        return len(self.regions) > 0
+
+    @property
+    def can_swap(self) -> bool:
+        return len(self.backgrounds) > 1
+
+
+def move_irrelevant(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch.Generator) -> None:
+    """Paste a random painted irrelevant region (randomly rotated / reflected, with its pixels)
+    onto each of `rows`; the image keeps its label and the region becomes its irrelevant mask."""
+    for row in rows.tolist():
+        pick = int(torch.randint(len(donors.regions), (1,), generator=gen))
+        k = int(torch.randint(8, (1,), generator=gen))
+        region = dihedral(donors.regions[pick], k)
+        batch.images[row] = torch.where(region, dihedral(donors.region_pixels[pick], k), batch.images[row])
+        batch.irrelevant[row] |= region
+        batch.relevant[row] &= ~region
+
+
+def erase_irrelevant(batch: Batch, donors: Donors, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    """Replace annotated `rows` (feedback positions `positions`) by their images with the painted
+    irrelevant region erased; they keep their labels."""
+    keep = donors.erasable[positions]
+    rows, positions = rows[keep], positions[keep]
+    batch.images[rows] = donors.erased[positions]
+
+
+def swap_background(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch.Generator) -> None:
+    """Keep the relevant region of each of `rows` and put it on another annotated image's background."""
+    for row in rows.tolist():
+        pick = int(torch.randint(len(donors.backgrounds), (1,), generator=gen))
+        keep = F.max_pool2d(batch.relevant[row][None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
+        batch.images[row] = torch.where(keep, batch.images[row], donors.backgrounds[pick])

@@ -1,0 +1,190 @@
+"""The fine-tuning loop: batches with the annotated images mixed in, counterexamples, losses,
+and the validation score that picks the best epoch and stops early."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .. import models
+from ..data import ImageSet
+from ..feedback import FeedbackSet
+from . import counterexamples as cx
+from .job import Cancelled, Control
+from .losses import centred_logit
+from .strategies import Strategy
+
+MAX_GRAD_NORM = 5.0    # second-order CAM-loss gradients can spike; unclipped, they collapsed runs to one class
+
+
+class Batches:
+    """Yields (epoch, feedback rows, other dataset positions) for every step of one epoch.
+
+    Each batch: `feedback_share` of it from the annotated samples (reshuffled whenever all have
+    been used), the rest from the other training samples; an epoch is one pass over those others.
+    """
+
+    def __init__(self, others: torch.Tensor, n_feedback: int, s: dict):
+        self.gen = torch.Generator().manual_seed(s["seed"])
+        self.others, self.n_feedback = others, n_feedback
+        self.n_fb = max(1, min(n_feedback, round(s["batch_size"] * s["feedback_share"])))
+        self.n_other = s["batch_size"] - self.n_fb
+        self.per_epoch = -(-len(others) // self.n_other) if len(others) else -(-n_feedback // self.n_fb)
+        self._queue = torch.empty(0, dtype=torch.long)
+
+    def epoch(self):
+        others = self.others[torch.randperm(len(self.others), generator=self.gen)]
+        for b in range(self.per_epoch):
+            if len(self._queue) < self.n_fb:
+                self._queue = torch.cat([self._queue, torch.randperm(self.n_feedback, generator=self.gen)])
+            rows, self._queue = self._queue[:self.n_fb], self._queue[self.n_fb:]
+            yield rows, others[b * self.n_other:(b + 1) * self.n_other]
+
+
+class LossContext:
+    """What an explanation-loss strategy sees of one batch: the model, the images, the masks,
+    and the differentiable CAM computed once for all CAM terms (its logits reused for cross-entropy)."""
+
+    def __init__(self, model: nn.Module, batch: cx.Batch, s: dict):
+        self.model, self.batch, self.settings = model, batch, s
+        self.images = batch.images
+        self.logits = None
+        self._cam = None
+
+    def mask(self, kind: str) -> torch.Tensor:
+        return getattr(self.batch, kind).to(self.images.dtype)
+
+    def cam(self) -> torch.Tensor:
+        if self._cam is None:
+            from ..explain import differentiable_cam
+            self.logits, self._cam = differentiable_cam(self.model, self.images, layer=self.settings["layer"],
+                                                        target=centred_logit(self.batch.labels),
+                                                        method=self.settings["method"])
+        return self._cam
+
+
+def make_batch(ds: ImageSet, labels: torch.Tensor, positions: torch.Tensor, fb: FeedbackSet,
+               rows_fb: torch.Tensor, idx_other: torch.Tensor) -> cx.Batch:
+    """The batch of annotated rows `rows_fb` (with their masks) and other images `idx_other`."""
+    idx = torch.cat([positions[rows_fb], idx_other])
+    none = torch.zeros(len(idx_other), *fb.relevant.shape[1:], dtype=torch.bool)
+    relevant = torch.cat([fb.relevant[rows_fb] & fb.has_relevant[rows_fb, None, None], none])
+    irrelevant = torch.cat([fb.irrelevant[rows_fb] & fb.has_irrelevant[rows_fb, None, None], none])
+    return cx.Batch(ds.images[idx].clone(), labels[idx].clone(), relevant, irrelevant,
+                    torch.cat([rows_fb, torch.full((len(idx_other),), -1, dtype=torch.long)]))
+
+
+def step_losses(model: nn.Module, batch: cx.Batch, strategies: tuple[Strategy, ...], scale: dict,
+                s: dict, device) -> dict[str, torch.Tensor]:
+    """Cross-entropy on the whole batch plus lam × each loss strategy's (normalised) term.
+
+    λ normalisation: each term is divided by its size relative to cross-entropy at the run's first
+    step (`scale`, filled then), so lam = 1 makes it as large as cross-entropy was at the start,
+    whatever the model, the layer or the number of annotated images (the XIL literature's rule).
+    """
+    for name in ("images", "labels", "relevant", "irrelevant"):
+        setattr(batch, name, getattr(batch, name).to(device))
+    ctx = LossContext(model, batch, s)
+    parts = {}
+    for strategy in strategies:
+        if strategy.kind != "loss" or s["lam"] == 0:
+            continue
+        has = getattr(batch, f"has_{strategy.learns_from}")
+        values = strategy.apply(ctx)
+        parts[strategy.name] = values[has].mean() if has.any() else values.sum() * 0
+    logits = ctx.logits if ctx.logits is not None else model(batch.images)
+    ce = nn.functional.cross_entropy(logits, batch.labels)
+    for name, value in parts.items():
+        if name not in scale and value.detach() > 0:
+            scale[name] = float(ce.detach().clamp(min=1e-3) / value.detach())
+    explanation = sum((value * scale.get(name, 1.0) for name, value in parts.items()),
+                      torch.zeros((), device=device))
+    return {"loss": ce + s["lam"] * explanation, "ce": ce, "explanation": explanation, **parts}
+
+
+@torch.no_grad()
+def validation_score(model: nn.Module, plain: ImageSet, counter: torch.Tensor | None) -> dict[str, float]:
+    """Accuracy on the validation images, and on the same images with the painted irrelevant
+    regions moved onto them (when there are such regions): a model that still uses a painted
+    shortcut loses there. The score picking the best epoch is the mean of the two."""
+    accuracy = models.accuracy(model, plain)
+    out = {"accuracy": accuracy, "score": accuracy}
+    if counter is not None:
+        moved = models.predict(model, counter).predicted.values
+        out["counterexample_accuracy"] = float((torch.from_numpy(moved) == plain.labels).float().mean())
+        out["score"] = (accuracy + out["counterexample_accuracy"]) / 2
+    return out
+
+
+def validation_counterexamples(val: ImageSet, donors: cx.Donors, seed: int) -> torch.Tensor | None:
+    """The validation images, each with a painted irrelevant region moved onto it (None without any)."""
+    if not donors.can_move:
+        return None
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = len(val)
+    blank = torch.zeros(n, *val.images.shape[2:], dtype=torch.bool)
+    batch = cx.Batch(val.images.clone(), val.labels.clone(), blank.clone(), blank.clone(),
+                     torch.full((n,), -1, dtype=torch.long))
+    cx.move_irrelevant(batch, donors, torch.arange(n), gen)
+    return batch.images
+
+
+def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict:
+    """Train epoch after epoch; after each, score the validation split, keep the best weights and
+    stop after `patience` epochs without a better score. Returns the chosen epoch's validation
+    scores (the model ends with its weights). Raises Cancelled through."""
+    s = run.settings
+    opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
+    total = run.batches.per_epoch * s["epochs"]
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    gen = torch.Generator().manual_seed(s["seed"] + 2)
+    device = models.model_device(model)
+    best, best_state, stale, step, scale = None, None, 0, 0, {}
+    control.report(phase="training", epochs=s["epochs"], total_steps=total)
+    for epoch in range(1, s["epochs"] + 1):
+        train_mode(model)
+        for rows_fb, idx_other in run.batches.epoch():
+            control.check()
+            batch = make_batch(run.ds, run.labels, run.positions, run.feedback, rows_fb, idx_other)
+            for strategy in run.strategies:
+                if strategy.kind == "counterexample":
+                    strategy.apply(batch, run.donors, gen)
+            parts = step_losses(model, batch, run.strategies, scale, s, device)
+            if torch.isfinite(parts["loss"]):          # a non-finite loss would poison the weights: skip it
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                opt.step()
+            schedule.step()
+            step += 1
+            values = {k: float(v.detach()) for k, v in parts.items()}
+            for k in ("loss", "ce", "explanation"):
+                history[k].append(values[k])
+            history["epoch"].append(epoch)
+            control.report(epoch=epoch, step=step, losses=values)
+        model.eval()
+        score = validation_score(model, run.validation, run.validation_counter)
+        history["validation"].append({"epoch": epoch, **score})
+        control.report(validation=dict(score, epoch=epoch))
+        if best is None or score["score"] >= best["score"]:
+            best, best_state, stale = dict(score, epoch=epoch), copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= s["patience"]:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return best
+
+
+def train_mode(model: nn.Module) -> None:
+    """Train mode with batch-norm statistics frozen (the small, oversampled feedback batches would shift them)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+__all__ = ["Batches", "Cancelled", "LossContext", "make_batch", "step_losses", "train_epochs", "train_mode",
+           "validation_counterexamples", "validation_score"]

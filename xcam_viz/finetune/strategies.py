@@ -1,0 +1,106 @@
+"""The fine-tuning strategies: one registry that `xv.finetune`, the CLI and the dashboard all read.
+
+A strategy learns from one kind of feedback (irrelevant or relevant regions). It either makes
+counterexamples (changes the images of each batch) or adds an explanation loss (a term added to
+cross-entropy on the images whose masks are known, painted or made by a counterexample).
+Adding a strategy means adding one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import counterexamples as cx
+from .losses import irrelevant_loss, relevant_loss, rrr_loss
+
+MOVE_SHARE = 0.5       # share of every batch that gets a painted irrelevant region pasted on
+ERASE_SHARE = 0.5      # share of the annotated images shown with their irrelevant region erased
+SWAP_SHARE = 1.0       # share of the annotated images shown on another image's background
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """name; learns_from: "irrelevant" or "relevant" masks; kind: "counterexample" or "loss";
+    apply: counterexample (batch, donors, generator) -> None, changing the batch in place, or
+    loss (context) -> per-sample values on the batch rows with the mask; needs_cam: the loss is
+    on the differentiable CAM of the run's layer and method."""
+
+    name: str
+    learns_from: str
+    kind: str
+    summary: str
+    apply: Callable
+    needs_cam: bool = False
+
+
+def _rows(mask: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    return (mask & (torch.rand(len(mask), generator=gen) < share)).nonzero().flatten()
+
+
+def _move(batch, donors, gen):
+    if donors.can_move:
+        cx.move_irrelevant(batch, donors, _rows(torch.ones_like(batch.annotated), MOVE_SHARE, gen), gen)
+
+
+def _erase(batch, donors, gen):
+    rows = _rows(batch.annotated & batch.has_irrelevant, ERASE_SHARE, gen)
+    cx.erase_irrelevant(batch, donors, rows, batch.positions[rows])
+
+
+def _swap(batch, donors, gen):
+    if donors.can_swap:
+        cx.swap_background(batch, donors, _rows(batch.annotated & batch.has_relevant, SWAP_SHARE, gen), gen)
+
+
+def _rrr(ctx):
+    values, logits = rrr_loss(ctx.model, ctx.images, ctx.mask("irrelevant"))
+    ctx.logits = logits
+    return values
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
+    Strategy("move-irrelevant", "irrelevant", "counterexample",
+             "paste the painted irrelevant regions onto other images of every class (they keep their labels)",
+             _move),
+    Strategy("erase-irrelevant", "irrelevant", "counterexample",
+             "show annotated images with their painted irrelevant region inpainted (same label)", _erase),
+    Strategy("swap-background", "relevant", "counterexample",
+             "keep the painted relevant region, replace what lies outside it by another annotated image's "
+             "background (its own object inpainted)", _swap),
+    Strategy("cam-relevant", "relevant", "loss",
+             "Grad-CAM mass outside the relevant region (1 - share inside)",
+             lambda ctx: relevant_loss(ctx.cam(), ctx.mask("relevant")), needs_cam=True),
+    Strategy("cam-irrelevant", "irrelevant", "loss",
+             "Grad-CAM mass inside the irrelevant region (Grad-CAM form of Right for the Right Reasons)",
+             lambda ctx: irrelevant_loss(ctx.cam(), ctx.mask("irrelevant")), needs_cam=True),
+    Strategy("rrr", "irrelevant", "loss",
+             "input gradients inside the irrelevant region (Right for the Right Reasons, Ross et al. 2017)", _rrr),
+]}
+
+# What strategy="auto" uses for each kind of feedback; chosen by benchmarks/feedback_repair.py.
+AUTO = {"irrelevant": ("move-irrelevant", "erase-irrelevant", "cam-irrelevant"),
+        "relevant": ("swap-background", "cam-relevant")}
+
+# The settings a run uses when the caller gives none; chosen by benchmarks/feedback_repair.py.
+DEFAULTS = dict(epochs=12, lr=1e-3, lam=1.0, feedback_share=0.5, patience=4, validation_share=0.1)
+
+
+def resolve(strategy: str, has: dict[str, bool]) -> tuple[Strategy, ...]:
+    """The strategies `strategy` names ("auto", a name, or names joined by "+"), checked against
+    the kinds of feedback there are (`has`: {"relevant": bool, "irrelevant": bool})."""
+    if strategy == "auto":
+        names = [n for kind, picks in AUTO.items() if has[kind] for n in picks]
+    else:
+        names = list(dict.fromkeys(str(strategy).split("+")))
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"unknown strategy {unknown[0]!r}: use 'auto' or names joined by '+' from "
+                             f"{', '.join(STRATEGIES)}")
+    chosen = tuple(STRATEGIES[n] for n in names)
+    missing = [s for s in chosen if not has[s.learns_from]]
+    if missing:
+        raise ValueError(f"strategy {missing[0].name!r} learns from {missing[0].learns_from} masks, but the "
+                         "feedback has none; use strategy='auto' or give such feedback")
+    return chosen
