@@ -156,3 +156,29 @@ def test_a_run_that_gets_worse_is_saved_but_flagged(fresh_demo_model, tmp_path):
     assert float(drop) > 0.02 and result.flagged and "validation accuracy fell" in result.warning
     meta = ModelVersions(tmp_path / "v").meta(result.version)
     assert meta["flagged"] is True and meta["parent"] == "v0"
+
+
+def test_swap_beyond_objects_moves_only_what_no_painted_object_reaches():
+    data = demo_data("train", n=12)
+    donors = _donors(data.images[:6], relevant=data.masks[:6])
+    reach = torch.nn.functional.max_pool2d(data.masks[:6, None].float(), 5, 1, 2)[:, 0].bool().any(0)
+    assert torch.equal(donors.beyond_objects, ~reach) and donors.beyond_objects.any()
+    batch = _batch(data.images[6:], data.labels[6:])                               # images without feedback
+    cx.swap_beyond_objects(batch, donors, torch.arange(6), torch.Generator().manual_seed(0))
+    for i in range(6):
+        assert torch.equal(batch.images[i][:, reach], data.images[6 + i][:, reach])
+        assert any(torch.equal(batch.images[i][:, ~reach], bg[:, ~reach]) for bg in donors.backgrounds)
+    assert torch.equal(batch.labels, data.labels[6:])
+    everywhere = _donors(data.images[:2], relevant=torch.ones_like(data.masks[:2]))
+    assert not everywhere.can_swap_beyond                                          # objects fill the image: no-op
+
+
+def test_validation_counterexamples_use_the_strategies_that_spread():
+    data = demo_data("train", n=40)
+    marked = data.regions["confounder"].flatten(1).any(1)
+    donors = _donors(data.images[marked][:3], irrelevant=data.regions["confounder"][marked][:3])
+    val = data.subset(range(20, 40))
+    moved = loop.validation_counterexamples(val, donors, (STRATEGIES["move-irrelevant"],), seed=0)
+    changed = (moved != val.images).flatten(1).any(1)
+    assert changed.float().mean() > 0.9                                            # (nearly) every image moved
+    assert loop.validation_counterexamples(val, donors, (STRATEGIES["erase-irrelevant"],), seed=0) is None

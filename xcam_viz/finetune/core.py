@@ -238,7 +238,8 @@ class _Run:
         self.donors = Donors(self.ds.images[self.positions], fb.relevant & fb.has_relevant[:, None, None],
                              fb.irrelevant & fb.has_irrelevant[:, None, None], fb.has_relevant, fb.has_irrelevant,
                              self.settings["seed"])
-        self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.settings["seed"])
+        self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.strategies,
+                                                                  self.settings["seed"])
         self.batches = loop.Batches(self.others, len(self.positions), self.settings)
 
 

@@ -93,6 +93,7 @@ class Donors:
         self.erased = inpaint(images, irrelevant & movable[:, None, None], gen)
         halo = F.max_pool2d(relevant[:, None].float(), 5, stride=1, padding=2)[:, 0].bool()
         self.backgrounds = inpaint(images[has_relevant], halo[has_relevant], gen)
+        self.beyond_objects = ~halo[has_relevant].any(0)       # where no painted object ever reaches
 
     @property
     def can_move(self) -> bool:
@@ -101,6 +102,10 @@ class Donors:
     @property
     def can_swap(self) -> bool:
         return len(self.backgrounds) > 1
+
+    @property
+    def can_swap_beyond(self) -> bool:
+        return self.can_swap and bool(self.beyond_objects.any())
 
 
 def move_irrelevant(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch.Generator) -> None:
@@ -129,3 +134,13 @@ def swap_background(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch
         pick = int(torch.randint(len(donors.backgrounds), (1,), generator=gen))
         keep = F.max_pool2d(batch.relevant[row][None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
         batch.images[row] = torch.where(keep, batch.images[row], donors.backgrounds[pick])
+
+
+def swap_beyond_objects(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch.Generator) -> None:
+    """Replace, in each of `rows`, the pixels where no painted relevant region of any annotated image
+    reaches by those of an annotated image's background: whatever sits there (a marker near the
+    border, a decoy in a corner) is irrelevant by the user's own account, so it moves between images
+    of every class, annotated or not, which keep their labels."""
+    for row in rows.tolist():
+        pick = int(torch.randint(len(donors.backgrounds), (1,), generator=gen))
+        batch.images[row] = torch.where(donors.beyond_objects, donors.backgrounds[pick], batch.images[row])

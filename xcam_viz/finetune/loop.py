@@ -105,9 +105,9 @@ def step_losses(model: nn.Module, batch: cx.Batch, strategies: tuple[Strategy, .
 
 @torch.no_grad()
 def validation_score(model: nn.Module, plain: ImageSet, counter: torch.Tensor | None) -> dict[str, float]:
-    """Accuracy on the validation images, and on the same images with the painted irrelevant
-    regions moved onto them (when there are such regions): a model that still uses a painted
-    shortcut loses there. The score picking the best epoch is the mean of the two."""
+    """Accuracy on the validation images, and on the same images changed by the run's
+    counterexamples (when any applies): a model that still uses a painted shortcut loses there.
+    The score picking the best epoch is the mean of the two."""
     accuracy = models.accuracy(model, plain)
     out = {"accuracy": accuracy, "score": accuracy}
     if counter is not None:
@@ -117,17 +117,21 @@ def validation_score(model: nn.Module, plain: ImageSet, counter: torch.Tensor | 
     return out
 
 
-def validation_counterexamples(val: ImageSet, donors: cx.Donors, seed: int) -> torch.Tensor | None:
-    """The validation images, each with a painted irrelevant region moved onto it (None without any)."""
-    if not donors.can_move:
+def validation_counterexamples(val: ImageSet, donors: cx.Donors, strategies: tuple[Strategy, ...],
+                               seed: int) -> torch.Tensor | None:
+    """The validation images changed by every strategy that can change images without feedback
+    (each image gets a moved painted region, ...); None when no strategy can."""
+    checks = [s.validate for s in strategies if s.validate is not None]
+    if not checks:
         return None
     gen = torch.Generator().manual_seed(seed + 1)
     n = len(val)
     blank = torch.zeros(n, *val.images.shape[2:], dtype=torch.bool)
     batch = cx.Batch(val.images.clone(), val.labels.clone(), blank.clone(), blank.clone(),
                      torch.full((n,), -1, dtype=torch.long))
-    cx.move_irrelevant(batch, donors, torch.arange(n), gen)
-    return batch.images
+    for check in checks:
+        check(batch, donors, gen)
+    return None if torch.equal(batch.images, val.images) else batch.images
 
 
 def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict:

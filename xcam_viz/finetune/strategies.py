@@ -25,7 +25,9 @@ class Strategy:
     """name; learns_from: "irrelevant" or "relevant" masks; kind: "counterexample" or "loss";
     apply: counterexample (batch, donors, generator) -> None, changing the batch in place, or
     loss (context) -> per-sample values on the batch rows with the mask; needs_cam: the loss is
-    on the differentiable CAM of the run's layer and method."""
+    on the differentiable CAM of the run's layer and method; validate: for a counterexample that
+    works on images without feedback, the same change made to every row of a batch (the
+    validation images), so the best epoch is the one least fooled by the painted shortcut."""
 
     name: str
     learns_from: str
@@ -33,15 +35,16 @@ class Strategy:
     summary: str
     apply: Callable
     needs_cam: bool = False
+    validate: Callable | None = None
 
 
 def _rows(mask: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
     return (mask & (torch.rand(len(mask), generator=gen) < share)).nonzero().flatten()
 
 
-def _move(batch, donors, gen):
+def _move(batch, donors, gen, share=MOVE_SHARE):
     if donors.can_move:
-        cx.move_irrelevant(batch, donors, _rows(torch.ones_like(batch.annotated), MOVE_SHARE, gen), gen)
+        cx.move_irrelevant(batch, donors, _rows(torch.ones_like(batch.annotated), share, gen), gen)
 
 
 def _erase(batch, donors, gen):
@@ -54,6 +57,11 @@ def _swap(batch, donors, gen):
         cx.swap_background(batch, donors, _rows(batch.annotated & batch.has_relevant, SWAP_SHARE, gen), gen)
 
 
+def _swap_beyond(batch, donors, gen, share=MOVE_SHARE):
+    if donors.can_swap_beyond:
+        cx.swap_beyond_objects(batch, donors, _rows(torch.ones_like(batch.annotated), share, gen), gen)
+
+
 def _rrr(ctx):
     values, logits = rrr_loss(ctx.model, ctx.images, ctx.mask("irrelevant"))
     ctx.logits = logits
@@ -63,12 +71,16 @@ def _rrr(ctx):
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("move-irrelevant", "irrelevant", "counterexample",
              "paste the painted irrelevant regions onto other images of every class (they keep their labels)",
-             _move),
+             _move, validate=lambda batch, donors, gen: _move(batch, donors, gen, share=1.0)),
     Strategy("erase-irrelevant", "irrelevant", "counterexample",
              "show annotated images with their painted irrelevant region inpainted (same label)", _erase),
     Strategy("swap-background", "relevant", "counterexample",
              "keep the painted relevant region, replace what lies outside it by another annotated image's "
              "background (its own object inpainted)", _swap),
+    Strategy("swap-beyond-objects", "relevant", "counterexample",
+             "on every image, replace the pixels no painted relevant region ever reaches by another annotated "
+             "image's background there", _swap_beyond,
+             validate=lambda batch, donors, gen: _swap_beyond(batch, donors, gen, share=1.0)),
     Strategy("cam-relevant", "relevant", "loss",
              "Grad-CAM mass outside the relevant region (1 - share inside)",
              lambda ctx: relevant_loss(ctx.cam(), ctx.mask("relevant")), needs_cam=True),
@@ -81,10 +93,10 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
 
 # What strategy="auto" uses for each kind of feedback; chosen by benchmarks/feedback_repair.py.
 AUTO = {"irrelevant": ("move-irrelevant", "erase-irrelevant", "cam-irrelevant"),
-        "relevant": ("swap-background", "cam-relevant")}
+        "relevant": ("swap-background", "swap-beyond-objects", "cam-relevant")}
 
 # The settings a run uses when the caller gives none; chosen by benchmarks/feedback_repair.py.
-DEFAULTS = dict(epochs=12, lr=1e-3, lam=1.0, feedback_share=0.5, patience=4, validation_share=0.1)
+DEFAULTS = dict(epochs=16, lr=1e-3, lam=1.0, feedback_share=0.5, patience=6, validation_share=0.1)
 
 
 def resolve(strategy: str, has: dict[str, bool]) -> tuple[Strategy, ...]:
