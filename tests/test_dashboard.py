@@ -8,20 +8,26 @@ import pytest
 
 from xcam_viz.dashboard import Dashboard, MapRequest, Workbench
 from xcam_viz.dashboard.cache import LRUCache
-from xcam_viz.dashboard.overlay import palette, thresholded
+from xcam_viz.dashboard.overlay import SAME, palette, thresholded
 from xcam_viz.dashboard.raster import Grid, Stroke, montage, plot_to_pixel, stroke_mask, strokes_to_masks
 from xcam_viz.dashboard.tasks import Runner
+from xcam_viz.demo import demo_data
+from xcam_viz.finetune import DEFAULTS, STRATEGIES
 
 
 @pytest.fixture(scope="module")
 def workbench(demo_model, demo_test, demo_flipped, tmp_path_factory):
     path = tmp_path_factory.mktemp("feedback") / "feedback.db"
-    return Workbench(demo_model, {"test": demo_test, "flipped": demo_flipped}, path)
+    train = demo_data("train", n=128)
+    return Workbench(demo_model, {"train": train, "test": demo_test, "flipped": demo_flipped}, path)
 
 
 @pytest.fixture()
 def dash(workbench):
-    return Dashboard(workbench=workbench, background=False)
+    """A session browsing the test split (a session opens on train: test_sessions_open_on_the_training_split)."""
+    d = Dashboard(workbench=workbench, background=False)
+    d.selection.split = "test"
+    return d
 
 
 def count_passes(model):
@@ -275,9 +281,9 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
 
 def test_sessions_are_independent(workbench):
     a, b = Dashboard(workbench=workbench, background=False), Dashboard(workbench=workbench, background=False)
-    a.selection.sample = workbench.splits["test"].ids[3]
+    a.selection.sample = workbench.splits["train"].ids[3]
     a.selection.method = "hirescam"
-    assert b.selection.sample == workbench.splits["test"].ids[0] and b.selection.method == "gradcam"
+    assert b.selection.sample == workbench.splits["train"].ids[0] and b.selection.method == "gradcam"
     assert a.overlays.left.digest != b.overlays.left.digest
     assert a.probe.state()["sample"] != b.probe.state()["sample"]
 
@@ -290,27 +296,121 @@ def test_cli_serve_arguments():
     assert args.model is None and args.feedback is None
 
 
-def test_finetune_panel_runs_in_the_background_and_adds_a_version(dash, workbench, caplog):
-    tuning, sel = dash.tuning, dash.selection
-    sel.split = "flipped"
-    tuning.split = "flipped"
-    tuning.launch()                                                    # no feedback on flipped yet
-    assert tuning.job is None and "no feedback" in caplog.text
-    sample = workbench.splits["flipped"].ids[1]
-    workbench.feedback.add(sample, relevant=workbench.ground_truth("flipped", sample), author="test")
-    tuning.epochs = 1
+# --- splits and fine-tuning -----------------------------------------------------------------------
+def test_sessions_open_on_the_training_split(workbench, tmp_path):
+    dash = Dashboard(workbench=workbench, background=False)
+    train = workbench.splits["train"]
+    assert dash.selection.split == "train" and dash.selection.sample == train.ids[0]
+    assert dash.browser.ids[:3] == train.ids[:3] and dash.probe.state()["split"] == "train"
+    assert workbench.training_splits() == ["train"] and workbench.evaluation_splits("train") == ["test", "flipped"]
+    assert dash.tuning.split == "train" and dash.tuning.param.split.objects == ["train"]
+    with pytest.raises(ValueError, match="trains on train, not on 'test'"):
+        workbench.finetune(workbench.base_version, "test")
+    other = Workbench(workbench.model("v0"), {"test": workbench.splits["test"], "flipped": workbench.splits["flipped"]},
+                      tmp_path / "fb.db")
+    test = other.splits["test"]
+    other.add_images("uploads", test.images[:2], ["upload-a", "upload-b"])       # no labels: never trained on
+    assert other.opening_split == "test" and other.training_splits() == ["flipped"]
+    assert other.evaluation_splits("flipped") == ["test"]
+
+
+def test_the_demo_has_a_training_split(tmp_path):
+    wb = Workbench.demo(tmp_path / "feedback.db")
+    assert list(wb.splits) == ["train", "test", "flipped"] and len(wb.splits["train"]) == 2000
+    assert wb.opening_split == "train" and wb.training_splits() == ["train"]
+
+
+def test_finetune_settings_are_the_core_defaults_unless_changed(dash, monkeypatch):
+    import panel as pn
+
+    tuning, calls = dash.tuning, []
+    assert tuning.param.strategy.objects == ["auto", *STRATEGIES] and tuning.strategy == "auto"
+    advanced = [card for card in tuning.layout.select(pn.Card) if card.title == "Advanced"]
+    assert len(advanced) == 1 and advanced[0].collapsed
+    assert [w.value for w in advanced[0].objects[:3]] == [DEFAULTS[k] for k in ("lam", "epochs", "lr")]
+
+    def record(version, split, **settings):
+        calls.append((version, split, settings))
+        raise RuntimeError("recorded")
+    monkeypatch.setattr(dash.workbench, "finetune", record)
     tuning.launch()
-    assert tuning.job.wait(120) and tuning.launch_button.disabled
+    assert calls[-1] == (dash.selection.version, "train",
+                         {"strategy": "auto", "layer": "block4", "lam": None, "epochs": None, "lr": None})
+    tuning.strategy, tuning.epochs = "rrr", 3
+    summary = STRATEGIES["rrr"].summary
+    assert summary in tuning.help.object and summary in tuning.strategy_select.description     # text and tooltip
+    tuning.launch()
+    assert calls[-1][2] == {"strategy": "rrr", "layer": "block4", "lam": None, "epochs": 3, "lr": None}
+    tuning.strategy = "auto"
+    assert "move-irrelevant" in tuning.help.object and "swap-background" in tuning.help.object
+
+
+def run_to_end(tuning):
+    """Launch, wait for the background job, show its outcome; returns the FinetuneResult."""
+    tuning.launch()
+    assert tuning.job.wait(300) and tuning.launch_button.disabled
     tuning.poll()
-    assert tuning.phase == "done" and tuning.progress == 100 and "| flipped | accuracy |" in tuning.results.object
+    assert tuning.phase == "done" and tuning.progress == 100 and not tuning.launch_button.disabled
+    return tuning.job.result()
+
+
+def test_finetune_trains_on_train_compares_and_goes_back_to_the_parent(dash, workbench, caplog):
+    tuning, sel, overlays = dash.tuning, dash.selection, dash.overlays
+    base = sel.version
+    tuning.launch()                                                    # no feedback on train yet
+    assert tuning.job is None and "no feedback" in caplog.text
+    train = workbench.splits["train"]
+    for i in range(3):
+        workbench.feedback.add(train.ids[i], relevant=train.masks[i].numpy(), author="test")
+    tuning.lr, tuning.epochs = 1e-6, 1                                 # changes almost nothing: not flagged
+    result = run_to_end(tuning)
     new = tuning.new_version
-    assert new in workbench.versions and workbench.version_meta(new)["parent"] == workbench.base_version
-    assert sel.version == new and dash.overlays.compare_version == workbench.base_version
-    assert new in dash.controls.version.options and not tuning.launch_button.disabled
-    assert dash.overlays.left.title.endswith(f"· {new} · " + dash.overlays.left.title.rsplit(" · ", 1)[1])
-    assert f"| {new} | {workbench.base_version} |" in tuning.history.object
-    sel.version = workbench.base_version                               # roll back
-    assert dash.overlays.left.title.split(" · ")[2] == workbench.base_version
+    assert not result.flagged and not tuning.warning.visible and result.version == new
+    assert list(result.metrics.split.values) == ["test", "flipped", "validation"]   # never the training split
+    assert result.settings["lam"] == DEFAULTS["lam"] and result.settings["epochs"] == 1
+    assert "| flipped | " in tuning.results.object and "pointing game (block4 Grad-CAM)" in tuning.results.object
+    assert "test pointing game (block4 Grad-CAM)" in tuning.history.object
+    assert f"| **{new}** (selected) | {base} |" in tuning.history.object
+    assert workbench.parent(new) == base and new in dash.controls.version.options
+
+    # the compare view: the new version on the left, its parent on the right, same method and layer
+    assert sel.version == new and overlays.compare_version == base
+    assert overlays.compare_method == overlays.compare_layer == SAME               # (it opened with HiResCAM)
+    for method, layer in (("gradcam", "block4"), ("hirescam", "block3")):
+        sel.method, sel.layer = method, layer
+        left, right = overlays.left.result.request, overlays.right.result.request
+        assert (left.version, right.version) == (new, base)
+        assert (left.method, left.layer, left.sample) == (right.method, right.layer, right.sample) == (method, layer,
+                                                                                                     sel.sample)
+    assert overlays.right.title.split(" · ")[:3] == ["hirescam", "block3", base]
+
+    # back to the parent; the next run starts from it
+    back = dash.controls.back
+    assert back.label == f"Back to parent ({base})" and not back.disabled
+    back.clicks += 1
+    assert sel.version == base and back.disabled and overlays.left.title.split(" · ")[2] == base
+    again = run_to_end(tuning)
+    assert again.base_version == base and workbench.parent(again.version) == base and sel.version == again.version
+
+
+def test_a_flagged_run_is_saved_but_not_selected(dash, workbench, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, "xcam_viz.dashboard")
+    tuning, sel = dash.tuning, dash.selection
+    base = sel.version
+    train = workbench.splits["train"]
+    if not workbench.feedback_ids("train"):
+        workbench.feedback.add(train.ids[0], relevant=train.masks[0].numpy(), author="test")
+    tuning.lr, tuning.epochs = 0.3, 1                                  # wrecks the model: validation accuracy falls
+    result = run_to_end(tuning)
+    assert result.flagged and result.version in workbench.versions
+    assert sel.version == base and dash.overlays.compare_version == result.version        # shown, not selected
+    assert dash.overlays.right.title.split(" · ")[2] == result.version
+    assert tuning.warning.visible and result.warning in tuning.warning.object and "flagged" in tuning.results.object
+    assert f"{result.version} ⚠ flagged" in tuning.history.object and f"{result.version} is flagged" in caplog.text
+    state = dash.probe.state()["finetune"]
+    assert state["flagged"] and state["warning"] == result.warning and state["version"] == result.version
 
 
 def test_dashboard_renders_to_bokeh_models(dash):
@@ -332,10 +432,10 @@ def test_dashboard_renders_to_bokeh_models(dash):
 
 def test_finetune_can_be_cancelled(dash, workbench):
     tuning = dash.tuning
-    sample = workbench.splits["test"].ids[2]
-    workbench.feedback.add(sample, relevant=workbench.ground_truth("test", sample), author="test")
+    sample = workbench.splits["train"].ids[2]
+    workbench.feedback.add(sample, relevant=workbench.ground_truth("train", sample), author="test")
     versions = workbench.versions
-    tuning.split, tuning.epochs = "test", 50
+    tuning.epochs = 50
     tuning.launch()
     tuning.cancel()
     assert tuning.job.wait(120)

@@ -3,8 +3,6 @@
 Screenshots go to test-artifacts/browser/. Each server gets a free localhost port and a temporary
 feedback database.
 """
-from pathlib import Path
-
 import pytest
 
 from .harness import Server

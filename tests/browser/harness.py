@@ -129,3 +129,44 @@ def tile_point(page, state_: dict, index: int) -> tuple[float, float]:
 
 def select_option(page, css_class: str, label: str) -> None:
     page.locator(f".{css_class} select").select_option(label=label)
+
+
+def select_split(page, split: str) -> dict:
+    """Choose the split in the image browser; returns the state once the browser shows it."""
+    select_option(page, "xv-split", split)
+    return wait_state(page, lambda s: s["split"] == split and all(i.startswith(f"{split}-") for i in s["page_ids"]))
+
+
+def select_sample(page, sample: str, max_pages: int = 20) -> dict:
+    """Select `sample` by clicking its thumbnail, turning the browser's pages (▶) until it shows."""
+    for _ in range(max_pages):
+        s = state(page)
+        if sample in s["page_ids"]:
+            page.mouse.click(*tile_point(page, s, s["page_ids"].index(sample)))
+            return wait_state(page, lambda now: now["sample"] == sample)
+        page.locator(".bk-btn", has_text="▶").click()
+        wait_state(page, lambda now, before=s["page"]: now["page"] != before)
+    raise AssertionError(f"{sample} is not on the first {max_pages} pages of the browser")
+
+
+def drag(page, canvas_css: str, frame: tuple[float, float], image_shape: tuple[int, int],
+         points: list[tuple[float, float]], steps: int = 6) -> None:
+    """One stroke with the mouse over a drawing canvas through image (col, row) points; the image fills
+    the canvas's `frame` (width, height in page pixels) from its top left corner."""
+    box = page.locator(f"{canvas_css} .bk-Canvas").bounding_box()
+    h, w = image_shape
+    fw, fh = frame
+
+    def to_page(col, row):
+        return box["x"] + col / w * fw, box["y"] + row / h * fh
+    page.mouse.move(*to_page(*points[0]))
+    page.mouse.down()
+    for col, row in points[1:]:
+        page.mouse.move(*to_page(col, row), steps=steps)
+    page.mouse.up()
+
+
+def open_card(page, css_class: str, shows: str) -> None:
+    """Expand a collapsed Panel card (click its header) and wait until the element `shows` is visible."""
+    page.locator(f".{css_class} .card-header").first.click()
+    page.locator(shows).first.wait_for(state="visible")

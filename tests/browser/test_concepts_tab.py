@@ -5,7 +5,7 @@ import pytest
 from xcam_viz.concepts import LabelStore
 from xcam_viz.demo import demo_data
 
-from .harness import open_dashboard, shot, state, tile_point, wait_state
+from .harness import open_dashboard, select_split, shot, tile_point, wait_state
 
 pytestmark = pytest.mark.browser
 SAMPLE_INDEX = 9                           # test-0-00009: many block4 units fire on its lesion
@@ -23,7 +23,7 @@ def scribble(mask: np.ndarray, step: int = 4) -> list[tuple[float, float]]:
 
 def test_paint_a_region_name_it_and_see_the_label(server, page):
     console = open_dashboard(page, server.url)
-    s0 = state(page)
+    s0 = select_split(page, "test")                                  # sessions open on train
     page.mouse.click(*tile_point(page, s0, SAMPLE_INDEX))
     sample = wait_state(page, lambda s: s["sample"] == s0["page_ids"][SAMPLE_INDEX])["sample"]
     page.locator(".bk-tab", has_text="Concepts").click()

@@ -3,7 +3,7 @@ import pytest
 
 import xcam_viz as xv
 
-from .harness import open_dashboard, publish, select_option, shot, state, tile_point, wait_state
+from .harness import open_card, open_dashboard, publish, select_option, shot, state, tile_point, wait_state
 
 pytestmark = pytest.mark.browser
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.browser
 def test_demo_loads_without_console_errors(server, page):
     console = open_dashboard(page, server.url)
     s = state(page)
-    assert s["split"] == "test" and s["sample"] == s["page_ids"][0] and len(s["page_ids"]) == 20
+    assert s["split"] == "train" and s["sample"] == s["page_ids"][0] and len(s["page_ids"]) == 20   # where users paint
     shot(page, "01-loaded")
     assert console.errors == []
 
@@ -108,9 +108,10 @@ def test_one_epoch_finetune_shows_progress_and_results(server, page):
     s0 = state(page)
     page.mouse.click(*tile_point(page, s0, 2))
     sample = wait_state(page, lambda s: s["sample"] == s0["page_ids"][2])["sample"]
-    ds = xv.demo.demo_data("test")
+    ds = xv.demo.demo_data("train")
     xv.FeedbackStore(server.feedback).add(sample, relevant=ds.masks[ds.index_of(sample)].numpy(), author="browser-test")
     page.locator(".bk-tab", has_text="Fine-tune").click()
+    open_card(page, "xv-finetune-advanced", ".xv-finetune-epochs input")          # collapsed: the core's defaults
     page.locator(".xv-finetune-epochs input").fill("1")
     page.locator(".xv-finetune-epochs input").press("Enter")
     page.locator(".xv-launch button").click()
@@ -121,11 +122,17 @@ def test_one_epoch_finetune_shows_progress_and_results(server, page):
         seen.add(s["finetune"]["progress"])
         return s["finetune"]["phase"] == "done"
 
-    done = wait_state(page, finished, timeout=240)
-    assert done["finetune"]["progress"] == 100 and done["finetune"]["results"]
-    assert done["version"] == done["finetune"]["version"] != s0["version"]
+    done = wait_state(page, finished, timeout=300)
+    run = done["finetune"]
+    assert run["progress"] == 100 and run["results"] and run["run_settings"]["epochs"] == 1
+    if run["flagged"]:                                               # saved, shown on the right, not selected
+        assert done["version"] == s0["version"] and run["warning_shown"]
+    else:
+        assert done["version"] == run["version"] != s0["version"]
     table = page.locator(".xv-finetune-results table")
-    assert table.count() == 1 and "accuracy" in table.text_content() and "pointing_game" in table.text_content()
+    assert table.count() == 1 and "accuracy" in table.text_content()
+    assert "pointing game (block4 Grad-CAM)" in table.text_content()
+    assert "pointing game (block4 Grad-CAM)" in page.locator(".xv-versions table").text_content()
     shot(page, "07-finetune-done")
     page.locator(".bk-tab", has_text="Explain").click()
     page.wait_for_timeout(800)

@@ -51,7 +51,8 @@ class ImageBrowser(pn.viewable.Viewer):
         self._prev.on_click(lambda _: self._turn(-1))
         self._next.on_click(lambda _: self._turn(1))
         size = {"width": 140, "margin": (2, 4)}
-        filters = pn.GridBox(pn.widgets.Select.from_param(selection.param.split, name="Split", **size),
+        filters = pn.GridBox(pn.widgets.Select.from_param(selection.param.split, name="Split", css_classes=["xv-split"],
+                                                     **size),
                              *[pn.widgets.Select.from_param(self.param[p], **size) for p in
                                ("true_class", "predicted_class", "outcome", "feedback", "sort")], ncols=3)
         self.layout = pn.Column(filters, pn.pane.Bokeh(self.figure, margin=(5, 5)),

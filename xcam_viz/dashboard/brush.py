@@ -16,6 +16,8 @@ from .selection import Selection
 from .tasks import notify
 from .workbench import Workbench
 
+CONTROLS = 205    # with the 288 px canvas the tab fits beside the image browser on a 1366 px screen
+
 
 class BrushFeedback(pn.viewable.Viewer):
     """Paint, erase, undo, clear and save feedback for the selected image; saved feedback is shown."""
@@ -27,7 +29,7 @@ class BrushFeedback(pn.viewable.Viewer):
     strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")
     active = param.Boolean(default=True, doc="whether the view is on screen (it is only redrawn then)")
 
-    def __init__(self, workbench: Workbench, selection: Selection, plot_width: int = 400, **params):
+    def __init__(self, workbench: Workbench, selection: Selection, plot_width: int = 288, **params):
         self.workbench, self.selection = workbench, selection
         super().__init__(**params)
         self.class_names = workbench.class_names()
@@ -38,18 +40,19 @@ class BrushFeedback(pn.viewable.Viewer):
         self._key, self._stale = None, False
         self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-brush")
         self.frame = self.canvas.frame
-        self.summary = pn.pane.Markdown("", margin=(0, 10))
-        buttons = [pn.widgets.Button(label=name, color=kind, width=90, margin=(5, 4),
+        self.summary = pn.pane.Markdown("", margin=(0, 10), width=CONTROLS)
+        buttons = [pn.widgets.Button(label=name, color=kind, width=64, margin=(5, 3),
                                      css_classes=[f"xv-{name.lower()}"])
                    for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
         for button, action in zip(buttons, (self.undo, self.clear, self.save)):
             button.on_click(lambda _, act=action: act())
         controls = pn.Column(
-            pn.widgets.RadioButtonGroup.from_param(self.param.mode, color="light", width=280),
-            pn.widgets.IntSlider.from_param(self.param.width, width=280),
-            pn.widgets.Select.from_param(self.param.label, width=280),
-            pn.widgets.TextInput.from_param(self.param.author, width=280),
-            pn.Row(*buttons), self.summary, width=300)
+            pn.widgets.RadioButtonGroup.from_param(self.param.mode, color="light", width=CONTROLS,
+                                                   css_classes=["xv-brush-mode"]),
+            pn.widgets.IntSlider.from_param(self.param.width, width=CONTROLS),
+            pn.widgets.Select.from_param(self.param.label, width=CONTROLS),
+            pn.widgets.TextInput.from_param(self.param.author, width=CONTROLS),
+            pn.Row(*buttons), self.summary, width=CONTROLS + 10)
         self.layout = pn.Row(self.canvas.pane, controls, name="Feedback")
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()

@@ -22,6 +22,7 @@ from .concepts import ConceptsPanel
 from .controls import ExplainControls
 from .overlay import OverlayPair
 from .selection import Selection
+from .splits import demo_splits
 from .tasks import Runner, describe, next_tick, notify
 from .tuning import FinetunePanel
 from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
@@ -62,9 +63,9 @@ def load_data(spec) -> dict[str, ImageSet] | None:
 
 def build_workbench(model=None, data=None, feedback=None) -> Workbench:
     """A Workbench from the Dashboard's arguments; None everywhere gives the demo."""
-    from ..demo import demo_data, demo_model
+    from ..demo import demo_model
 
-    splits = load_data(data) or {s: demo_data(s) for s in ("test", "flipped")}
+    splits = load_data(data) or demo_splits()
     num_classes = len(next(iter(splits.values())).class_names)
     model = load_model(model, num_classes) or demo_model(progress=False)
     return Workbench(model, splits, feedback)
@@ -88,7 +89,7 @@ class StateProbe(param.Parameterized):
         self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
         watched = [(dashboard.selection, ["split", "sample", "version", "layer", "method", "target", "revision"]),
                    *((view, ["digest"]) for view in dashboard.overlays.views.values()),
-                   (dashboard.brush, ["strokes"]), (dashboard.tuning, ["progress", "phase", "new_version"]),
+                   (dashboard.brush, ["strokes"]), (dashboard.tuning, ["progress", "phase", "new_version", "outcome"]),
                    (dashboard.browser, ["ids", "page"]),
                    (dashboard.concepts, ["layer", "phase", "strokes", "matches", "labelled", "report_version"])]
         for obj, names in watched:                      # after the other watchers of these parameters
@@ -103,10 +104,10 @@ class StateProbe(param.Parameterized):
                 "split": sel.split, "sample": sel.sample, "version": sel.version, "layer": sel.layer,
                 "method": sel.method, "target": sel.target, "revision": sel.revision,
                 "left": views["left"].digest, "right": views["right"].digest,
-                "left_title": views["left"].title, "strokes": len(d.brush.strokes),
+                "left_title": views["left"].title, "right_title": views["right"].title,
+                "strokes": len(d.brush.strokes),
                 "page": d.browser.page, "page_ids": d.browser.page_ids(),
-                "finetune": {"phase": d.tuning.phase, "progress": d.tuning.progress,
-                             "version": d.tuning.new_version, "results": bool(d.tuning.results.object)},
+                "finetune": d.tuning.snapshot(),
                 "versions": d.workbench.versions,
                 "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile},
                 "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame),
@@ -169,6 +170,7 @@ class Dashboard(pn.viewable.Viewer):
             self.selection.sync_version()
             self.overlays.sync_choices()
             self.tuning.show_history()
+            self.controls.sync_back()
 
     @property
     def sidebar(self) -> pn.Column:

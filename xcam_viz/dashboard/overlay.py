@@ -89,6 +89,7 @@ class MapView(param.Parameterized):
         self.figure = image_figure(shape, width, x_range, y_range, tools="pan,wheel_zoom,box_zoom,reset",
                                    toolbar_location="below", title="")
         self.figure.toolbar.autohide = True            # shown while the pointer is over the figure
+        self.figure.title.text_font_size = "9pt"       # two titles fit side by side on a 1366 px screen
         self.image_source = ColumnDataSource({"image": [rgba(np.zeros((h, w, 3)))]})
         self.map_source = ColumnDataSource({"value": [np.zeros((h, w), np.float32)]})
         self._palette = palette(display.cmap)
@@ -143,7 +144,7 @@ class OverlayPair(pn.viewable.Viewer):
     compare_layer = param.Selector(objects=[SAME], default=SAME, label="Right: layer")
 
     def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, display: Display | None = None,
-                 width: int = 250, **params):
+                 width: int = 205, **params):
         self.workbench, self.selection, self.runner = workbench, selection, runner
         super().__init__(**params)
         self.display = display or Display()
@@ -180,6 +181,11 @@ class OverlayPair(pn.viewable.Viewer):
         self.param.compare_version.objects = [SAME, *wb.versions]
         self.param.compare_method.objects = [SAME, *wb.methods(self.selection.version)]
         self.param.compare_layer.objects = [SAME, *[n for n, _ in wb.layers(self.selection.version)]]
+
+    def compare_with(self, version: str) -> None:
+        """Show `version` on the right with the left's method and layer (e.g. a model before and after
+        fine-tuning); one refresh."""
+        self.param.update(compare_version=version, compare_method=SAME, compare_layer=SAME)
 
     def request(self, side: str):
         """The map request of one side."""

@@ -28,7 +28,7 @@ class Selection(param.Parameterized):
         self.param.version.objects = workbench.versions
         self.param.target.objects = {"predicted class": "predicted",
                                      **{name: i for i, name in enumerate(workbench.class_names())}}
-        self.split = self.split or self.param.split.objects[0]
+        self.split = self.split or workbench.opening_split
         self.version = self.version or workbench.base_version
         self.sync_version()
         self.sample = self.sample or workbench.splits[self.split].ids[0]

@@ -1,42 +1,96 @@
-"""The fine-tuning panel: settings, a background run with live progress and losses, before/after results."""
+"""The fine-tuning tab: settings, a background run with live progress and losses, before/after results.
+
+It calls `xv.finetune` through the Workbench on the training split's saved feedback and only shows
+what the run returns; every setting left untouched is passed as None, so the core's `DEFAULTS` (the
+settings the repair benchmark picked) decide it.
+"""
 from __future__ import annotations
+
+import math
 
 import holoviews as hv
 import numpy as np
 import panel as pn
 import param
 
+from ..finetune import AUTO, DEFAULTS, STRATEGIES
+from .controls import cam_name, scored_with
 from .overlay import OverlayPair
 from .selection import Selection, default_layer
 from .tasks import describe, notify
 from .workbench import Workbench
 
-LOSSES = ["auto", "relevant", "irrelevant", "rrr", "relevant+irrelevant"]
 POLL_MS = 250
+WIDGET = 235                # the tab is two such columns wide: it fits beside the browser at 1366 px
+ADVANCED = ("lam", "epochs", "lr")          # settings in the collapsed card; untouched: the core's defaults
+SCORES = (("accuracy", "accuracy"), ("pointing_game", "pointing game"), ("iou", "IoU"))
+
+
+def strategy_help(name: str) -> str:
+    """What a strategy choice does, in words (from the core's registry)."""
+    if name == "auto":
+        picks = "; ".join(f"{kind} regions → {' + '.join(names)}" for kind, names in AUTO.items())
+        return f"**auto**: the strategies the benchmark found best for the feedback given ({picks})."
+    s = STRATEGIES[name]
+    return f"**{s.name}** ({s.kind}, learns from {s.learns_from} regions): {s.summary}."
+
+
+def _cell(before: float, after: float, percent: bool) -> str:
+    if not (np.isfinite(before) or np.isfinite(after)):
+        return "—"
+    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+    return f"{show(before)} → **{show(after)}**"
+
+
+def results_table(result) -> str:
+    """Before → after per split (the validation split included), each localisation score named with its CAM."""
+    layer, method, m = result.settings["layer"], result.settings["method"], result.metrics
+    header = [scored_with(label, layer, method) if key != "accuracy" else label for key, label in SCORES]
+    rows = ["| split | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for split in m.split.values:
+        cells = [_cell(float(m[key].sel(stage="before", split=split)), float(m[key].sel(stage="after", split=split)),
+                       key == "accuracy") for key, _ in SCORES]
+        name = "validation (held out of training)" if split == "validation" else split
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _plain(markdown: str) -> str:
+    """Markdown without its emphasis (a tooltip shows text)."""
+    return markdown.replace("**", "")
+
+
+def _finite(values: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
 class FinetunePanel(pn.viewable.Viewer):
-    """Launch xv.finetune(..., background=True) from the selected model version on the saved feedback,
-    follow it (progress bar and losses, polled by a periodic callback), cancel it, and when it is done
-    show the before/after table and the new version's overlay beside the old one."""
+    """Launch xv.finetune(..., background=True) from the selected model version on the training split's
+    saved feedback, follow it (progress bar and losses, polled by a periodic callback), cancel it, and
+    when it is done show the before/after table; a good new version becomes the selection (its parent on
+    the right-hand view), a flagged one is only shown on the right, with its warning."""
 
-    loss = param.Selector(objects=LOSSES, default="auto", label="Explanation loss")
-    lam = param.Number(default=1.0, bounds=(0, 100), softbounds=(0, 10), step=0.1, label="λ (explanation weight)")
-    epochs = param.Integer(default=2, bounds=(1, 50), label="Epochs")
-    lr = param.Number(default=2e-3, bounds=(1e-6, 1), label="Learning rate")
-    layer = param.Selector(objects=[], label="Layer")
+    title = param.String(default="Fine-tune", constant=True)
+    active = param.Boolean(default=False, doc="whether the tab is on screen")
     split = param.Selector(objects=[], label="Train on split")
+    strategy = param.Selector(objects=["auto", *STRATEGIES], default="auto", label="Strategy")
+    layer = param.Selector(objects=[], label="Grad-CAM layer (scored, corrected)")
+    lam = param.Number(default=DEFAULTS["lam"], bounds=(0, 100), softbounds=(0, 10), step=0.1,
+                       label="λ (weight of explanation losses)")
+    epochs = param.Integer(default=DEFAULTS["epochs"], bounds=(1, 50), label="Epochs (at most; early stopping)")
+    lr = param.Number(default=DEFAULTS["lr"], bounds=(1e-6, 0.5), label="Learning rate")
     progress = param.Number(default=0, bounds=(0, 100))
     phase = param.String(default="idle")
     new_version = param.String(default="")
+    outcome = param.Dict(default={}, doc="the last finished run: versions, flag, warning, metrics, settings")
 
     def __init__(self, workbench: Workbench, selection: Selection, overlays: OverlayPair, **params):
         self.workbench, self.selection, self.overlays = workbench, selection, overlays
         super().__init__(**params)
-        layers = [name for name, _ in workbench.layers(selection.version)]
-        self.param.layer.objects, self.param.split.objects = layers, list(workbench.splits)
+        self.param.layer.objects = [name for name, _ in workbench.layers(selection.version)]
         self.layer = default_layer(workbench.layers(selection.version), workbench.is_segmenter(selection.version))
-        self.split = selection.split
+        self.param.split.objects = workbench.training_splits()
+        self.split = workbench.training_splits()[0] if workbench.training_splits() else None
         self.job = None
         self._callback = None
         self._losses = hv.streams.Pipe(data={"step": [], "loss": [], "ce": [], "explanation": []})
@@ -47,24 +101,44 @@ class FinetunePanel(pn.viewable.Viewer):
         self.launch_button.on_click(lambda _: self.launch())
         self.cancel_button.on_click(lambda _: self.cancel())
         self.bar = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width", bar_color="primary")
-        self.status = pn.pane.Markdown("Paint feedback on a few images, save it, then launch.", margin=(0, 10))
-        self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], margin=(0, 10))
-        self.history = pn.pane.Markdown("", margin=(0, 10))
+        self.status = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-finetune-status"])
+        self.help = pn.pane.Markdown(strategy_help(self.strategy), margin=(0, 10), width=WIDGET,
+                                     css_classes=["xv-strategy-help"], styles={"font-size": "0.85em"})
+        self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["xv-finetune-warning"],
+                                     width=2 * WIDGET + 25, margin=(5, 10))
+        table = {"width": 2 * WIDGET + 25, "margin": (0, 10), "styles": {"font-size": "0.85em"}}
+        self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], **table)
+        self.history = pn.pane.Markdown("", css_classes=["xv-versions"], **table)
+        size = {"width": WIDGET}
+        self.strategy_select = pn.widgets.Select.from_param(self.param.strategy, css_classes=["xv-strategy"],
+                                                            description=_plain(self.help.object), **size)
+        advanced = pn.Card(
+            pn.widgets.FloatInput.from_param(self.param.lam, **size),
+            pn.widgets.IntInput.from_param(self.param.epochs, css_classes=["xv-finetune-epochs"], **size),
+            pn.widgets.FloatInput.from_param(self.param.lr, step=1e-4, format="0.00000", **size),
+            pn.pane.Markdown("Shown: the defaults `xv.finetune` uses (chosen by the repair benchmark).",
+                             margin=(0, 10), width=WIDGET - 10, styles={"font-size": "0.85em"}),
+            title="Advanced", collapsed=True, css_classes=["xv-finetune-advanced"], width=WIDGET + 10, margin=(5, 5))
         form = pn.Column(
-            *[pn.widgets.Select.from_param(self.param[p], width=250) for p in ("split", "loss", "layer")],
-            pn.widgets.FloatInput.from_param(self.param.lam, width=250),
-            pn.widgets.IntInput.from_param(self.param.epochs, width=250, css_classes=["xv-finetune-epochs"]),
-            pn.widgets.FloatInput.from_param(self.param.lr, width=250, step=1e-4, format="0.00000"),
-            pn.Row(self.launch_button, self.cancel_button), width=280)
-        self.layout = pn.Row(
-            form,
-            pn.Column(self.bar, self.status,
-                      pn.pane.HoloViews(curves.opts(width=420, height=200, legend_position="top_right",
-                                                    xlabel="step", ylabel="loss", toolbar=None),
-                                        linked_axes=False),
-                      self.results, self.history, width=460),
-            name="Fine-tune")
+            pn.widgets.Select.from_param(self.param.split, disabled=len(self.param.split.objects) < 2, **size),
+            self.strategy_select, self.help,
+            pn.widgets.Select.from_param(self.param.layer, **size), advanced,
+            pn.Row(self.launch_button, self.cancel_button), width=WIDGET + 15)
+        legend = {"label_text_font_size": "8pt", "glyph_height": 10, "label_height": 10, "padding": 2, "spacing": 0,
+                  "title": None}
+        plot = pn.pane.HoloViews(curves.opts(width=WIDGET, height=190, legend_position="top_right", legend_opts=legend,
+                                             xlabel="step", ylabel="loss", toolbar=None), linked_axes=False)
+        self.layout = pn.Column(pn.Row(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10)),
+                                self.warning, self.results, self.history, name=self.title)
+        selection.param.watch(lambda *_: self.show_history(), ["version"])
+        selection.param.watch(lambda *_: self._hint(), ["revision"])
+        self._hint()
         self.show_history()
+
+    @param.depends("strategy", watch=True)
+    def _describe_strategy(self) -> None:
+        self.help.object = strategy_help(self.strategy)
+        self.strategy_select.description = _plain(self.help.object)
 
     @staticmethod
     def _curves(data):
@@ -72,21 +146,39 @@ class FinetunePanel(pn.viewable.Viewer):
         return hv.NdOverlay({k: hv.Curve((data["step"], data[k]), "step", "loss").opts(framewise=True)
                              for k in ("loss", "ce", "explanation")}, kdims="term")
 
+    def _hint(self) -> None:
+        """Before a run: how much feedback the training split has."""
+        if self.phase not in ("idle", "done", "cancelled", "failed"):
+            return
+        if self.split is None:
+            self.status.object = ("No training split: fine-tuning needs a labelled split named 'train' "
+                                  "(or any labelled split not named 'test').")
+            return
+        count = len(self.workbench.feedback_ids(self.split))
+        todo = ("Launch to fine-tune on them." if count else
+                f"Paint feedback on a few images of {self.split} (Feedback tab), save it, then launch.")
+        self.status.object = f"{count} image{'s' * (count != 1)} of **{self.split}** have saved feedback. {todo}"
+
+    def settings(self) -> dict:
+        """What launch passes to the core: the strategy and layer, and each advanced setting the user
+        changed (None for the others: the core's default)."""
+        chosen = {name: getattr(self, name) for name in ADVANCED}
+        return {"strategy": self.strategy, "layer": self.layer,
+                **{k: (None if v == DEFAULTS[k] else v) for k, v in chosen.items()}}
+
     def launch(self) -> None:
         """Start fine-tuning in the background (errors, e.g. no feedback yet, become notifications)."""
         if self.job is not None and not self.job.done:
             notify("a fine-tuning run is already going on", "warning", 3000)
             return
-        sel = self.selection
         try:
-            self.job = self.workbench.finetune(sel.version, self.split, layer=self.layer, lam=self.lam,
-                                               epochs=self.epochs, lr=self.lr, loss=self.loss)
+            self.job = self.workbench.finetune(self.selection.version, self.split, **self.settings())
         except Exception as err:                  # noqa: BLE001 - e.g. no feedback on this split
             notify(describe(err))
             return
-        self._base = sel.version
         self._steps = {"step": [], "loss": [], "ce": [], "explanation": []}
         self.progress, self.phase, self.results.object = 0, "starting", ""
+        self.warning.visible = False
         self.launch_button.disabled, self.cancel_button.disabled = True, False
         self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
 
@@ -107,16 +199,18 @@ class FinetunePanel(pn.viewable.Viewer):
             for k in ("loss", "ce", "explanation"):
                 self._steps[k].append(p["losses"].get(k, np.nan))
             self._losses.send(self._steps)
-        losses = " · ".join(f"{k} {v:.3f}" for k, v in p["losses"].items())
-        self.status.object = (f"**{p['phase']}** · epoch {p['epoch']}/{p['epochs']} · step {p['step']}/"
-                              f"{p['total_steps']} · {p['seconds']:.0f} s" + (f"<br>{losses}" if losses else ""))
-        if job.done:
-            self.phase = self._finish()
-        else:
-            self.phase = p["phase"]
+        lines = [f"**{p['phase']}** · epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{p['total_steps']} · "
+                 f"{p['seconds']:.0f} s"]
+        if p["losses"]:
+            lines.append(" · ".join(f"{k} {v:.3f}" for k, v in p["losses"].items()))
+        if p.get("validation"):
+            lines.append(f"validation accuracy after epoch {p['validation']['epoch']}: "
+                         f"{p['validation']['accuracy']:.1%}")
+        self.status.object = "<br>".join(lines)
+        self.phase = self._finish() if job.done else p["phase"]
 
     def _finish(self) -> str:
-        """Stop polling and show the outcome (results, new version beside the old); returns the final phase."""
+        """Stop polling and show the outcome; returns the final phase."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
@@ -131,33 +225,80 @@ class FinetunePanel(pn.viewable.Viewer):
             return "cancelled"
         self.progress = self.bar.value = 100
         self.workbench.add_version(result.version, result.model)
-        self.results.object = (f"**{result.base_version} → {result.version}** ({result.seconds:.0f} s, "
-                               f"loss {result.settings['loss']}, λ {result.settings['lam']})\n\n" + result.summary())
-        self.workbench.measured.setdefault(result.base_version, {
-            f"{split}/{name}": float(result.metrics[name].sel(stage="before", split=split))
-            for split in result.metrics.split.values for name in result.metrics.data_vars})
-        self.new_version = result.version
+        self._remember_base_scores(result)
+        self._show_result(result)
         self.selection.sync_version()
         self.overlays.sync_choices()
-        self.overlays.compare_version = result.base_version      # the old version on the right
-        self.selection.version = result.version                  # the new one on the left
+        if result.flagged:                    # saved, but not switched to: look first (right-hand view)
+            self.overlays.compare_with(result.version)
+            notify(f"{result.version} is flagged: {result.warning}", "warning", 12000)
+        else:                                 # the new version on the left, its parent on the right
+            self.overlays.compare_with(result.base_version)
+            self.selection.version = result.version
+            notify(f"fine-tuned {result.base_version} → {result.version}", "success", 4000)
+        self.new_version = result.version
         self.show_history()
-        notify(f"fine-tuned {result.base_version} → {result.version}", "success", 4000)
         return "done"
 
+    def _remember_base_scores(self, result) -> None:
+        """The base version's scores of this run ("before"), for a base saved without metrics (v0)."""
+        self.workbench.measured.setdefault(result.base_version, {
+            "metrics": {f"{split}/{name}": float(result.metrics[name].sel(stage="before", split=split))
+                        for split in result.metrics.split.values for name in result.metrics.data_vars},
+            "layer": result.settings["layer"], "method": result.settings["method"]})
+
+    def _show_result(self, result) -> None:
+        s = result.settings
+        epochs_run = len(result.validation)
+        self.results.object = (
+            f"**{result.base_version} → {result.version}**" + (" ⚠ **flagged**" if result.flagged else "")
+            + f" · {result.seconds:.0f} s · strategy *{s['strategy']}* on {s['feedback_samples']} annotated images "
+            f"· best epoch {result.best_epoch} of {epochs_run} run (at most {s['epochs']}) · λ {s['lam']:g} · "
+            f"learning rate {s['lr']:g}\n\n" + results_table(result))
+        self.warning.object = (f"**{result.version} is flagged:** {result.warning}. It is saved, but the dashboard "
+                               f"stays on {self.selection.version}; the right-hand view of the Explain tab shows "
+                               f"{result.version}. Select it in the sidebar only if you accept it.")
+        self.warning.visible = result.flagged
+        self.outcome = {"version": result.version, "base": result.base_version, "flagged": result.flagged,
+                        "warning": result.warning, "best_epoch": result.best_epoch, "run_settings": _finite(s),
+                        "metrics": {stage: _finite({f"{split}/{name}": float(result.metrics[name].sel(
+                            stage=stage, split=split)) for split in result.metrics.split.values
+                            for name in result.metrics.data_vars}) for stage in ("before", "after")}}
+
     def show_history(self) -> None:
-        """The registry's versions with their parents and the metrics saved with them."""
-        splits = list(self.workbench.splits)
-        cols = [(f"{split}/{metric}", f"{split} {label}") for split in splits
-                for metric, label in (("accuracy", "acc."), ("pointing_game", "pointing game"))]
-        rows = ["| version | parent | " + " | ".join(label for _, label in cols) + " |",
-                "|---" * (len(cols) + 2) + "|"]
-        for name in self.workbench.versions:
-            meta = self.workbench.version_meta(name)
-            m = meta.get("metrics") or self.workbench.measured.get(name, {})
-            rows.append(f"| {name} | {meta.get('parent') or '—'} | "
-                        + " | ".join(f"{m[key]:.3f}" if key in m else "—" for key, _ in cols) + " |")
-        self.history.object = "**Model versions** (switch or roll back in the sidebar)\n\n" + "\n".join(rows)
+        """The registry's versions with their parents, strategies, flags and the metrics saved with them."""
+        wb = self.workbench
+        splits = wb.evaluation_splits(self.split)                 # all labelled ones without a training split
+        versions = [(name, wb.version_meta(name), wb.scores(name)) for name in wb.versions]
+        cams = {(sc["layer"], sc["method"]) for _, _, sc in versions if sc["metrics"]}
+        shared = next(iter(cams)) if len(cams) == 1 else None
+        cols = [(f"{split}/accuracy", f"{split} acc.", None) for split in splits]
+        cols += [(f"{split}/pointing_game", f"{split} " + scored_with("pointing game", *(shared or (None, None))),
+                  shared is None) for split in splits]
+        rows = ["| version | parent | strategy | " + " | ".join(label for _, label, _ in cols) + " |",
+                "|---" * (len(cols) + 3) + "|"]
+        for name, meta, sc in versions:
+            shown = f"**{name}** (selected)" if name == self.selection.version else name
+            flag = " ⚠ flagged" if meta.get("flagged") else ""
+            cells = []
+            for key, _, per_cell in cols:
+                value = sc["metrics"].get(key)
+                if value is None or not np.isfinite(value):
+                    cells.append("—")
+                elif key.endswith("/accuracy"):
+                    cells.append(f"{value:.1%}")
+                else:
+                    cells.append(f"{value:.3f}" + (f" ({cam_name(sc['layer'], sc['method'])})" if per_cell else ""))
+            rows.append(f"| {shown}{flag} | {meta.get('parent') or '—'} | {meta.get('strategy') or '—'} | "
+                        + " | ".join(cells) + " |")
+        self.history.object = ("**Model versions** (choose one, or go back to a parent, in the sidebar)\n\n"
+                               + "\n".join(rows))
+
+    def snapshot(self) -> dict:
+        """What the tab shows, for the state probe (browser tests)."""
+        return {"phase": self.phase, "progress": self.progress, "version": self.new_version,
+                "results": bool(self.results.object), "warning_shown": bool(self.warning.visible),
+                "split": self.split, "strategy": self.strategy, "settings": self.settings(), **self.outcome}
 
     def __panel__(self):
         return self.layout

@@ -25,6 +25,7 @@ from torch import nn
 from .. import models
 from ..concepts.labels import LabelStore
 from ..data import ImageSet
+from . import splits as split_rules
 from .cache import LRUCache
 
 EVIDENCE = {"evidence": "efficient", "evidence-pda": "pda"}   # dashboard method -> xv.evidence method
@@ -149,25 +150,37 @@ class Workbench:
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
-        self.measured: dict[str, dict[str, float]] = {}     # metrics of versions saved without them
+        self.measured: dict[str, dict] = {}     # versions saved without metrics: {"metrics", "layer", "method"}
         self.labels = LabelStore(default_labels_path(feedback))   # concept labels, shared by every layer
         self._units: dict[tuple, object] = {}
         self._embeddings: dict[tuple, xr.Dataset] = {}
 
     @classmethod
     def demo(cls, feedback=None) -> "Workbench":
-        """The embedded demo: the demo smallcnn, the test and flipped splits, a cached feedback store."""
-        from ..demo import demo_data, demo_model
+        """The embedded demo: the demo smallcnn, the train, test and flipped splits, a cached feedback store."""
+        from ..demo import demo_model
 
-        return cls(demo_model(progress=False), {s: demo_data(s) for s in ("test", "flipped")}, feedback)
+        return cls(demo_model(progress=False), split_rules.demo_splits(), feedback)
 
     def warm(self) -> "Workbench":
-        """Compute what every new session needs first (predictions, layers), so sessions open quickly."""
-        for version in self.versions:
-            self.layers(version)
-            for split in self.splits:
-                self.predictions(version, split)
+        """Compute what every new session needs first (the layers and the predictions of every split for the
+        version sessions open on), so sessions open quickly. Other versions are computed when first shown:
+        a demo cache holding many fine-tuned versions would otherwise cost a pass over every image per version."""
+        self.layers(self.base_version)
+        for split in self.splits:
+            self.predictions(self.base_version, split)
         return self
+
+    # --- splits (the rules: splits.py) ---------------------------------------------------------------
+    @property
+    def opening_split(self) -> str:
+        return split_rules.opening_split(self.splits)
+
+    def training_splits(self) -> list[str]:
+        return split_rules.training_splits(self.splits)
+
+    def evaluation_splits(self, train: str | None) -> list[str]:
+        return split_rules.evaluation_splits(self.splits, train)
 
     # --- model versions -------------------------------------------------------------------------
     @property
@@ -195,18 +208,37 @@ class Workbench:
             self._meta[version] = self.registry.meta(version) if self.registry is not None else {}
         return self._meta[version]
 
-    def finetune(self, version: str, split: str, **settings):
-        """Start xv.finetune in the background from `version` on the feedback for `split`; returns the job.
+    def parent(self, version: str) -> str | None:
+        """The version `version` was fine-tuned from (None for a starting model)."""
+        return self.version_meta(version).get("parent")
 
-        Before/after metrics are measured on every split. The new model becomes the registry's next version.
+    def scores(self, version: str) -> dict:
+        """What a version was scored on: {"metrics": {"test/accuracy": ...}, "layer", "method"} (the CAM the
+        pointing games and IoUs were computed with), saved with it or measured by a later run from it."""
+        meta = self.version_meta(version)
+        if meta.get("metrics"):
+            return {"metrics": meta["metrics"], "layer": meta.get("layer"), "method": meta.get("method")}
+        return self.measured.get(version, {"metrics": {}, "layer": None, "method": None})
+
+    def finetune(self, version: str, split: str, **settings):
+        """Start xv.finetune in the background from `version` on the feedback saved for the training split
+        `split`; returns the job. Settings left out (or None) are the core's defaults.
+
+        Before/after metrics are measured on the other labelled splits (`evaluation_splits`); the core holds
+        its validation images out of `split`. The new model becomes the registry's next version.
         """
         from ..finetune import finetune
 
         if self.registry is None:
             raise ValueError("this model was not made by xv.models.build, so its versions cannot be saved: "
                              "fine-tuning from the dashboard needs a model xv.models.build / xv.models.load made")
+        if split not in self.training_splits():
+            raise ValueError(f"fine-tuning trains on {' or '.join(self.training_splits()) or 'a training split'}, "
+                             f"not on {split!r}" + ("" if self.training_splits() else
+                                                   ": give the dashboard a labelled split named 'train'"))
+        eval_data = {name: self.splits[name] for name in self.evaluation_splits(split)}
         return finetune(None, self.splits[split], feedback=self.feedback, base_version=version,
-                        versions_dir=self.registry.directory, eval_data=self.splits, background=True, **settings)
+                        versions_dir=self.registry.directory, eval_data=eval_data, background=True, **settings)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

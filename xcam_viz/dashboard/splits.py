@@ -1,0 +1,40 @@
+"""Which data split does what in the dashboard: where a session opens, what fine-tuning trains on and
+what it is scored on. The rules live here once; the Workbench applies them to its splits."""
+from __future__ import annotations
+
+from ..data import ImageSet
+
+TRAIN_SPLIT = "train"          # the split users paint on and fine-tuning trains on, when there is one
+TEST_SPLIT = "test"            # never trained on
+DEMO_SPLITS = (TRAIN_SPLIT, TEST_SPLIT, "flipped")
+
+
+def demo_splits() -> dict[str, ImageSet]:
+    """The demo's splits: 2,000 training images (to browse and paint on), 400 test and 400 flipped."""
+    from ..demo import demo_data
+
+    return {split: demo_data(split) for split in DEMO_SPLITS}
+
+
+def opening_split(splits: dict[str, ImageSet]) -> str:
+    """The split a session opens on: the training split, where users paint, else the first one."""
+    return TRAIN_SPLIT if TRAIN_SPLIT in splits else next(iter(splits))
+
+
+def labelled_splits(splits: dict[str, ImageSet]) -> list[str]:
+    """Splits with true labels (uploads have none)."""
+    return [name for name, data in splits.items() if data.attrs.get("labelled", True)]
+
+
+def training_splits(splits: dict[str, ImageSet]) -> list[str]:
+    """The splits fine-tuning may train on: "train" when there is one, else every labelled split not
+    named "test"."""
+    labelled = labelled_splits(splits)
+    if TRAIN_SPLIT in labelled:
+        return [TRAIN_SPLIT]
+    return [name for name in labelled if name != TEST_SPLIT]
+
+
+def evaluation_splits(splits: dict[str, ImageSet], train: str | None) -> list[str]:
+    """The splits a run on `train` is scored on before and after: the other labelled splits."""
+    return [name for name in labelled_splits(splits) if name != train]
