@@ -5,13 +5,10 @@ feedback database.
 """
 import pytest
 
-from .harness import Server
+from .harness import demo_servers
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """`xcam-viz serve` of the demo with a temporary feedback database."""
-    feedback = tmp_path_factory.mktemp("serve") / "feedback.db"
-    srv = Server(["-m", "xcam_viz.cli", "serve", "--port", "{port}", "--feedback", str(feedback)], feedback)
-    yield srv
-    srv.stop()
+    yield from demo_servers(tmp_path_factory.mktemp("serve"))

@@ -74,6 +74,14 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
 
+def demo_servers(folder: Path):
+    """A generator fixture body: `xcam-viz serve` of the demo with an empty feedback database in `folder`."""
+    feedback = folder / "feedback.db"
+    srv = Server(["-m", "xcam_viz.cli", "serve", "--port", "{port}", "--feedback", str(feedback)], feedback)
+    yield srv
+    srv.stop()
+
+
 def open_dashboard(page, url: str) -> Console:
     """Load the dashboard and wait until its first overlay has been drawn."""
     console = Console(page)

@@ -9,7 +9,7 @@ import pytest
 import xcam_viz as xv
 from xcam_viz.demo import demo_data
 
-from .harness import ARTIFACTS, Server, drag, open_dashboard, select_sample, shot, state, wait_state
+from .harness import ARTIFACTS, demo_servers, drag, open_dashboard, select_sample, shot, state, wait_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]          # ~3-5 minutes on 2 busy cores
 ANNOTATED = 10
@@ -19,10 +19,7 @@ LAPTOP = {"width": 1366, "height": 768}
 @pytest.fixture(scope="module")
 def fresh_server(tmp_path_factory):
     """The demo served with an empty feedback database (no other test's feedback or versions)."""
-    feedback = tmp_path_factory.mktemp("repair") / "feedback.db"
-    srv = Server(["-m", "xcam_viz.cli", "serve", "--port", "{port}", "--feedback", str(feedback)], feedback)
-    yield srv
-    srv.stop()
+    yield from demo_servers(tmp_path_factory.mktemp("repair"))
 
 
 def trace(marker: np.ndarray, amplitude: float = 1.5, step: float = 2.0) -> list[tuple[float, float]]:
