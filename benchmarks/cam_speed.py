@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import pytorch_grad_cam as pgc
@@ -21,6 +20,7 @@ import torch
 import torchvision
 from captum.attr import LayerAttribution, LayerGradCam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from results_table import write_result
 from torchcam import methods as torchcam
 
 import xcam_viz as xv
@@ -196,7 +196,4 @@ if __name__ == "__main__":
     parser.add_argument("--wall", action="store_true", help="time wall-clock instead of CPU time")
     args = parser.parse_args()
     out = run(args.rounds, args.threads, args.wall)
-    print(out)
-    results = Path(__file__).with_name("results")
-    results.mkdir(exist_ok=True)
-    results.joinpath("cam_speed.md").write_text(out)
+    write_result("cam_speed", out)

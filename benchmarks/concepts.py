@@ -9,9 +9,9 @@ writes benchmarks/results/concepts.md. Run: nice -n 19 .venv/bin/python benchmar
 """
 import os
 import time
-from pathlib import Path
 
 import numpy as np
+from results_table import write_result
 from sklearn.metrics import roc_auc_score
 
 import xcam_viz as xv
@@ -93,6 +93,4 @@ if __name__ == "__main__":
     out = run()
     out += (f"\nTotal run time {time.perf_counter() - start:.0f} s (nice -n 19; load average "
             f"{os.getloadavg()[0]:.1f} at the end).\n")
-    print(out)
-    Path(__file__).with_name("results").mkdir(exist_ok=True)
-    Path(__file__).with_name("results").joinpath("concepts.md").write_text(out)
+    write_result("concepts", out)

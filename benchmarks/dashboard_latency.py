@@ -24,6 +24,7 @@ import numpy as np
 import panel as pn
 import torch
 from bokeh.document import Document
+from results_table import write_result
 
 import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, Workbench
@@ -106,7 +107,4 @@ def run() -> str:
 
 if __name__ == "__main__":
     out = run()
-    print(out)
-    results = Path(__file__).with_name("results")
-    results.mkdir(exist_ok=True)
-    results.joinpath("dashboard_latency.md").write_text(out)
+    write_result("dashboard_latency", out)

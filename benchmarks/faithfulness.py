@@ -13,9 +13,9 @@ benign images); a second table compares every method on that subset.
 import argparse
 import os
 import time
-from pathlib import Path
 
 import xarray as xr
+from results_table import write_result
 
 import xcam_viz as xv
 from xcam_viz.demo import demo_data, demo_model
@@ -84,6 +84,4 @@ if __name__ == "__main__":
     parser.add_argument("--pda-images", type=int, default=10)
     args = parser.parse_args()
     out = run(args.images, args.pda_images)
-    print(out)
-    Path(__file__).with_name("results").mkdir(exist_ok=True)
-    Path(__file__).with_name("results").joinpath("faithfulness.md").write_text(out)
+    write_result("faithfulness", out)

@@ -21,9 +21,9 @@ import os
 import time
 
 import torch
+from results_table import write_result
 
 import xcam_viz as xv
-from results_table import write_result
 from xcam_viz.demo import demo_data, demo_model, train_demo_model
 from xcam_viz.finetune import AUTO, STRATEGIES
 

@@ -3,7 +3,8 @@
 Prints accuracy on test and flipped for both models and writes benchmarks/results/shortcut.md.
 """
 import time
-from pathlib import Path
+
+from results_table import write_result
 
 import xcam_viz as xv
 from xcam_viz.demo import DEMO_EPOCHS, demo_data, train_demo_model
@@ -28,6 +29,4 @@ def run() -> str:
 
 if __name__ == "__main__":
     out = run()
-    print(out)
-    Path(__file__).with_name("results").mkdir(exist_ok=True)
-    Path(__file__).with_name("results").joinpath("shortcut.md").write_text(out)
+    write_result("shortcut", out)
