@@ -17,7 +17,7 @@ from scipy.ndimage import distance_transform_edt
 
 from .data import ImageSet
 from .evidence.analysis import as_images, class_probabilities, resolve_targets
-from .models import model_device, predict
+from .models import eval_mode, logits_of, model_device, predict
 
 BASELINES = ("blur", "zero", "mean")
 
@@ -194,9 +194,7 @@ def _curve(model, inputs, maps, baseline, steps, target, batch_size, insert: boo
     fraction = np.linspace(0, 1, steps + 1)
     counts = torch.from_numpy(np.round(fraction * h * w).astype(np.int64))
     items = torch.arange(n * (steps + 1))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             targets = resolve_targets(target, class_probabilities(model, images.to(device), batch_size)).cpu()
             probs = []
@@ -204,10 +202,8 @@ def _curve(model, inputs, maps, baseline, steps, target, batch_size, insert: boo
                 i, s = chunk // (steps + 1), chunk % (steps + 1)
                 changed = (rank[i] < counts[s][:, None, None])[:, None]
                 x = torch.where(changed, images[i], base[i]) if insert else torch.where(changed, base[i], images[i])
-                p = model(x.to(device)).float().softmax(1)
+                p = logits_of(model(x.to(device))).float().softmax(1)
                 probs.append(p[torch.arange(len(chunk)), targets[i].to(device)].cpu())
-    finally:
-        model.train(was_training)
     curve = torch.cat(probs).view(n, steps + 1).numpy()
     return xr.DataArray(curve, dims=("sample", "fraction"), name="insertion" if insert else "deletion",
                         coords={"sample": samples, "fraction": fraction, "target": ("sample", targets.numpy())},

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
-from ..models import model_device
+from ..models import eval_mode, logits_of, model_device
 from .samplers import SAMPLERS, ConditionalSampler, MarginalSampler
 
 METHODS = ("pda", "efficient")
@@ -64,9 +64,7 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
         raise ValueError(f"need 1 <= window <= {min(h, w)} (image size), padding >= 0, samples >= 1 and "
                          f"stride >= 1; got window={window}, padding={padding}, samples={samples}, stride={stride}")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images = images.to(device)
         fitted = (MarginalSampler(reference, window) if sampler == "marginal"
                   else ConditionalSampler(reference, window, padding, seed=seed)).to(device)
@@ -81,8 +79,6 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
                       unit="img", disable=not progress) as bar:
                 without = _window_probs(model, images, targets, positions, window, draw, samples,
                                         batch_size, bar, should_stop)
-    finally:
-        model.train(was_training)
     n, k = len(reference), probs.shape[1]
     p = probs[torch.arange(len(images)), targets]
     we = laplace_log2_odds(p, n, k)[:, None] - laplace_log2_odds(without, n, k)
@@ -119,7 +115,7 @@ def as_images(x, name: str) -> tuple[torch.Tensor, list[str]]:
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Softmax class probabilities N×K of a classifier, batched (call under inference_mode)."""
-    out = torch.cat([model(b) for b in images.split(batch_size)])
+    out = torch.cat([logits_of(model(b)) for b in images.split(batch_size)])
     if out.ndim != 2:
         raise ValueError(f"evidence needs a classifier (N×K logits); the model returned {tuple(out.shape)}")
     return out.float().softmax(1)
@@ -182,7 +178,7 @@ def _window_probs(model, images, targets, positions, window, draw, draws, batch_
         batch[torch.arange(len(batch), device=device)[:, None, None], :, rows, cols] = \
             patches.reshape(-1, c, window, window).permute(0, 2, 3, 1)
         # channels-last input: ~1.6× faster convolutions on CPU, the model is left as it is
-        logits = model(batch.contiguous(memory_format=torch.channels_last)).float()
+        logits = logits_of(model(batch.contiguous(memory_format=torch.channels_last))).float()
         p = logits.softmax(1)[torch.arange(len(batch), device=device), targets[idx].repeat_interleave(draws)]
         out[item] = p.view(-1, draws).mean(1)
         bar.update(len(batch))

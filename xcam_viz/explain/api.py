@@ -11,8 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
-from ..models import fingerprint
-from .capture import Target, capture, check_input, is_topk, layer_list
+from ..models import default_layer, fingerprint
+from .capture import Reshape, Target, capture, check_input, is_topk, layer_list
 from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -73,13 +73,17 @@ def class_labels(class_index: np.ndarray, names: list[str] | None, k: int) -> np
 
 
 def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "gradcam",
-            layer: str | Sequence[str] = "block3", target: Target = "predicted", region=None,
+            layer: str | Sequence[str] | None = None, target: Target = "predicted", region=None,
             upsample: bool = True, normalize: bool = True, batch_size: int = 32,
-            progress: bool = False) -> xr.DataArray:
+            progress: bool = False, reshape: Reshape | None = None, output=None) -> xr.DataArray:
     """Class activation maps of every image: an xr.DataArray (sample, y, x).
 
     method: one of xcam_viz.explain.METHODS. layer: a name, or a list of names (captured in one pass;
-    the result gets a leading 'layer' dim, which needs upsample=True or layers of one resolution).
+    the result gets a leading 'layer' dim, which needs upsample=True or layers of one resolution), or
+    None for `xv.models.default_layer` (the choice is logged and kept in attrs "layer" / "layer_source").
+    Layers of any layout work (N×C×h×w, channels-last, ViT tokens); reshape= a callable (e.g.
+    `xv.models.Layout`) says how to read a layer when detection cannot, output= picks the logits from
+    what the model returns (default: tensors, tuples' first element, a dict's or object's `logits`).
     target: "predicted", a class index, one index per sample, ("topk", k) (adds a 'rank' dim after
     'sample'), or a callable(logits) -> scores (N,). region (segmentation methods): "predicted"
     (default), "all", a point (y, x) or a bool mask H×W / N×H×W.
@@ -91,10 +95,10 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     fingerprint, layer_resolution, input_size.
     """
     check_method(method)
-    names = layer_list(layer)
     images, ids, class_names = as_images(data)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         check_input(images, model)              # raises the error that says what to give
+    names = layer_list(default_layer(model, images.shape[1:]) if layer is None else layer)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     size = tuple(images.shape[-2:])
@@ -102,7 +106,8 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     for start in tqdm(range(0, len(images), batch_size), desc=f"explain {method}", disable=not progress):
         stop = start + batch_size
         caps = capture(model, images[start:stop], names, per_batch(target, 1, start, stop),
-                       per_batch(region, 3, start, stop), gradients=needs_gradients(method))
+                       per_batch(region, 3, start, stop), gradients=needs_gradients(method), reshape=reshape,
+                       output=output)
         caps = caps if isinstance(caps, list) else [caps]
         logits = caps[0].logits
         per_rank = []
@@ -118,8 +123,10 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             per_rank.append(np.stack(per_layer))
         maps.append(np.stack(per_rank, axis=2))                     # layer × n × rank × h × w
         targets.append(torch.stack([c.target for c in caps], 1).cpu().numpy())
-    return _dataarray(np.concatenate(maps, 1), np.concatenate(targets), ids, names, shapes, size, method,
-                      target, region, logits, class_names, model, upsample)
+    result = _dataarray(np.concatenate(maps, 1), np.concatenate(targets), ids, names, shapes, size, method,
+                        target, region, logits, class_names, model, upsample)
+    result.attrs["layer_source"] = "default" if layer is None else "given"
+    return result
 
 
 def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: list[str], shapes: dict,

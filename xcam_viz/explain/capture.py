@@ -6,7 +6,6 @@ graph: a capture costs little more than a plain forward pass.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Sequence
@@ -14,7 +13,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..models import get_layer
+from ..models import detect, eval_mode, get_layer, logits_of, patch_size, run_model
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LayerHooks:
@@ -24,13 +25,20 @@ class LayerHooks:
     (``ReLU(inplace=True)``, ``out += identity``) cannot change what was kept. An output that does not
     require grad (the forward so far ran without a graph) becomes a leaf that does; with
     ``enable_grad=True`` grad mode is switched on from there, so only the part of the network after the
-    first captured layer records a graph.
+    first captured layer records a graph. Each output's layout (N×C×h×w, channels-last or tokens) is
+    detected for an input of `input_size` (see `xv.models.layout.detect`) unless `reshape` (a callable,
+    e.g. a `Layout`, applied to every layer) says how to read it; `maps` gives it as N×C×h×w.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], enable_grad: bool = True):
+    def __init__(self, model: nn.Module, layers: Sequence[str], input_size: tuple[int, int],
+                 enable_grad: bool = True, reshape: Reshape | None = None):
         self.modules = {name: get_layer(model, name) for name in layers}
         self.enable_grad = enable_grad
+        self.input_size = tuple(input_size)
+        self.reshape = reshape
+        self.patch = patch_size(model) if reshape is None else None
         self.outputs: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, Reshape] = {}
         self._handles: list = []
 
     def __enter__(self) -> "LayerHooks":
@@ -50,30 +58,26 @@ class LayerHooks:
             handle.remove()
         self._handles.clear()
 
-    def _keep(self, name: str, _module, _inputs, output):
+    def maps(self, name: str, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """The kept output of `name` (or a tensor shaped like it, e.g. its gradient) read as N×C×h×w."""
+        return self.layouts[name](self.outputs[name] if tensor is None else tensor)
+
+    def _keep(self, name: str, module, _inputs, output):
         if name in self.outputs:            # a module run twice keeps its first output
             return None
-        if not (isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"layer {name!r} outputs {shape}, not a spatial map N×C×h×w (h·w > 1); CAMs need "
-                             "a convolutional layer: pick one of xv.models.spatial_layers(model, input_shape)")
+        layout = self.reshape or detect(output, self.input_size, module, self.patch, f"layer {name!r}")
+        spatial = layout(output) if isinstance(output, torch.Tensor) else None
+        if spatial is None or spatial.ndim != 4 or spatial.shape[-2] * spatial.shape[-1] <= 1:
+            shape = tuple(spatial.shape) if isinstance(spatial, torch.Tensor) else type(output).__name__
+            raise ValueError(f"layer {name!r} reads as {shape}, not a spatial map N×C×h×w (h·w > 1); pick one "
+                             "of xv.models.spatial_layers(model, input_shape) or fix reshape=")
         if not output.requires_grad:
             output = output.detach().requires_grad_()
         self.outputs[name] = output
+        self.layouts[name] = layout
         if self.enable_grad:
             torch.set_grad_enabled(True)
         return output.clone()
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module, train: bool = False):
-    """Put the model in eval (or train) mode for the block, restoring its previous mode afterwards."""
-    was_training = model.training
-    model.train(train)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def layer_list(layer: str | Sequence[str]) -> list[str]:
@@ -111,22 +115,6 @@ def check_input(x, model: nn.Module) -> torch.Tensor:
         raise ValueError("input contains NaN or inf values: clean or drop those images first")
     p = next(model.parameters(), None)
     return x.detach().to(p.device if p is not None else x.device)
-
-
-def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x), turning the model's complaint about a wrong input into an error that says what to give."""
-    try:
-        out = model(x)
-    except RuntimeError as err:
-        if "Inference tensors" in str(err):
-            raise RuntimeError("the model holds tensors made under torch.inference_mode(); build or load "
-                               "it outside inference_mode to compute CAMs") from err
-        raise ValueError(f"the model rejected an input of shape {tuple(x.shape)} ({str(err).splitlines()[0]}); "
-                         "give images N×C×H×W with the channel count and size the model was built for") from err
-    if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
-        raise ValueError("the model must return logits N×K (classifier) or N×K×H×W (segmenter), got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    return out
 
 
 Target = int | str | tuple | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -211,7 +199,7 @@ class Capture:
     activations / gradients: layer -> N×C×h×w (detached; gradients empty if not computed);
     logits: the forward's output; target: (N,) class indices (-1 for a callable target);
     region: N×H×W bool for segmentation targets, else None; input: N×C×H×W (for Score-CAM);
-    model and score_fn: what Score-CAM needs for its masked forward passes.
+    model, score_fn and output: what Score-CAM needs for its masked forward passes.
     """
 
     layers: list[str]
@@ -223,34 +211,40 @@ class Capture:
     input: torch.Tensor
     model: nn.Module
     score_fn: Callable | None = None
+    output: Callable | None = None
 
-    def scores(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Target scores of `logits` whose rows belong to samples `rows` (for masked forward passes)."""
+    def scores(self, out, rows: torch.Tensor) -> torch.Tensor:
+        """Target scores of a model output whose rows belong to samples `rows` (for masked forward passes)."""
+        logits = logits_of(out, self.output)
         if self.score_fn is not None:
             return self.score_fn(logits)
         return logits.gather(1, self.target[rows].view(-1, 1))[:, 0]
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], target: Target = "predicted",
-            region=None, gradients: bool = True) -> Capture | list[Capture]:
+            region=None, gradients: bool = True, reshape: Reshape | None = None,
+            output: Callable | None = None) -> Capture | list[Capture]:
     """Record activations A and target gradients G of `layers` for input x (N×C×H×W or C×H×W).
 
-    One forward pass in eval mode (the model's mode is restored afterwards), then one `autograd.grad`
+    One forward pass in eval mode (every module's mode is restored afterwards), then one `autograd.grad`
     pass to the captured activations per target. A segmenter (N×K×H×W logits) is scored on the target
     class summed over `region` (see `resolve_region`). Returns a Capture, or for target=("topk", k)
     a list of k Captures sharing one forward. `gradients=False` skips the gradient pass
-    (Eigen-CAM and Score-CAM need none).
+    (Eigen-CAM and Score-CAM need none). Layers are read as N×C×h×w whatever their layout (token
+    sequences, channels-last; see `LayerHooks`), or through `reshape`; `output` picks the logits from
+    what the model returns (default: `xv.models.logits_of`).
     """
     names = layer_list(layers)
     x = check_input(x, model)
-    with eval_mode(model), LayerHooks(model, names, enable_grad=gradients) as hooks, torch.no_grad():
-        logits = run_model(model, x)
+    with (eval_mode(model), torch.no_grad(),
+          LayerHooks(model, names, x.shape[-2:], enable_grad=gradients, reshape=reshape) as hooks):
+        logits = run_model(model, x, output)
     missing = [n for n in names if n not in hooks.outputs]
     if missing:
         raise ValueError(f"layers {missing} did not run in the model's forward pass; pick layers from "
                          "xv.models.spatial_layers(model, input_shape)")
     kept = [hooks.outputs[n] for n in names]
-    activations = {n: a.detach() for n, a in zip(names, kept)}
+    activations = {n: hooks.maps(n).detach() for n in names}
     captures = []
     targets = resolve_targets(target, logits.detach())
     for i, t in enumerate(targets):
@@ -263,8 +257,9 @@ def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], targ
                 raise ValueError(f"the target score does not depend on layers {names}; choose layers that the "
                                  "model's output depends on")
             found = torch.autograd.grad(score, kept, retain_graph=i < len(targets) - 1, allow_unused=True)
-            grads = {n: torch.zeros_like(a) if g is None else g for n, a, g in zip(names, activations.values(), found)}
+            grads = {n: torch.zeros_like(activations[n]) if g is None else hooks.maps(n, g)
+                     for n, g in zip(names, found)}
         idx = torch.full((len(x),), -1, dtype=torch.long, device=x.device) if callable(t) else t
         captures.append(Capture(names, activations, grads, logits.detach(), idx, reg, x, model,
-                                t if callable(t) else None))
+                                t if callable(t) else None, output))
     return captures if is_topk(target) else captures[0]

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from .capture import LayerHooks, Target, check_input, resolve_region, resolve_targets, run_model, target_scores
-from .methods import GRADIENT_METHODS, check_method, finish
+from .methods import REGISTRY, check_method, finish
 
 
 def differentiable_cam(model: nn.Module, x: torch.Tensor, layer: str, target: Target = "predicted",
-                       method: str = "gradcam", region=None, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+                       method: str = "gradcam", region=None, eps: float = 1e-8, reshape=None, output=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, cam) from one forward pass, with the CAM differentiable w.r.t. the model's parameters.
 
     The model keeps its mode (train mode is fine: use it inside the training loop). The gradient G is
@@ -18,25 +18,27 @@ def differentiable_cam(model: nn.Module, x: torch.Tensor, layer: str, target: Ta
     input size: ReLU of the method's map, bilinear upsampling, each map divided by its max + eps
     (so in [0, 1), all-zero where the map is). In train mode, batch-norm couples the samples of a batch,
     so each sample's gradient also carries the others' scores (as in pytorch-grad-cam).
-    Methods: any gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam, seg-*).
+    Methods: those the registry marks differentiable (the gradient family). Layers of any layout, as in
+    `capture` (`reshape`, `output` likewise).
     """
-    if method not in GRADIENT_METHODS:
-        check_method(method)
-        raise ValueError(f"differentiable_cam needs a gradient method, one of {', '.join(GRADIENT_METHODS)}; "
+    if not REGISTRY[check_method(method)].differentiable:
+        usable = [name for name, m in REGISTRY.items() if m.differentiable]
+        raise ValueError(f"differentiable_cam needs a differentiable gradient method, one of {', '.join(usable)}; "
                          f"{method} is not differentiable through its gradients")
     x = check_input(x, model)
     with torch.enable_grad():
-        with LayerHooks(model, [layer], enable_grad=False) as hooks:
-            logits = run_model(model, x)
+        with LayerHooks(model, [layer], x.shape[-2:], enable_grad=False, reshape=reshape) as hooks:
+            logits = run_model(model, x, output)
         if layer not in hooks.outputs:
             raise ValueError(f"layer {layer!r} did not run in the model's forward pass")
         check_method(method, segmentation=logits.ndim == 4)
-        a = hooks.outputs[layer]
+        a = hooks.maps(layer)
         t = resolve_targets(target, logits.detach())
         if len(t) != 1:
             raise ValueError("differentiable_cam takes one target per sample, not ('topk', k)")
         reg = resolve_region(region, logits.detach(), t[0]) if logits.ndim == 4 and not callable(t[0]) else None
-        (g,) = torch.autograd.grad(target_scores(logits, t[0], reg).sum(), a, create_graph=True)
-        cam = finish(GRADIENT_METHODS[method](a, g).clamp(min=0), tuple(x.shape[-2:]), normalize=False)
+        (g,) = torch.autograd.grad(target_scores(logits, t[0], reg).sum(), hooks.outputs[layer], create_graph=True)
+        g = hooks.maps(layer, g)
+        cam = finish(REGISTRY[method].formula(a, g).clamp(min=0), tuple(x.shape[-2:]), normalize=False)
         cam = cam / (cam.amax((1, 2), keepdim=True) + eps)
     return logits, cam

@@ -6,10 +6,14 @@ forward passes of the captured model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch.nn import functional as F
 
-from .capture import Capture, eval_mode
+from ..models import eval_mode
+from .capture import Capture
 from .fold import inference_copy
 
 SCORECAM_PIXELS = 2 ** 17   # masked images per Score-CAM chunk: this many input pixels (32 at 64²), at least 16
@@ -39,31 +43,67 @@ def _layercam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (g.clamp(min=0) * a).sum(1)
 
 
-GRADIENT_METHODS = {"gradcam": _gradcam, "gradcam++": _gradcam_pp, "hirescam": _hirescam,
-                    "xgradcam": _xgradcam, "layercam": _layercam,
-                    "seg-gradcam": _gradcam, "seg-hirescam": _hirescam}
-SEGMENTATION_METHODS = ("seg-gradcam", "seg-hirescam")
-METHODS = (*GRADIENT_METHODS, "scorecam", "eigencam")
+@dataclass(frozen=True)
+class Method:
+    """One CAM method and what it needs: the registry entry that explain, the dashboard and fine-tuning read.
+
+    formula: (A, G) -> N×h×w for gradient methods (None for the others); explains: "classifier",
+    "segmenter" or "any" (what kind of model output it weighs); differentiable: whether the map can stay in
+    the autograd graph (`differentiable_cam`, the fine-tuning losses).
+    """
+
+    name: str
+    label: str
+    formula: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    explains: str = "classifier"
+    differentiable: bool = False
+
+    @property
+    def gradients(self) -> bool:
+        """Whether the method needs the gradient pass."""
+        return self.formula is not None
+
+    def fits(self, segmenter: bool) -> bool:
+        return self.explains == "any" or self.explains == ("segmenter" if segmenter else "classifier")
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("gradcam", "Grad-CAM", _gradcam, differentiable=True),
+    Method("gradcam++", "Grad-CAM++", _gradcam_pp, differentiable=True),
+    Method("hirescam", "HiResCAM", _hirescam, differentiable=True),
+    Method("xgradcam", "XGrad-CAM", _xgradcam, differentiable=True),
+    Method("layercam", "LayerCAM", _layercam, differentiable=True),
+    Method("seg-gradcam", "Seg-Grad-CAM", _gradcam, "segmenter", differentiable=True),
+    Method("seg-hirescam", "Seg-HiResCAM", _hirescam, "segmenter", differentiable=True),
+    Method("scorecam", "Score-CAM", None),
+    Method("eigencam", "Eigen-CAM", None, "any"),
+)}
+METHODS = tuple(REGISTRY)
+GRADIENT_METHODS = {name: m.formula for name, m in REGISTRY.items() if m.gradients}
+SEGMENTATION_METHODS = tuple(name for name, m in REGISTRY.items() if m.explains == "segmenter")
+
+
+def methods_for(segmenter: bool) -> list[str]:
+    """The methods that explain a segmenter (True) or a classifier (False), in registry order."""
+    return [name for name, m in REGISTRY.items() if m.fits(segmenter)]
 
 
 def check_method(method: str, segmentation: bool | None = None) -> str:
     """The method name, or an error listing the methods (and saying which fit a classifier / segmenter)."""
-    if method not in METHODS:
+    if method not in REGISTRY:
         import difflib
         close = difflib.get_close_matches(str(method), METHODS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown CAM method {method!r}{hint}; choose one of {', '.join(METHODS)}")
-    if segmentation is not None and segmentation != (method in SEGMENTATION_METHODS) and method != "eigencam":
-        if segmentation:
-            raise ValueError(f"{method} explains a classifier, but this model outputs per-pixel logits "
-                             f"N×K×H×W: use {' or '.join(SEGMENTATION_METHODS)} (or eigencam)")
-        raise ValueError(f"{method} explains a segmenter (N×K×H×W output), but this model is a classifier: "
-                         f"use {method.removeprefix('seg-')}")
+    if segmentation is not None and not REGISTRY[method].fits(segmentation):
+        kind = "per-pixel logits N×K×H×W" if segmentation else "class logits N×K (a classifier)"
+        raise ValueError(f"{method} explains a {REGISTRY[method].explains}, but this model outputs {kind}: "
+                         f"use {' or '.join(methods_for(segmentation))}")
     return method
 
 
 def needs_gradients(method: str) -> bool:
-    return method in GRADIENT_METHODS
+    return REGISTRY[check_method(method)].gradients
 
 
 def eigencam(a: torch.Tensor) -> torch.Tensor:
@@ -138,7 +178,7 @@ def weigh(cap: Capture, method: str, layer: str | None = None, relu: bool = True
     else:
         if layer not in cap.gradients:
             raise ValueError(f"{method} needs gradients, but this capture has none: capture with gradients=True")
-        cam = GRADIENT_METHODS[method](a, cap.gradients[layer])
+        cam = REGISTRY[method].formula(a, cap.gradients[layer])
     return cam.clamp(min=0) if relu else cam
 
 

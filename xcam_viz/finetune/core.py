@@ -138,7 +138,7 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
     start, base = _base(model, base_version, versions)
     if settings["layer"] is None:
-        settings["layer"] = models.spatial_layers(start, tuple(ds.images.shape[1:]))[-1][0]
+        settings["layer"] = models.default_layer(start, tuple(ds.images.shape[1:]))
     models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
     for name, data in [*eval_data.items(), ("validation", validation)]:
@@ -294,19 +294,17 @@ def _centre_head(model: nn.Module, probe: torch.Tensor) -> None:
     head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
     if head is None:
         return
-    was_training = model.training
-    model.eval()
-    probe = probe.to(models.model_device(model))
-    logits = model(probe)
-    saved = head.weight.clone(), None if head.bias is None else head.bias.clone()
-    head.weight -= head.weight.mean(0, keepdim=True)
-    if head.bias is not None:
-        head.bias -= head.bias.mean()
-    if not torch.allclose(model(probe), logits - logits.mean(1, keepdim=True), atol=1e-4):
-        head.weight.copy_(saved[0])
-        if saved[1] is not None:
-            head.bias.copy_(saved[1])
-    model.train(was_training)
+    with models.eval_mode(model):
+        probe = probe.to(models.model_device(model))
+        logits = models.logits_of(model(probe))
+        saved = head.weight.clone(), None if head.bias is None else head.bias.clone()
+        head.weight -= head.weight.mean(0, keepdim=True)
+        if head.bias is not None:
+            head.bias -= head.bias.mean()
+        if not torch.allclose(models.logits_of(model(probe)), logits - logits.mean(1, keepdim=True), atol=1e-4):
+            head.weight.copy_(saved[0])
+            if saved[1] is not None:
+                head.bias.copy_(saved[1])
 
 
 def _evaluate(model: nn.Module, eval_data: dict[str, ImageSet], s: dict) -> dict[str, dict[str, float]]:

@@ -93,7 +93,7 @@ def step_losses(model: nn.Module, batch: cx.Batch, strategies: tuple[Strategy, .
         has = getattr(batch, f"has_{strategy.learns_from}")
         values = strategy.apply(ctx)
         parts[strategy.name] = values[has].mean() if has.any() else values.sum() * 0
-    logits = ctx.logits if ctx.logits is not None else model(batch.images)
+    logits = ctx.logits if ctx.logits is not None else models.logits_of(model(batch.images))
     ce = nn.functional.cross_entropy(logits, batch.labels)
     for name, value in parts.items():
         if name not in scale and value.detach() > 0:

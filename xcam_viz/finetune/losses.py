@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models import logits_of
+
 EPS = 1e-8
 
 
@@ -48,6 +50,6 @@ def rrr_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple[tor
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = logits_of(model(x))
         (g,) = torch.autograd.grad(logits.log_softmax(1).sum(), x, create_graph=True)
     return (g.pow(2).sum(1) * mask).flatten(1).sum(1), logits

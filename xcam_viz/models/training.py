@@ -8,6 +8,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
+from .modes import eval_mode
+from .outputs import logits_of
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -36,7 +38,7 @@ def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, b
         total, correct, count = 0.0, 0, 0
         for idx in torch.randperm(len(data), generator=gen).split(batch_size):
             x = data.images[idx].to(device)
-            out = model(x)
+            out = logits_of(model(x))
             y = _targets(data, idx, out).to(device)
             loss = nn.functional.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
@@ -75,14 +77,11 @@ def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 1
     images = data.images if isinstance(data, ImageSet) else data
     ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(images))]
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     probs = []
-    for batch in images.split(batch_size):
-        out = model(batch.to(device)).float()
-        p = out.softmax(1)
-        probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in images.split(batch_size):
+            p = logits_of(model(batch.to(device))).float().softmax(1)
+            probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
     prob = torch.cat(probs).numpy()
     k = prob.shape[1]
     names = data.class_names if isinstance(data, ImageSet) and len(data.class_names) == k else [str(c) for c in range(k)]

@@ -1,4 +1,4 @@
-"""The model zoo: `smallcnn`, torchvision classifiers (no downloaded weights) and a small U-Net.
+"""The model zoo: `smallcnn`, torchvision and timm classifiers (never downloaded weights) and a small U-Net.
 
 Every model `build` makes takes images in [0, 1] as they come out of an `ImageSet`: its first
 layer, `input_norm`, normalises them. That is the one place normalisation happens.
@@ -14,7 +14,8 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn", "densenet121",
-                     "mobilenet_v3_small", "efficientnet_b0")
+                     "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "swin_t", "vit_b_16")
+TIMM_PREFIX = "timm:"
 MODEL_NAMES = ("smallcnn", "unet", *TORCHVISION_NAMES)
 
 
@@ -98,8 +99,27 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
-    # torchvision models have their own forward: normalisation runs as a registered first step.
-    model.input_norm = Normalize(in_channels=in_channels)
+    return _with_input_norm(model, Normalize(in_channels=in_channels))
+
+
+def _timm(name: str, num_classes: int, in_channels: int, **kw) -> nn.Module:
+    """A timm model with random weights: `pretrained=False` always, so nothing is downloaded."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError("timm models need timm: pip install 'xcam-viz[timm]' (or pip install timm)") from None
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kw)
+    except RuntimeError as err:
+        raise ValueError(f"timm has no model {name!r} ({err}); list them with timm.list_models('*pattern*')") from None
+    cfg = model.pretrained_cfg
+    return _with_input_norm(model, Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+                                             in_channels))
+
+
+def _with_input_norm(model: nn.Module, norm: Normalize) -> nn.Module:
+    """Foreign models have their own forward: normalisation runs as a registered first step."""
+    model.input_norm = norm
     model.register_forward_pre_hook(_normalize_input)
     return model
 
@@ -115,7 +135,8 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, **kw) -> nn.Module:
-    """A fresh model by name (see MODEL_NAMES); `weights` an optional local state-dict file."""
+    """A fresh model by name (see MODEL_NAMES, or "timm:<name>" for any timm model, e.g. "timm:deit_tiny_patch16_224");
+    `weights` an optional local state-dict file. Nothing is ever downloaded: weights are random otherwise."""
     if name == "smallcnn":
         model = SmallCNN(num_classes, in_channels, **kw)
     elif name == "unet":
@@ -124,8 +145,11 @@ def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, *
         if kw:
             raise TypeError(f"{name} takes no extra arguments, got {sorted(kw)}")
         model = _torchvision(name, num_classes, in_channels)
+    elif name.startswith(TIMM_PREFIX):
+        model = _timm(name.removeprefix(TIMM_PREFIX), num_classes, in_channels, **kw)
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES} or pass your own nn.Module")
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}, 'timm:<name>', or pass your own "
+                         "nn.Module")
     model.xcam_arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels, **kw}
     if weights is not None:
         state = torch.load(Path(weights), map_location="cpu", weights_only=True)

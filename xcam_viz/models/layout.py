@@ -1,0 +1,139 @@
+"""Layer layouts: read any layer's output as a spatial map N×C×h×w, or refuse with the choices.
+
+CNN layers output N×C×h×w; Swin and ConvNeXt block internals are channels-last N×h×w×C; vision
+transformers output token sequences N×(k+h·w)×C with k class or register tokens in front. One
+detection (`detect`) serves capture, `spatial_layers` and the dashboard's layer list. It never
+guesses: when two readings fit, it asks for an explicit `reshape=` (a `Layout` or any callable).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MAX_PREFIX = 16           # class, distillation and register tokens a token sequence may start with
+STRIDE_SPREAD = 1.5       # a spatial reading's vertical and horizontal strides agree within this factor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output maps to N×C×h×w: "nchw", "nhwc" (channels-last) or "tokens".
+
+    For tokens, `grid` (h, w) is the patch grid and `prefix` the number of leading tokens dropped.
+    A Layout is callable: ``Layout("tokens", (14, 14), 1)(out)`` gives the N×C×14×14 map, so it can be
+    passed as ``reshape=`` to explain / capture (as pytorch-grad-cam's ``reshape_transform``).
+    """
+
+    kind: str = "nchw"
+    grid: tuple[int, int] | None = None
+    prefix: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("nchw", "nhwc", "tokens"):
+            raise ValueError(f"unknown layout {self.kind!r}: use 'nchw', 'nhwc' or 'tokens'")
+        if self.kind == "tokens" and self.grid is None:
+            raise ValueError("a token layout needs its patch grid: Layout('tokens', grid=(h, w), prefix=k)")
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if self.kind == "nchw":
+            return out
+        if self.kind == "nhwc":
+            return out.permute(0, 3, 1, 2)
+        h, w = self.grid
+        if out.ndim != 3 or out.shape[1] < self.prefix + h * w:
+            raise ValueError(f"a token layout {self} needs N×({self.prefix}+{h}·{w})×C, got {tuple(out.shape)}")
+        return out[:, self.prefix:self.prefix + h * w].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+    def __str__(self) -> str:
+        if self.kind == "tokens":
+            return f"tokens {self.prefix}+{self.grid[0]}×{self.grid[1]}"
+        return {"nchw": "N×C×h×w", "nhwc": "channels-last N×h×w×C"}[self.kind]
+
+
+def patch_size(model: nn.Module) -> tuple[int, int] | None:
+    """The patch size of a transformer's patch embedding: its first Conv2d whose kernel equals its stride > 1."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            if module.kernel_size == module.stride and max(module.stride) > 1:
+                return tuple(module.stride)
+            return None
+    return None
+
+
+def detect(out, input_size: tuple[int, int], module: nn.Module | None = None,
+           patch: tuple[int, int] | None = None, name: str = "the layer") -> Layout:
+    """The layout of one layer output for an input of `input_size` (H, W); ValueError if none or several fit.
+
+    4-D outputs: N×C×h×w or N×h×w×C, whichever has a grid whose strides agree with the input's; when
+    both do (C = h = w), the module's last channel-carrying part decides (a Conv2d / BatchNorm reads
+    N×C×h×w, a LayerNorm / Linear N×h×w×C). 3-D outputs: tokens on the patch grid (from `patch`), else on
+    the one grid with the input's aspect ratio that leaves at most MAX_PREFIX leading tokens.
+    """
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    hint = ("pick a layer from xv.models.spatial_layers(model, input_shape), or pass reshape= (e.g. "
+            "xv.models.Layout('tokens', grid=(h, w), prefix=1)) to say how to read it")
+    if shape is None or out.ndim not in (3, 4):
+        raise ValueError(f"{name} outputs {shape or type(out).__name__}, not a spatial map (N×C×h×w, "
+                         f"N×h×w×C or tokens N×L×C); {hint}")
+    if out.ndim == 4:
+        fits = [kind for kind, (h, w) in (("nchw", shape[2:]), ("nhwc", shape[1:3]))
+                if _is_grid(h, w, input_size)]
+        if len(fits) == 2:
+            fits = [_channel_side(module, shape)] if _channel_side(module, shape) else fits
+        if len(fits) == 1:
+            return Layout(fits[0])
+        if not fits:
+            raise ValueError(f"{name} outputs {shape} for a {input_size[0]}×{input_size[1]} input: not a spatial "
+                             f"map (no h×w grid with h·w > 1 fits); {hint}")
+        raise ValueError(f"{name} outputs {shape} for a {input_size[0]}×{input_size[1]} input, which reads as "
+                         "N×C×h×w or as N×h×w×C: say which with reshape=xv.models.Layout('nchw') or "
+                         "Layout('nhwc')")
+    length = shape[1]
+    if patch is not None:
+        grid = (input_size[0] // patch[0], input_size[1] // patch[1])
+        if 0 <= length - grid[0] * grid[1] <= MAX_PREFIX and grid[0] * grid[1] > 1:
+            return Layout("tokens", grid, length - grid[0] * grid[1])
+    fits = [Layout("tokens", grid, k) for k in range(min(MAX_PREFIX, length - 2) + 1)
+            if (grid := _grid_of(length - k, input_size)) is not None]
+    if len(fits) == 1:
+        return fits[0]
+    choices = ", ".join(f"Layout('tokens', grid={f.grid}, prefix={f.prefix})" for f in fits)
+    raise ValueError(f"{name} outputs {shape} for a {input_size[0]}×{input_size[1]} input: "
+                     + (f"several token grids fit ({choices}); say which with reshape=" if fits
+                        else f"not a spatial map (no token grid fits); {hint}"))
+
+
+def _is_grid(h: int, w: int, input_size: tuple[int, int]) -> bool:
+    """Whether an h×w map (h·w > 1) can be the input seen at one stride (both strides agree)."""
+    if h * w <= 1 or h > input_size[0] or w > input_size[1]:
+        return False
+    sy, sx = input_size[0] / h, input_size[1] / w
+    return max(sy, sx) / min(sy, sx) <= STRIDE_SPREAD
+
+
+def _grid_of(count: int, input_size: tuple[int, int]) -> tuple[int, int] | None:
+    """The h×w grid of `count` tokens with the input's aspect ratio, if there is one."""
+    if count < 2:
+        return None
+    h = max(1, round((count * input_size[0] / input_size[1]) ** 0.5))
+    for hh in (h - 1, h, h + 1):
+        if hh >= 1 and count % hh == 0 and _is_grid(hh, count // hh, input_size):
+            return hh, count // hh
+    return None
+
+
+CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
+CHANNELS_LAST = (nn.LayerNorm, nn.Linear)
+
+
+def _channel_side(module: nn.Module | None, shape: tuple) -> str | None:
+    """"nchw" / "nhwc" from the last submodule that carries a channel count, if it matches one side."""
+    for part in reversed(list(module.modules()) if module is not None else []):
+        if isinstance(part, CHANNELS_FIRST):
+            count = getattr(part, "out_channels", None) or getattr(part, "num_features", None) or part.num_channels
+            return "nchw" if count == shape[1] else None
+        if isinstance(part, CHANNELS_LAST):
+            count = part.out_features if isinstance(part, nn.Linear) else part.normalized_shape[-1]
+            return "nhwc" if count == shape[-1] else None
+    return None
