@@ -44,11 +44,11 @@ def _raw_lib_maps(monkeypatch):
     monkeypatch.setattr(pgc.base_cam, "scale_cam_image", lambda cam, target_size=None: np.float32(cam))
 
 
-def lib_cams(method, model, layers, x, targets):
+def lib_cams(method, model, layers, x, targets, reshape_transform=None):
     """pytorch-grad-cam's raw maps (ReLU applied) per layer, one pass for all layers (no averaging)."""
     cls = getattr(pgc, LIB_CLASSES[method.removeprefix("seg-")])
     modules = dict(model.named_modules())
-    with cls(model=model, target_layers=[modules[n] for n in layers]) as cam:
+    with cls(model=model, target_layers=[modules[n] for n in layers], reshape_transform=reshape_transform) as cam:
         cam.aggregate_multi_layers = lambda per_layer: [torch.from_numpy(m[:, 0]) for m in per_layer]
         cam.batch_size = 64
         return cam(input_tensor=x, targets=targets)
@@ -131,3 +131,77 @@ def test_segmentation_matches_semantic_segmentation_target(method):
     targets = [SemanticSegmentationTarget(int(cap.target[i]), cap.region[i].numpy().astype(np.float32)) for i in range(len(x))]
     for layer, theirs in zip(cap.layers, lib_cams(method, model, cap.layers, x, targets)):
         assert_maps_close(weigh(cap, method, layer), theirs)
+
+
+def vit_tokens(grid, prefix=1):
+    """pytorch-grad-cam's documented ViT reshape_transform: drop the class token(s), tokens -> N×C×h×w."""
+    def reshape(t):
+        return t[:, prefix:].reshape(t.size(0), *grid, t.size(2)).permute(0, 3, 1, 2)
+    return reshape
+
+
+def channels_last(t):
+    """pytorch-grad-cam's documented Swin reshape_transform (N×h×w×C -> N×C×h×w)."""
+    return t.permute(0, 3, 1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def modern_model(name):
+    """Random-weight transformers and modern CNNs (built once); torchvision's ViT head starts at zero, so it
+    gets random weights to give non-zero CAMs."""
+    torch.manual_seed(0)
+    if name == "deit":
+        import timm
+        return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=112).eval()
+    model = torchvision.models.get_model(name, weights=None).eval()
+    if name == "vit_b_16":
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+# model, input size, layers (with their pytorch-grad-cam reshape_transform; our side detects the layout)
+MODERN = {
+    "vit_b_16": (224, ["encoder.layers.encoder_layer_11.ln_1"], vit_tokens((14, 14))),
+    "swin_t": (224, ["features.5", "features.7.0"], channels_last),   # not features.7: the LayerNorm after it
+    # makes sum_c G·A cancel to ~1e-7, where float32 rounding alone is 1 %
+    "deit": (112, ["blocks.5.norm1", "blocks.11.norm1"], vit_tokens((7, 7))),
+    "convnext_tiny": (96, ["features.5.2.block.2", "features.7.2.block.2"], channels_last),
+    "efficientnet_b0": (96, ["features.6", "features.8"], None),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODERN))
+def modern(request):
+    size, layers, reshape = MODERN[request.param]
+    torch.manual_seed(1)
+    return request.param, modern_model(request.param), torch.rand(len(CLASSES), 3, size, size), layers, reshape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"])
+def test_modern_models_match_pytorch_grad_cam(modern, method):
+    """Token, channels-last and plain layers, read by our layout detection, against the peer given its
+    documented reshape_transform."""
+    _, model, x, layers, reshape = modern
+    cap = capture(model, x, layers, target=CLASSES, gradients=method != "eigencam")
+    targets = None if method == "eigencam" else [ClassifierOutputTarget(c) for c in CLASSES]
+    for layer, theirs in zip(layers, lib_cams(method, model, layers, x, targets, reshape)):
+        assert cap.activations[layer].shape[-2:] == theirs.shape[-2:]
+        ours = weigh(cap, method, layer, relu=method != "eigencam")
+        if method == "eigencam":            # the principal component's sign is arbitrary, per image
+            for i in range(len(x)):
+                gaps = [(finish((sign * ours[i:i + 1]).clamp(min=0), None) - finish(theirs[i:i + 1], None)).abs().max()
+                        for sign in (1, -1)]
+                assert min(gaps) < 1e-4
+        else:
+            assert float(ours.max()) > 0
+            assert_maps_close(ours, theirs)
+
+
+@pytest.mark.slow
+def test_scorecam_on_a_vision_transformer_matches_pytorch_grad_cam():
+    model, layer = modern_model("deit"), "blocks.11.norm1"
+    x = torch.rand(1, 3, 112, 112)
+    cap = capture(model, x, layer, target=CLASSES[:1], gradients=False)
+    (theirs,) = lib_cams("scorecam", model, [layer], x, [ClassifierOutputTarget(CLASSES[0])], vit_tokens((7, 7)))
+    assert_maps_close(weigh(cap, "scorecam", layer), theirs)

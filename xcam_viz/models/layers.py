@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class SpatialLayer:
     shape: tuple[int, int, int]     # C×h×w as a CAM reads it
     layout: Layout
     module: nn.Module
+    is_output: bool = False         # its output is the model's own output (a segmenter's logits layer)
 
 
 def input_shape_of(model: nn.Module, input_shape=None) -> tuple[int, int, int]:
@@ -48,6 +49,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
     """
     shape = input_shape_of(model, input_shape)
     found: dict[str, SpatialLayer] = {}
+    outputs: dict[str, torch.Tensor] = {}
     names = {m: n for n, m in model.named_modules() if n}
     patch = patch_size(model)
 
@@ -60,15 +62,16 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
         except ValueError:
             return
         found[name] = SpatialLayer(name, tuple(layout(output).shape[1:]), layout, module)
+        outputs[name] = output
 
     handles = [m.register_forward_hook(record) for m in names]
     try:
         with eval_mode(model), torch.no_grad():
-            run_model(model, torch.zeros(1, *shape, device=_device(model)))
+            logits = run_model(model, torch.zeros(1, *shape, device=_device(model)))
     finally:
         for h in handles:
             h.remove()
-    return list(found.values())
+    return [replace(layer, is_output=outputs[layer.name] is logits) for layer in found.values()]
 
 
 def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[int, int, int]]]:
@@ -83,14 +86,14 @@ def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[
 def default_layer(model: nn.Module, input_shape=None) -> str:
     """The layer used when none is given, decided once per model and input shape (and logged).
 
-    The last layer with a grid above 1×1. When that layer is a token sequence (a vision transformer), the
+    The last layer with a grid above 1×1 that is not the model's output (a segmenter's logits). When that layer is a token sequence (a vision transformer), the
     last normalisation layer whose patch tokens reach the head (the last block's input norm): layers
     after the last attention see only their own token, so their patch gradients are zero.
     """
     shape = input_shape_of(model, input_shape)
     cache = _DEFAULTS.setdefault(model, {})
     if shape not in cache:
-        layers = find_layers(model, shape)
+        layers = [layer for layer in find_layers(model, shape) if not layer.is_output]
         if not layers:
             raise ValueError(f"no layer of {type(model).__name__} outputs a spatial map for a {shape} input; "
                              "CAMs need a convolutional or token layer")

@@ -68,7 +68,7 @@ def detect(out, input_size: tuple[int, int], module: nn.Module | None = None,
     4-D outputs: N×C×h×w or N×h×w×C, whichever has a grid whose strides agree with the input's; when
     both do (C = h = w), the module's last channel-carrying part decides (a Conv2d / BatchNorm reads
     N×C×h×w, a LayerNorm / Linear N×h×w×C). 3-D outputs: tokens on the patch grid (from `patch`), else on
-    the one grid with the input's aspect ratio that leaves at most MAX_PREFIX leading tokens.
+    the one grid that square patches make of the input and that leaves at most MAX_PREFIX leading tokens.
     """
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     hint = ("pick a layer from xv.models.spatial_layers(model, input_shape), or pass reshape= (e.g. "
@@ -113,13 +113,12 @@ def _is_grid(h: int, w: int, input_size: tuple[int, int]) -> bool:
 
 
 def _grid_of(count: int, input_size: tuple[int, int]) -> tuple[int, int] | None:
-    """The h×w grid of `count` tokens with the input's aspect ratio, if there is one."""
-    if count < 2:
-        return None
-    h = max(1, round((count * input_size[0] / input_size[1]) ** 0.5))
-    for hh in (h - 1, h, h + 1):
-        if hh >= 1 and count % hh == 0 and _is_grid(hh, count // hh, input_size):
-            return hh, count // hh
+    """The h×w grid of `count` tokens that patches of one size p make of the input (floor or ceil of H/p, W/p)."""
+    height, width = input_size
+    for p in range(1, max(input_size) + 1):
+        for h, w in ((height // p, width // p), (-(-height // p), -(-width // p))):
+            if h * w == count and count > 1:
+                return h, w
     return None
 
 
