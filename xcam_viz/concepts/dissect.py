@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..explain import capture
+from ..models import default_layer
 from .labels import LabelStore
 
 
@@ -122,12 +123,14 @@ def _check_roi(roi, shape: tuple[int, int]) -> torch.Tensor:
     return roi
 
 
-def dissect(model: nn.Module, data: ImageSet, layer: str, quantile: float = 0.99, batch_size: int = 64,
+def dissect(model: nn.Module, data: ImageSet, layer: str | None = None, quantile: float = 0.99, batch_size: int = 64,
             labels: LabelStore | str | None = None, progress: bool = True) -> Units:
     """Dissect `layer`: per-unit quantile thresholds over `data` in one streaming pass, and per-image stats.
 
-    labels: a LabelStore or a path for one (e.g. beside the feedback store) to persist concept labels.
+    layer: default `xv.models.default_layer`. labels: a LabelStore or a path for one (e.g. beside the
+    feedback store) to persist concept labels.
     """
+    layer = layer or default_layer(model, tuple(data.images.shape[1:]))
     n = len(data)
     stream = None
     peaks, means = [], []

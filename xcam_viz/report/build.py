@@ -19,7 +19,7 @@ from .. import metrics
 from ..data import ImageSet
 from ..evidence import evidence as evidence_map
 from ..explain import explain
-from ..models import fingerprint, predict
+from ..models import default_layer, fingerprint, predict
 
 
 class Report:
@@ -47,12 +47,13 @@ class Report:
         raise ValueError(f"save to a .html or .nc path, got {path.name!r}")
 
 
-def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hirescam"), layers=("block3",),
+def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hirescam"), layers=None,
            evidence: str | None = "efficient", splits: dict[str, ImageSet] | None = None, feedback=None,
            units=None, history: xr.Dataset | None = None, previous: Report | None = None) -> Report:
     """Build a report of `model` on `data`.
 
     samples: how many images (the first n) or a list of sample ids to explain in detail.
+    layers: the layers to explain (default: `xv.models.default_layer` of the model for these images).
     splits: named data sets for accuracy / confusion / shortcut (default {"data": data}).
     feedback: a FeedbackStore (annotations per image; user-marked relevant regions for the shortcut
         indicator). units: a dissected `xcam_viz.concepts.Units` (its labels make the concept
@@ -61,6 +62,7 @@ def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hir
     ids = data.ids[:samples] if isinstance(samples, int) else [str(s) for s in samples]
     chosen = data.subset([data.index_of(s) for s in ids])
     splits = splits or {"data": data}
+    layers = layers or [default_layer(model, tuple(data.images.shape[1:]))]
     images = _image_section(model, chosen, list(methods), list(layers), evidence, feedback, units)
     overview = _overview(model, splits, methods[0], layers[0], feedback, units, history)
     overview.attrs.update(model_fingerprint=fingerprint(model), created=time.time())
