@@ -162,3 +162,31 @@ def test_eval_mode_restores_each_module(demo_model):
     with xv.models.eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert model.training and not model.block2[2].training and model.block3[2].training
+
+
+class ViewsItsFeatures(nn.Module):
+    """A hand-written CNN that flattens with .view, which refuses channels-last tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(y.view(y.size(0), -1))
+
+
+def test_models_that_refuse_channels_last_inputs_get_their_own_layout():
+    torch.manual_seed(0)
+    model = ViewsItsFeatures().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="view"):
+        model(x.contiguous(memory_format=torch.channels_last))
+    assert xv.models.fast_input(model, x).is_contiguous()
+    cam = xv.explain(model, x, layer="conv", target=1, upsample=False, normalize=False)
+    y = model.conv(x).detach()
+    w = model.head.weight[1].view(8, 16, 16).detach()            # d logit_1 / d conv output
+    expected = torch.relu(torch.einsum("c,nchw->nhw", w.mean((1, 2)), y))
+    torch.testing.assert_close(torch.from_numpy(cam.values), expected, rtol=1e-4, atol=1e-6)
+    assert not xv.models.fast_input(xv.models.build("smallcnn"), x).is_contiguous(), "CNNs get channels-last"

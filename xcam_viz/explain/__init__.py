@@ -10,7 +10,8 @@ from .api import explain, model_fingerprint
 from .batch import explain_dataset
 from .capture import Capture, LayerHooks, capture
 from .differentiable import differentiable_cam
-from .methods import GRADIENT_METHODS, METHODS, SEGMENTATION_METHODS, finish, weigh
+from .methods import GRADIENT_METHODS, METHODS, REGISTRY, SEGMENTATION_METHODS, Method, finish, methods_for, weigh
 
-__all__ = ["Capture", "GRADIENT_METHODS", "LayerHooks", "METHODS", "SEGMENTATION_METHODS", "capture",
-           "differentiable_cam", "explain", "explain_dataset", "finish", "model_fingerprint", "weigh"]
+__all__ = ["Capture", "GRADIENT_METHODS", "LayerHooks", "METHODS", "Method", "REGISTRY", "SEGMENTATION_METHODS",
+           "capture", "differentiable_cam", "explain", "explain_dataset", "finish", "methods_for",
+           "model_fingerprint", "weigh"]

@@ -1,6 +1,7 @@
 """`xv.explain`: CAMs of a data set or tensor as an xarray.DataArray."""
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Sequence
 
@@ -24,7 +25,7 @@ def model_fingerprint(model: nn.Module) -> str:
     In-place changes are seen through the tensors' version counters; writes through `.data` bypass
     them (call xv.models.fingerprint directly after such writes).
     """
-    key = tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
+    key = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
     cached = _FINGERPRINTS.get(model)
     if cached is None or cached[0] != key:
         cached = (key, fingerprint(model))

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..models import detect, eval_mode, get_layer, logits_of, patch_size, run_model
+from ..models import detect, eval_mode, fast_input, get_layer, logits_of, patch_size, run_model
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -235,7 +235,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], targ
     what the model returns (default: `xv.models.logits_of`).
     """
     names = layer_list(layers)
-    x = check_input(x, model)
+    x = fast_input(model, check_input(x, model))
     with (eval_mode(model), torch.no_grad(),
           LayerHooks(model, names, x.shape[-2:], enable_grad=gradients, reshape=reshape) as hooks):
         logits = run_model(model, x, output)

@@ -2,11 +2,12 @@
 from .checkpoint import fingerprint, load, save
 from .layers import default_layer, find_layers, get_layer, input_shape_of, spatial_layers
 from .layout import Layout, detect, patch_size
+from .memory import fast_input
 from .modes import eval_mode
 from .outputs import logits_of, run_model
 from .training import accuracy, model_device, predict, train
 from .zoo import MODEL_NAMES, Normalize, build
 
 __all__ = ["Layout", "MODEL_NAMES", "Normalize", "accuracy", "build", "default_layer", "detect", "eval_mode",
-           "find_layers", "fingerprint", "get_layer", "input_shape_of", "load", "logits_of", "model_device",
+           "fast_input", "find_layers", "fingerprint", "get_layer", "input_shape_of", "load", "logits_of", "model_device",
            "patch_size", "predict", "run_model", "save", "spatial_layers", "train"]
