@@ -8,9 +8,9 @@ Bokeh models (model pass or cached capture, weighting, upsampling, HoloViews' in
 probe); "CPU" the p50 / p95 of the process CPU time of the whole change, which a busy machine inflates
 far less than the wall time (the figures are wall times; the load average is printed with them).
 
-Scenarios: the demo (smallcnn, 64 px) and resnet18 (random weights) at 224 px.
+Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px.
 Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
-resnet18 image / layer change <= 400 ms. Prints a table and writes benchmarks/results/dashboard_latency.md.
+resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new). Prints a table and writes benchmarks/results/dashboard_latency.md.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from xcam_viz.dashboard import Dashboard, Workbench
 from xcam_viz.demo import demo_data, demo_model
 
 N = 100
+VIT_N = 40
 GRADIENT_METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"]
 
 
@@ -88,11 +89,15 @@ def run() -> str:
     torch.manual_seed(0)
     resnet = Workbench(xv.models.build("resnet18", num_classes=2),
                        {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")}, folder / "resnet.db")
+    vit = Workbench(xv.models.build("vit_b_16", num_classes=2),
+                    {"test": xv.data.synthetic_lesions(n=2 * VIT_N + 10, size=224, split="test")}, folder / "vit.db")
+    blocks = [f"encoder.layers.encoder_layer_{i}.ln_1" for i in (8, 9, 10, 11)]
     rows = []
-    for name, wb, layers, goals in (
-            ("demo smallcnn 64 px", demo, ["block3", "block2", "block4", "block1"], (100, 100, 20)),
-            ("resnet18 224 px", resnet, ["layer3", "layer2", "layer4", "layer1"], (400, 400, None))):
-        times = asyncio.run(measure(wb, layers))
+    for name, wb, layers, goals, n in (
+            ("demo smallcnn 64 px", demo, ["block3", "block2", "block4", "block1"], (100, 100, 20), N),
+            ("resnet18 224 px", resnet, ["layer3", "layer2", "layer4", "layer1"], (400, 400, None), N),
+            ("vit_b_16 224 px", vit, blocks, (400, 400, None), VIT_N)):
+        times = asyncio.run(measure(wb, layers, n))
         rows += [row(name, "image", times["image"], goals[0]),
                  row(name, "layer", times["layer"], goals[1]),
                  row(name, "method (cached capture)", times["method"], goals[2])]

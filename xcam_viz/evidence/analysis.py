@@ -15,6 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
+from ..explain.capture import is_topk
+from ..explain.capture import resolve_targets as resolve_cam_targets
 from ..models import eval_mode, logits_of, model_device
 from .samplers import SAMPLERS, ConditionalSampler, MarginalSampler
 
@@ -122,19 +124,11 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int)
 
 
 def resolve_targets(target, probs: torch.Tensor) -> torch.Tensor:
-    """One class index per image from "predicted", an int, or a sequence of ints."""
-    n, k = probs.shape
-    if isinstance(target, str):
-        if target != "predicted":
-            raise ValueError(f"unknown target {target!r}; use 'predicted', a class index or one per image")
-        return probs.argmax(1)
-    t = torch.as_tensor(target, device=probs.device).long().flatten()
-    t = t.expand(n) if t.numel() == 1 else t
-    if len(t) != n:
-        raise ValueError(f"{len(t)} targets for {n} images: give one class index per image")
-    if t.min() < 0 or t.max() >= k:
-        raise ValueError(f"target classes must lie in 0..{k - 1}, got {t.unique().tolist()}")
-    return t
+    """One class index per image from "predicted", an int, or one int per image (the CAM rule, one rank)."""
+    if callable(target) or is_topk(target):
+        raise ValueError(f"evidence explains one class per image: use 'predicted', a class index or one index "
+                         f"per image, not {target!r}")
+    return resolve_cam_targets(target, probs)[0]
 
 
 def _axis(size: int, window: int, stride: int) -> torch.Tensor:

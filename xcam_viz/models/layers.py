@@ -149,9 +149,12 @@ def _device(model: nn.Module) -> torch.device:
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called `name`; a KeyError listing close names if there is none."""
+    if name:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
     raise KeyError(f"model has no layer {name!r}; close names: {close or 'none'}. "
                    "List spatial layers with xv.models.spatial_layers(model, input_shape)")
