@@ -29,7 +29,9 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
              should_stop=None, seed: int = 0) -> xr.DataArray:
     """Signed weight of evidence (bits) per pixel for `target`: > 0 for the class, < 0 against it.
 
-    method: "pda" — faithful PDA: every k×k window (stride 1), `samples` draws each (default 10).
+    Args:
+      model: a classifier (N×K logits). inputs: an ImageSet or an N×C×H×W tensor to explain.
+      method: "pda" — faithful PDA: every k×k window (stride 1), `samples` draws each (default 10).
         "efficient" — the same estimator on a coarser budget: windows on a stride-s grid
         (default 3) with fewer draws each (default 3), the per-window WE field linearly
         interpolated back to every stride-1 window, then PDA's per-pixel averaging. Why it
@@ -42,14 +44,27 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
         patch is not "the window without its information" to a CNN: on 3 demo images its maps'
         Spearman correlation with PDA was 0.36–0.86 (conditional) against 0.92–0.98 with 3 draws.
         Any stride > 1 uses the interpolation, for either method.
-    target: "predicted", a class index, or one class index per image.
-    sampler: "marginal" (window copied from random reference images, same place) or
+      target: "predicted", a class index, or one class index per image.
+      window, padding, samples, stride: the k×k window, the border a conditional sampler fits on, draws
+        per window and the window grid's stride (defaults per method, above).
+      sampler: "marginal" (window copied from random reference images, same place) or
         "conditional" (Gaussian of the window given its `padding`-px border, fitted on patches).
-    data: the reference ImageSet or N×C×H×W tensor (default: the inputs); its size is the
+      data: the reference ImageSet or N×C×H×W tensor (default: the inputs); its size is the
         Laplace N.
-    should_stop: a threading.Event or a callable; when it turns true, InterruptedError is raised.
-    Returns DataArray (sample, y, x) with coord target(sample) and attrs method, window, padding,
-    stride, samples, sampler, target, forwards (forward passes per image).
+      batch_size, progress, seed: forward passes per batch, a progress bar, the sampler's seed.
+      should_stop: a threading.Event or a callable; when it turns true, InterruptedError is raised.
+
+    Returns:
+      DataArray (sample, y, x) with coord target(sample) and attrs method, window, padding,
+      stride, samples, sampler, target, forwards (forward passes per image).
+
+    Example:
+        >>> import xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> ev = xv.evidence(demo_model(progress=False), demo_data("test", n=2), method="efficient",
+        ...                  data=demo_data("train", n=16), progress=False)
+        >>> ev.dims, ev.attrs["units"]
+        (('sample', 'y', 'x'), 'bit')
     """
     if method not in METHODS:
         raise ValueError(f"unknown evidence method {method!r}; choose one of {METHODS}")

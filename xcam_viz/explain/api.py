@@ -79,21 +79,39 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             progress: bool = False, reshape: Reshape | None = None, output=None) -> xr.DataArray:
     """Class activation maps of every image: an xr.DataArray (sample, y, x).
 
-    method: one of xcam_viz.explain.METHODS. layer: a name, or a list of names (captured in one pass;
-    the result gets a leading 'layer' dim, which needs upsample=True or layers of one resolution), or
-    None for `xv.models.default_layer` (the choice is logged and kept in attrs "layer" / "layer_source").
-    Layers of any layout work (N×C×h×w, channels-last, ViT tokens); reshape= a callable (e.g.
-    `xv.models.Layout`) says how to read a layer when detection cannot, output= picks the logits from
-    what the model returns (default: tensors, tuples' first element, a dict's or object's `logits`).
-    target: "predicted", a class index, one index per sample, ("topk", k) (adds a 'rank' dim after
-    'sample'), or a callable(logits) -> scores (N,). region (segmentation methods): "predicted"
-    (default), "all", a point (y, x) or a bool mask H×W / N×H×W.
-    Default: ReLU, bilinear upsampling to the input size, each map min-max scaled to [0, 1];
-    upsample=False, normalize=False give the raw layer-resolution map (ReLU applied).
-    The model runs in eval mode and its mode is restored afterwards; requires_grad is not touched.
-    Coordinates: sample ids, pixel grids y/x (for layer-resolution maps, the cell centres in input
-    pixels), target_class and target_name per sample. Attributes: method, layer, target, model
-    fingerprint, layer_resolution, input_size.
+    The model runs in eval mode (every module's own mode is restored afterwards); requires_grad is not
+    touched. Layers of any layout work: N×C×h×w, channels-last N×h×w×C, ViT tokens (see
+    `xv.models.Layout`).
+
+    Args:
+        model: any classifier (logits N×K) or segmenter (N×K×H×W) `nn.Module`.
+        data: an ImageSet, or a float tensor N×C×H×W (or one image C×H×W) with values in [0, 1].
+        method: a name from `xcam_viz.explain.REGISTRY` (gradcam, gradcam++, hirescam, xgradcam,
+            layercam, scorecam, eigencam; seg-gradcam, seg-hirescam for segmenters).
+        layer: a layer name, a list of names (captured in one pass; adds a leading 'layer' dim, which
+            needs upsample=True or layers of one resolution), or None for `xv.models.default_layer`
+            (logged once; attrs "layer" and "layer_source" say what was used).
+        target: "predicted", a class index, one index per sample, ("topk", k) (adds a 'rank' dim after
+            'sample'), or a callable(logits) -> scores (N,).
+        region: segmenters only: "predicted" (default), "all", a point (y, x) or a bool mask H×W / N×H×W.
+        upsample, normalize: bilinear upsampling to the input size and per-map min-max scaling to
+            [0, 1] (the default); both False give the raw layer-resolution map (ReLU applied).
+        batch_size: images per forward pass. progress: show a progress bar.
+        reshape: how to read a layer that detection cannot (a `Layout` or any callable to N×C×h×w).
+        output: a callable that picks the logits from what the model returns (default: tensors, a
+            tuple's first element, a dict's or object's `logits`).
+
+    Returns:
+        Maps with coords sample (ids), y/x (for layer-resolution maps, the cell centres in input
+        pixels), target_class and target_name; attrs method, layer, layer_resolution, layer_source,
+        target, model_fingerprint, input_size.
+
+    Example:
+        >>> import xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> cams = xv.explain(demo_model(progress=False), demo_data("test", n=4), method="hirescam")
+        >>> cams.dims, cams.attrs["layer"], cams.attrs["layer_resolution"]
+        (('sample', 'y', 'x'), 'block4', [8, 8])
     """
     check_method(method)
     images, ids, class_names = as_images(data)

@@ -94,9 +94,9 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     Args:
         feedback: a FeedbackStore or a FeedbackSet (what `xv.feedback.simulate` returns).
         strategy: "auto" (what benchmarks/feedback_repair.py found best for the kinds of feedback
-            given), one name of `xv.finetune.STRATEGIES`, or names joined by "+".
+            given), one name of `xcam_viz.finetune.STRATEGIES`, or names joined by "+".
         layer, method: the CAM that CAM-loss strategies correct and that pointing games score
-            (default: the model's last spatial layer, Grad-CAM).
+            (default: `xv.models.default_layer`, Grad-CAM).
         lam: weight of the explanation-loss strategies, normalised against cross-entropy (1: as
             large as cross-entropy at the start); 0 turns them off.
         epochs, lr, feedback_share, patience: the most epochs, Adam's learning rate, the share of

@@ -135,8 +135,24 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, **kw) -> nn.Module:
-    """A fresh model by name (see MODEL_NAMES, or "timm:<name>" for any timm model, e.g. "timm:deit_tiny_patch16_224");
-    `weights` an optional local state-dict file. Nothing is ever downloaded: weights are random otherwise."""
+    """A fresh model by name. Nothing is ever downloaded: weights are random unless `weights` is given.
+
+    Args:
+        name: one of MODEL_NAMES ("smallcnn", "unet", torchvision classifiers such as "resnet18",
+            "convnext_tiny", "swin_t", "vit_b_16"), or "timm:<name>" for any timm model.
+        num_classes, in_channels: the head's classes and the input's channels.
+        weights: a local state-dict file (a `torch.save`d dict, or {"state_dict": ...}).
+        **kw: smallcnn / unet: `width`; timm: its create_model arguments (e.g. img_size).
+
+    Returns:
+        The model; it normalises its [0, 1] input in its first step (`input_norm`).
+
+    Example:
+        >>> import torch, xcam_viz as xv
+        >>> model = xv.models.build("timm:deit_tiny_patch16_224", num_classes=3)
+        >>> model(torch.rand(1, 3, 224, 224)).shape
+        torch.Size([1, 3])
+    """
     if name == "smallcnn":
         model = SmallCNN(num_classes, in_channels, **kw)
     elif name == "unet":
