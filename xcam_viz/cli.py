@@ -49,7 +49,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .explain.batch import load_data
+    from .data import load_data
     from .feedback import FeedbackStore
     from .finetune import finetune
     from .models import load

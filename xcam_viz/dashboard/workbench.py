@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import models
 from ..concepts.labels import LabelStore
-from ..data import ImageSet
+from ..data import ImageSet, check_images
 from . import splits as split_rules
 from .cache import LRUCache
 
@@ -116,14 +116,6 @@ def default_feedback_path() -> Path:
         return Path(os.environ["XCAM_VIZ_FEEDBACK"])
     root = os.environ.get("XCAM_VIZ_CACHE") or Path.home() / ".cache" / "xcam-viz"
     return Path(root) / "demo-feedback.db"
-
-
-def check_images(images: torch.Tensor, what: str) -> None:
-    """Refuse NaN, inf or values outside [0, 1] (they would draw as garbage and break every map)."""
-    low, high = torch.aminmax(images)
-    if not (0 <= low and high <= 1):
-        raise ValueError(f"{what} hold NaN, inf or values outside [0, 1] (found {float(low):.3g}..{float(high):.3g}); "
-                         "clean or rescale them first (xv.data.from_arrays checks its input)")
 
 
 class Workbench:
@@ -286,7 +278,7 @@ class Workbench:
         already are kept as they are. The images have no true label (class 0). Returns `ids`."""
         if tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"images are {tuple(images.shape[1:])}, the model takes {self.input_shape}: "
-                             "fit them first (dashboard.upload.fit)")
+                             "fit them first (xv.data.fit)")
         check_images(images, f"images for split {split!r}")
         with self.lock:
             old = self.splits.get(split)

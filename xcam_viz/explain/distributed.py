@@ -1,8 +1,10 @@
-"""Batch runs on Dask: every batch of a planned store is one task running `batch.write_batch` on a worker.
+"""Batch runs on Dask: every batch of a planned store is one task running `stores.write_batch` on a worker.
 
 The model travels as a checkpoint path (an in-memory model is saved next to the output first) and
-is loaded once per worker thread (capture hooks make a model single-threaded); a DataSpec is loaded
-once per worker process, in-memory data is scattered once. Workers write their batches straight
+is loaded once per worker thread (capture hooks make a model single-threaded). Data never travels
+whole: a DataSpec is opened once per worker process, a lazy ImageSet is sent as its reader (paths
+and labels) and each task decodes only its own batch; only an in-memory ImageSet or tensor is
+scattered (once). Workers write their batches straight
 into the zarr store, so the store, the checkpoint and any data folder must be on a filesystem every
 worker sees (any path on one machine; a shared filesystem on a cluster).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .batch import DataSpec, Plan, write_batch
+from .stores import DataSpec, Plan, write_batch
 
 _local = threading.local()
 
