@@ -1,4 +1,4 @@
-"""Lazy data sources: the same results as in memory, corrupt files skipped, the memory budget, Dask without scattering."""
+"""Lazy data sources: results equal to in-memory ones, corrupt files skipped, the memory budget, Dask."""
 import pickle
 
 import numpy as np

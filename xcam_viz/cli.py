@@ -105,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
                        help="largest image file users may upload (default: 10 MB)")
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
-    explain.add_argument("--data", required=True, help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (read lazily)")
+    explain.add_argument("--data", required=True,
+                         help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
     explain.add_argument("--split", default="test", help="split of the demo / MedMNIST data (default: test)")
     explain.add_argument("--model", required=True, help="checkpoint written by xv.models.save, or 'demo'")
     explain.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,hirescam")
@@ -125,7 +126,8 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--model", default="demo", help="checkpoint written by xv.models.save, or 'demo'")
     tune.add_argument("--base-version", help="start from this version of the registry instead of --model")
     tune.add_argument("--feedback", required=True, help="feedback database (SQLite) written by xv.FeedbackStore")
-    tune.add_argument("--data", default="demo", help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (read lazily)")
+    tune.add_argument("--data", default="demo",
+                      help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
     tune.add_argument("--split", default="train", help="split fine-tuned on (demo / MedMNIST; default: train)")
     tune.add_argument("--eval", action="append", metavar="SPLIT",
                       help="split scored before and after; repeat (default for demo: test and flipped)")

@@ -154,7 +154,8 @@ def montage(images: list[np.ndarray], captions: list[str], correct: list[bool | 
         x0, y0 = col * t, row * (t + CAPTION)
         thumb = Image.fromarray(to_uint8(img)).resize((t - 4, t - 4), Image.BILINEAR)
         canvas.paste(thumb, (x0 + 2, y0 + 2))
-        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3], fill=PENDING if ok is None else GOOD if ok else BAD)
+        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
+                       fill=PENDING if ok is None else GOOD if ok else BAD)
         draw.text((x0 + 5, y0 + t - 1), text, fill=(255, 255, 255), font=_font())
         if mark:
             draw.ellipse([x0 + t - 15, y0 + 5, x0 + t - 6, y0 + 14], fill=MARK, outline=(60, 60, 60))

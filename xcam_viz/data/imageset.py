@@ -128,11 +128,10 @@ class ImageSet(torch.utils.data.Dataset):
 
     def read(self, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images N×C×H×W and masks N×H×W (or None) of some positions, decoded only for them when lazy."""
-        positions = list(positions)
+        idx = torch.as_tensor(positions if isinstance(positions, torch.Tensor) else list(positions), dtype=torch.long)
         if self._images is not None:
-            idx = torch.as_tensor(positions, dtype=torch.long)
             return self._images[idx], None if self._masks is None else self._masks[idx]
-        return self._reader.read(positions)
+        return self._reader.read(idx.tolist())
 
     def batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
         """The images in order, batch_size at a time (decoded batch by batch when lazy)."""
