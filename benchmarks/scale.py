@@ -1,28 +1,34 @@
-"""Scale-out: the CAMs of 5,000 demo images, single process vs a Dask LocalCluster of 1 and 2 workers.
+"""Scale: image folders of 2,000 and 8,000 PNGs (224 px) explained lazily, serially and on Dask, with memory bounded.
 
-Every mode runs the same `explain_dataset` call (`xcam-viz explain`): the demo checkpoint, Grad-CAM and
-HiRes-CAM at block3 and block4, batches of 32, into a fresh zarr store. The images (the demo's test
-split, n=5000) are written once to a MedMNIST-style .npz that every process loads itself, as workers of
-a real cluster would from a shared filesystem. Each mode runs in a fresh Python process; throughput
-counts the whole call (planning, data loading, worker checkpoint loads, writing), cluster start-up is
-listed apart. Peak memory is each process's high-water mark of resident memory (VmHWM). Modes run
-interleaved, `--rounds` times; the table shows the best round.
+The folders are generated once into --root (default /tmp/xcam-scale; reused while complete): 256
+synthetic lesions at 224 px, each written in its eight dihedral poses with a per-file brightness shift,
+so every file differs. The model is resnet18 with random weights (xv.models.build, seed 0), saved
+once as a checkpoint. Every measurement runs in a fresh Python process, so peak RSS (VmHWM) is that
+one job's: the single process (2 torch threads), or each worker of a real multi-process LocalCluster
+of 2 single-threaded workers. Every run is `explain_dataset` (`xcam-viz explain`): Grad-CAM of layer4,
+batches of 32, into a fresh zarr store, reading the lazy folder batch by batch.
+
+Also measured: resume (a run killed with SIGKILL half-way, then resumed, equals an uninterrupted run),
+the dashboard opening the 8,000-image folder and paging through it, and dissection of layer4 over the
+8,000 images (streaming quantiles). Run with `nice`; the load average is printed with the figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-IMAGES = 5000
-RUN = dict(methods=["gradcam", "hirescam"], layers=["block3", "block4"], batch_size=32, progress=False)
-MODES = {"serial": "single process (no Dask)", "1": "LocalCluster, 1 worker", "2": "LocalCluster, 2 workers"}
+SIZES = (2000, 8000)
+RUN = dict(methods="gradcam", layers="layer4", batch_size=32, progress=False)
+POOL = 256
+PAGES = 60
 
 
 def peak_mb() -> float:
@@ -33,75 +39,206 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def run(mode: str, npz: str, out: str) -> dict:
-    """One mode in this (fresh) process: seconds, cluster start-up, peak MB of the driver and of each worker."""
+def load() -> str:
+    """The load average (1, 5, 15 min), as `uptime` shows it."""
+    return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def generate(root: Path, n: int) -> Path:
+    """root/n<n>/<class>/<i>.png, written once (a .complete marker says the folder is whole)."""
+    folder = root / f"n{n}"
+    if (folder / ".complete").exists():
+        return folder
+    from PIL import Image
+
+    import xcam_viz as xv
+    pool = xv.data.synthetic_lesions(n=POOL, size=224, split="test", seed=0)
+    pixels = (pool.images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    for c in pool.class_names:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        j, pose = i % POOL, (i // POOL) % 8
+        img = np.rot90(pixels[j], pose % 4)
+        img = img[:, ::-1] if pose >= 4 else img
+        shift = (i * 7) % 21 - 10
+        img = np.clip(img.astype(np.int16) + shift, 0, 255).astype(np.uint8)
+        Image.fromarray(np.ascontiguousarray(img)).save(folder / pool.class_names[int(pool.labels[j])] / f"{i:05d}.png")
+    (folder / ".complete").touch()
+    return folder
+
+
+def checkpoint(root: Path) -> Path:
+    path = root / "resnet18-random.pt"
+    if not path.exists():
+        import torch
+
+        import xcam_viz as xv
+        torch.manual_seed(0)
+        xv.models.save(xv.models.build("resnet18", num_classes=2), path)
+    return path
+
+
+# --- jobs, each in a fresh process ---------------------------------------------------------------
+def job_explain(folder: str, out: str, workers: str) -> dict:
     import torch
 
-    from xcam_viz.demo import CHECKPOINT_NAME, cache_dir
-    from xcam_viz.explain.batch import DataSpec, explain_dataset
+    from xcam_viz.data import load_folder
+    from xcam_viz.explain.batch import explain_dataset
     from xcam_viz.explain.distributed import dask_client
-    spec, checkpoint = DataSpec(npz, "test"), cache_dir() / CHECKPOINT_NAME
-    if mode == "serial":
+    model = checkpoint(Path(folder).parent)
+    if workers == "0":
+        torch.set_num_threads(2)
         start = time.perf_counter()
-        explain_dataset(checkpoint, spec, out, **RUN)
-        return {"seconds": time.perf_counter() - start, "startup": 0.0, "driver_mb": peak_mb(), "workers_mb": [],
+        explain_dataset(model, load_folder(folder), out, **RUN)
+        return {"seconds": time.perf_counter() - start, "driver_mb": peak_mb(), "workers_mb": [],
                 "threads": torch.get_num_threads()}
-    start = time.perf_counter()
-    with dask_client(workers=int(mode)) as client:
-        client.wait_for_workers(int(mode))
-        startup = time.perf_counter() - start
+    with dask_client(workers=int(workers)) as client:
+        client.wait_for_workers(int(workers))
         start = time.perf_counter()
-        explain_dataset(checkpoint, spec, out, client=client, **RUN)
+        explain_dataset(model, load_folder(folder), out, client=client, **RUN)
         seconds = time.perf_counter() - start
-        workers = client.run(peak_mb)
-        threads = set(client.run(torch.get_num_threads).values())
-    return {"seconds": seconds, "startup": startup, "driver_mb": peak_mb(), "workers_mb": sorted(workers.values()),
-            "threads": threads.pop() if len(threads) == 1 else sorted(threads)}
+        workers_mb = sorted(client.run(peak_mb).values())
+        threads = sorted(set(client.run(torch.get_num_threads).values()))
+    return {"seconds": seconds, "driver_mb": peak_mb(), "workers_mb": workers_mb, "threads": threads}
 
 
-def main(rounds: int) -> str:
-    from xcam_viz.demo import demo_data
-    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory() as tmp:
-        data = demo_data("test", n=IMAGES)
-        npz = Path(tmp) / "demo5000.npz"
-        images = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        np.savez(npz, test_images=images, test_labels=data.labels.numpy()[:, None])
-        for r in range(rounds):
-            for mode in MODES:
-                out = Path(tmp) / f"cams-{mode}-{r}.zarr"
-                proc = subprocess.run([sys.executable, __file__, "--run", mode, str(npz), str(out)], check=True,
-                                      capture_output=True, text=True)
-                results[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-                print(mode, results[mode][-1], file=sys.stderr, flush=True)
-    best = {mode: min(rs, key=lambda r: r["seconds"]) for mode, rs in results.items()}
-    serial = IMAGES / best["serial"]["seconds"]
-    lines = [f"CAMs of {IMAGES} demo images (64 px; Grad-CAM + HiRes-CAM at block3 + block4, batches of 32) "
-             f"into one zarr store; best of {rounds} interleaved rounds, 2-core machine.", "",
-             "| mode | torch threads / process | images/s | vs single process | cluster start-up s "
-             "| peak RSS per worker MB | driver peak RSS MB |", "|---|---|---|---|---|---|---|"]
-    for mode, label in MODES.items():
-        b = best[mode]
-        rate = IMAGES / b["seconds"]
-        workers = ", ".join(f"{mb:.0f}" for mb in b["workers_mb"]) or "-"
-        lines.append(f"| {label} | {b['threads']} | {rate:.0f} | {rate / serial:.2f}x | {b['startup']:.1f} "
-                     f"| {workers} | {b['driver_mb']:.0f} |")
-    lines += ["", "Seconds per round (the machine was shared; compare rounds side by side): " + "; ".join(
-        f"{label}: " + ", ".join(f"{r['seconds']:.1f}" for r in results[mode]) for mode, label in MODES.items())]
-    return "\n".join(lines) + "\n"
+def job_dissect(folder: str) -> dict:
+    import torch
+
+    from xcam_viz.concepts import dissect
+    from xcam_viz.data import load_folder
+    from xcam_viz.models import load
+    torch.set_num_threads(2)
+    model = load(checkpoint(Path(folder).parent))
+    start = time.perf_counter()
+    units = dissect(model, load_folder(folder), "layer4", quantile=0.99, batch_size=32, progress=False)
+    return {"seconds": time.perf_counter() - start, "driver_mb": peak_mb(), "units": len(units)}
+
+
+def job_dashboard(folder: str, db: str) -> dict:
+    import panel as pn
+    import torch
+    from bokeh.document import Document
+
+    from xcam_viz.dashboard import Dashboard
+    from xcam_viz.dashboard.tasks import Runner
+    torch.set_num_threads(2)
+    model = str(checkpoint(Path(folder).parent))
+    start = time.perf_counter()
+    dash = Dashboard(model=model, data=folder, feedback=db, background=False)
+    pn.panel(dash).get_root(Document())
+    opened = time.perf_counter() - start
+    browser, wb, sel = dash.browser, dash.workbench, dash.selection
+    browser.runner = Runner(background=True)     # as served: predictions in the background (captions follow)
+    turns, captions = [], []
+    for _ in range(PAGES):
+        t = time.perf_counter()
+        browser._turn(1)
+        turns.append((time.perf_counter() - t) * 1000)
+        while wb.sample_predictions(sel.version, sel.split, browser.page_ids(), compute=False) is None:
+            time.sleep(0.005)
+        captions.append((time.perf_counter() - t) * 1000)
+    return {"open_s": opened, "page_ms": turns, "caption_ms": captions, "pages": browser.pages,
+            "driver_mb": peak_mb()}
+
+
+def spawn(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--job", *args], check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def resume_check(folder: Path, reference: Path, out: Path) -> dict:
+    """Kill a serial run with SIGKILL once about half its batches are written, resume it, compare with `reference`."""
+    import xarray as xr
+    import zarr
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--job", "explain", str(folder), str(out), "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    batches = -(-len(list(folder.glob("*/*.png"))) // RUN["batch_size"])
+    done = 0
+    while proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            done = int(zarr.open_group(out, mode="r")["batch_done"][:].sum())
+        except Exception:               # noqa: BLE001 - the store is still being laid out
+            continue
+        if done >= batches // 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+    resumed = spawn("explain", str(folder), str(out), "0")
+    a, b = xr.open_zarr(out), xr.open_zarr(reference)
+    equal = bool((a.cam == b.cam).all().compute()) and bool((a.target_class == b.target_class).all())
+    return {"killed_after": done, "batches": batches, "resume_s": resumed["seconds"], "equal": equal,
+            "max_diff": float(abs(a.cam - b.cam).max().compute())}
+
+
+def main(root: Path) -> str:
+    from results_table import write_result
+    root.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    folders = {n: generate(root, n) for n in SIZES}
+    checkpoint(root)
+    print(f"data ready in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    loads = [load()]
+    runs = {}
+    for n in SIZES:                         # single process and Dask side by side, per size
+        for workers in ("0", "2"):
+            out = root / f"cams-{n}-{workers}.zarr"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            runs[n, workers] = spawn("explain", str(folders[n]), str(out), workers)
+            print(n, workers, runs[n, workers], load(), file=sys.stderr, flush=True)
+    loads.append(load())
+    resume = resume_check(folders[SIZES[0]], root / f"cams-{SIZES[0]}-0.zarr", root / "cams-resume.zarr")
+    print("resume", resume, file=sys.stderr, flush=True)
+    db = root / "feedback.db"
+    db.unlink(missing_ok=True)
+    dash = spawn("dashboard", str(folders[SIZES[-1]]), str(db))
+    print("dashboard", dash, file=sys.stderr, flush=True)
+    dis = spawn("dissect", str(folders[SIZES[-1]]))
+    print("dissect", dis, file=sys.stderr, flush=True)
+    loads.append(load())
+
+    lines = ["Lazy image folders of 224 px PNGs; resnet18 (random weights) Grad-CAM of layer4, batches of 32, "
+             "into a zarr store; every job in a fresh process. 2-core machine shared with other engineers; load "
+             f"average (1, 5, 15 min) at start / after the explain runs / at the end: {' / '.join(loads)}.", "",
+             "| images | mode | torch threads | images/s | vs single process | peak RSS MB (driver) "
+             "| peak RSS MB per worker |", "|---|---|---|---|---|---|---|"]
+    for n in SIZES:
+        serial = n / runs[n, "0"]["seconds"]
+        for workers, label in (("0", "single process"), ("2", "LocalCluster, 2 worker processes")):
+            r = runs[n, workers]
+            rate = n / r["seconds"]
+            lines.append(f"| {n} | {label} | {r['threads']} | {rate:.1f} | {rate / serial:.2f}x | {r['driver_mb']:.0f} "
+                         f"| {', '.join(f'{m:.0f}' for m in r['workers_mb']) or '-'} |")
+    small, big = SIZES
+    single = runs[big, "0"]["driver_mb"] / runs[small, "0"]["driver_mb"] - 1
+    worker = max(runs[big, "2"]["workers_mb"]) / max(runs[small, "2"]["workers_mb"]) - 1
+    pages, captions = np.asarray(dash["page_ms"]), np.asarray(dash["caption_ms"])
+    lines += ["", f"Peak RSS growth from {small} to {big} images: single process {single:+.1%}, "
+              f"largest Dask worker {worker:+.1%}.", "",
+              f"Resume: a single-process run of {small} images killed with SIGKILL after {resume['killed_after']} of "
+              f"{resume['batches']} batches, then resumed ({resume['resume_s']:.0f} s): equal to the uninterrupted "
+              f"run: {resume['equal']} (largest difference {resume['max_diff']:.3g}).", "",
+              f"Dashboard on the {big}-image folder (resnet18, served document built in-process): opened in "
+              f"{dash['open_s']:.1f} s (Dashboard built and rendered into a Bokeh document); {PAGES} page turns of "
+              f"20 thumbnails decoded for that page only: p50 {np.percentile(pages, 50):.0f} ms, p95 "
+              f"{np.percentile(pages, 95):.0f} ms, max {pages.max():.0f} ms; the page's captions (resnet18 "
+              f"predictions of its 20 images, in the background) follow at p50 {np.percentile(captions, 50):.0f} ms, "
+              f"p95 {np.percentile(captions, 95):.0f} ms after the turn; peak RSS {dash['driver_mb']:.0f} MB.", "",
+              f"Dissection of layer4 over the {big} images (streaming 0.99 quantiles, batches of 32): "
+              f"{dis['seconds']:.0f} s, peak RSS {dis['driver_mb']:.0f} MB."]
+    write_result("scale", "\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--run", nargs=3, metavar=("MODE", "NPZ", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/xcam-scale"))
+    parser.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run:
-        print(json.dumps(run(*args.run)))
+    if args.job:
+        kind, *rest = args.job
+        print(json.dumps({"explain": job_explain, "dissect": job_dissect, "dashboard": job_dashboard}[kind](*rest)))
     else:
-        table = main(args.rounds)
-        print(table)
-        out = Path(__file__).with_name("results")
-        out.mkdir(exist_ok=True)
-        (out / "scale.md").write_text(table)
+        main(args.root)

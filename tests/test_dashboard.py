@@ -445,7 +445,8 @@ def test_finetune_can_be_cancelled(dash, workbench):
 
 def test_models_and_data_from_specs(tmp_path, demo_test):
     import xcam_viz as xv
-    from xcam_viz.dashboard.dashboard import load_data, load_model
+    from xcam_viz.dashboard.dashboard import load_model
+    from xcam_viz.data import load_splits as load_data
 
     assert load_model("smallcnn").xcam_arch["name"] == "smallcnn"
     path = xv.models.save(load_model("smallcnn"), tmp_path / "m.pt")

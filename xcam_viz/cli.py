@@ -39,7 +39,7 @@ def _explain(args: argparse.Namespace) -> int:
     distributed = args.workers is not None or args.scheduler is not None
     with dask_client(args.workers, args.scheduler) if distributed else contextlib.nullcontext() as client:
         path = explain_dataset(checkpoint, DataSpec(args.data, args.split), args.out,
-                               methods=args.methods.split(","), layers=args.layers.split(","), target=target,
+                               methods=args.methods.split(","), layers=args.layers and args.layers.split(","), target=target,
                                batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
                                client=client)
     print(f"CAMs written to {path}", flush=True)
@@ -49,7 +49,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .explain.batch import load_data
+    from .data import load_data
     from .feedback import FeedbackStore
     from .finetune import finetune
     from .models import load
@@ -105,11 +105,13 @@ def parser() -> argparse.ArgumentParser:
                        help="largest image file users may upload (default: 10 MB)")
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
-    explain.add_argument("--data", required=True, help="'demo', an image folder, an ISIC-style CSV or a MedMNIST .npz")
+    explain.add_argument("--data", required=True,
+                         help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
     explain.add_argument("--split", default="test", help="split of the demo / MedMNIST data (default: test)")
     explain.add_argument("--model", required=True, help="checkpoint written by xv.models.save, or 'demo'")
     explain.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,hirescam")
-    explain.add_argument("--layers", default="block3", help="comma-separated layer names, e.g. block3,block4")
+    explain.add_argument("--layers", default=None,
+                         help="comma-separated layer names, e.g. block3,block4 (default: the model's default layer)")
     explain.add_argument("--target", default="predicted", help="'predicted', 'label' or a class index")
     explain.add_argument("--out", required=True, help="output path ending in .zarr or .nc")
     explain.add_argument("--batch-size", type=int, default=32)
@@ -125,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--model", default="demo", help="checkpoint written by xv.models.save, or 'demo'")
     tune.add_argument("--base-version", help="start from this version of the registry instead of --model")
     tune.add_argument("--feedback", required=True, help="feedback database (SQLite) written by xv.FeedbackStore")
-    tune.add_argument("--data", default="demo", help="'demo', an image folder, an ISIC-style CSV or a MedMNIST .npz")
+    tune.add_argument("--data", default="demo",
+                      help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
     tune.add_argument("--split", default="train", help="split fine-tuned on (demo / MedMNIST; default: train)")
     tune.add_argument("--eval", action="append", metavar="SPLIT",
                       help="split scored before and after; repeat (default for demo: test and flipped)")

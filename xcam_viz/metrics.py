@@ -15,8 +15,8 @@ import torch
 import xarray as xr
 from scipy.ndimage import distance_transform_edt
 
-from .data import ImageSet
-from .evidence.analysis import as_images, class_probabilities, resolve_targets
+from .data import ImageSet, inputs_of
+from .evidence.analysis import class_probabilities, resolve_targets
 from .models import eval_mode, logits_of, model_device, predict
 
 BASELINES = ("blur", "zero", "mean")
@@ -178,7 +178,8 @@ def _baseline(images: torch.Tensor, baseline: str) -> torch.Tensor:
 
 
 def _curve(model, inputs, maps, baseline, steps, target, batch_size, insert: bool) -> xr.DataArray:
-    images, ids = as_images(inputs, "inputs")
+    given = inputs_of(inputs, "inputs")
+    images, ids = given.all().float(), given.ids
     values, samples = _maps(maps, ids)
     n, _, h, w = images.shape
     if values.shape != (n, h, w):

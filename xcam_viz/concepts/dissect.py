@@ -9,6 +9,7 @@ by IoU; naming it labels every unit whose IoU passes a threshold.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class Units:
 
     def activations(self, sample_id: str) -> torch.Tensor:
         """The layer's activations for one image, upsampled to the input size (units × H × W)."""
-        x = self.data.images[self.data.index_of(sample_id)][None]
+        x = self.data[self.data.index_of(sample_id)].image[None]
         act = capture(self.model, x, self.layer, gradients=False).activations[self.layer]
         return nn.functional.interpolate(act, size=x.shape[-2:], mode="bilinear", align_corners=False)[0].cpu()
 
@@ -80,7 +81,7 @@ class Units:
 
     def match(self, sample_id: str, roi) -> xr.DataArray:
         """IoU of the ROI (H×W bool) with every unit's mask on the image, units ranked best first."""
-        roi = _check_roi(roi, tuple(self.data.images.shape[-2:]))
+        roi = _check_roi(roi, tuple(self.data.image_shape[-2:]))
         masks = self.masks(sample_id)
         inter = (masks & roi).flatten(1).sum(1).float()
         union = (masks | roi).flatten(1).sum(1).float()
@@ -124,22 +125,42 @@ def _check_roi(roi, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def dissect(model: nn.Module, data: ImageSet, layer: str | None = None, quantile: float = 0.99, batch_size: int = 64,
-            labels: LabelStore | str | None = None, progress: bool = True) -> Units:
+            labels: LabelStore | str | None = None, progress: bool = True, client=None) -> Units:
     """Dissect `layer`: per-unit quantile thresholds over `data` in one streaming pass, and per-image stats.
 
-    layer: default `xv.models.default_layer`. labels: a LabelStore or a path for one (e.g. beside the
-    feedback store) to persist concept labels.
+    The images are read batch by batch (a lazy ImageSet is never held whole); memory holds one batch's
+    activations and each unit's top (1 - quantile) share of values. labels: a LabelStore or a path for
+    one (e.g. beside the feedback store) to persist concept labels. client: a dask.distributed.Client
+    whose workers compute the batches (the model travels as a checkpoint, the data as its reader).
+    layer: default `xv.models.default_layer`.
     """
-    layer = layer or default_layer(model, tuple(data.images.shape[1:]))
+    layer = layer or default_layer(model, tuple(data.image_shape))
     n = len(data)
-    stream = None
-    peaks, means = [], []
-    for batch in tqdm(data.images.split(batch_size), desc=f"dissect {layer}", disable=not progress):
-        act = capture(model, batch, layer, gradients=False).activations[layer].cpu()
-        if stream is None:
-            stream = StreamingQuantile(act.shape[1], n * act.shape[2] * act.shape[3], quantile)
-        stream.update(act.transpose(0, 1).flatten(1))
-        peaks.append(act.flatten(2).amax(2))
-        means.append(act.flatten(2).mean(2))
+    spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    c, h, w = data.image_shape
+    shape = capture(model, torch.zeros(1, c, h, w), layer, gradients=False).activations[layer].shape
+    stream = StreamingQuantile(shape[1], n * shape[2] * shape[3], quantile)
+    peaks, means = torch.empty(n, shape[1]), torch.empty(n, shape[1])
+    if client is None:
+        results = (_dissect_batch(model, data, layer, stream.keep, *span) for span in spans)
+        results = tqdm(results, total=len(spans), desc=f"dissect {layer}", disable=not progress)
+    else:
+        import tempfile
+
+        from ..explain.distributed import map_batches
+        tasks = [(layer, stream.keep, *span) for span in spans]
+        results = map_batches(client, _dissect_batch, model, data, tasks, Path(tempfile.gettempdir()) / "xcam-viz",
+                              progress, f"dissect {layer}")
+    for start, top, peak, mean in results:
+        stream.update(top)
+        peaks[start:start + len(peak)], means[start:start + len(mean)] = peak, mean
     store = LabelStore(labels) if isinstance(labels, str) or hasattr(labels, "__fspath__") else labels
-    return Units(model, data, layer, stream.result(), torch.cat(peaks), torch.cat(means), quantile, store)
+    return Units(model, data, layer, stream.result(), peaks, means, quantile, store)
+
+
+def _dissect_batch(model: nn.Module, data: ImageSet, layer: str, keep: int, start: int, stop: int):
+    """(start, each unit's top `keep` activations, per-image peaks, per-image means) of images start..stop."""
+    act = capture(model, data.read(range(start, stop))[0], layer, gradients=False).activations[layer].cpu()
+    values = act.transpose(0, 1).flatten(1)
+    top = values.topk(keep, dim=1).values if values.shape[1] > keep else values
+    return start, top, act.flatten(2).amax(2), act.flatten(2).mean(2)

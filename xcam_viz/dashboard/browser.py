@@ -65,11 +65,13 @@ class ImageBrowser(pn.viewable.Viewer):
     def filtered(self) -> list[str]:
         """Sample ids of the split passing the filters, in the chosen order."""
         wb, sel = self.workbench, self.selection
-        pred = wb.predictions(sel.version, sel.split)
-        ids = np.asarray(pred.sample.values)
+        data = wb.splits[sel.split]
+        needs_predictions = self.predicted_class >= 0 or self.outcome != "any" or self.sort.lstrip("-") == "confidence"
+        pred = wb.predictions(sel.version, sel.split) if needs_predictions else None   # else only the page's
+        ids = np.asarray(data.ids)
         keep = np.ones(len(ids), bool)
         if self.true_class >= 0:
-            keep &= pred.label.values == self.true_class
+            keep &= data.labels.numpy() == self.true_class
         if self.predicted_class >= 0:
             keep &= pred.predicted.values == self.predicted_class
         if self.outcome != "any":
@@ -158,23 +160,31 @@ class ImageBrowser(pn.viewable.Viewer):
     # --- drawing and clicking ---------------------------------------------------------------------
     @bokeh_update
     def draw(self) -> None:
-        """Render the current page into the montage and the hover points."""
+        """Render the current page into the montage and the hover points. Thumbnails come first: when the
+        page's predictions are not known yet they are computed in the background and the page is redrawn."""
         wb, sel = self.workbench, self.selection
         ids = self.page_ids()
-        pred = wb.predictions(sel.version, sel.split).sel(sample=ids) if ids else None
+        pred = wb.sample_predictions(sel.version, sel.split, ids, compute=False) if ids else None
+        if ids and pred is None:
+            version, split = sel.version, sel.split
+            self.runner.submit("page-predictions", lambda: wb.sample_predictions(version, split, ids),
+                               lambda _: self.draw())
+            if not self.runner.background:                  # inline: the page has just been drawn whole
+                return
         marked = wb.feedback_ids(sel.split)
         names = wb.class_names(sel.split)
         images = [wb.image(sel.split, s) for s in ids]
-        captions, correct = [], []
-        if ids:
-            predicted, conf = pred.predicted.values, pred.confidence.values
-            captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
-            correct = list(pred.correct.values)
+        labels = wb.splits[sel.split].labels[[wb.splits[sel.split].index_of(s) for s in ids]].tolist()
+        known = pred is not None
+        captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(pred.predicted.values, pred.confidence.values)] \
+            if known else ["…"] * len(ids)
+        correct = list(pred.correct.values) if known else [None] * len(ids)
         boxes = np.array([self.grid.box(i) for i in range(len(ids))]).reshape(-1, 4)
         self._tiles.data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
-                            "label": [names[v] for v in pred.label.values] if ids else [],
-                            "predicted": [names[v] for v in pred.predicted.values] if ids else [],
-                            "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
+                            "label": [names[v] for v in labels],
+                            "predicted": [names[v] for v in pred.predicted.values] if known else ["…"] * len(ids),
+                            "confidence": [round(float(v), 3) for v in pred.confidence.values] if known
+                            else [float("nan")] * len(ids),
                             "feedback": ["yes" if s in marked else "no" for s in ids]}
         self._montage.data = {"image": [rgba(montage(images, captions, correct, [s in marked for s in ids],
                                                      self.grid))]}

@@ -15,7 +15,7 @@ import panel as pn
 import param
 from torch import nn
 
-from ..data import ImageSet
+from ..data import load_splits
 from .browser import ImageBrowser
 from .brush import BrushFeedback
 from .concepts import ConceptsPanel
@@ -44,28 +44,11 @@ def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.
     raise FileNotFoundError(f"--model {spec!r} is neither a checkpoint file nor one of {models.MODEL_NAMES}")
 
 
-def load_data(spec) -> dict[str, ImageSet] | None:
-    """Data splits from an ImageSet, a dict of them, or paths 'name=path' / 'path' (folder, CSV or MedMNIST .npz)."""
-    from .. import data as xdata
-
-    if spec is None or isinstance(spec, dict):
-        return spec
-    if isinstance(spec, ImageSet):
-        return {spec.attrs.get("split", "data"): spec}
-    splits = {}
-    for item in [spec] if isinstance(spec, (str, Path)) else spec:
-        name, _, path = str(item).rpartition("=")
-        path = Path(path)
-        ds = xdata.load_medmnist(path, split=name or "test") if path.suffix == ".npz" else xdata.load_folder(path)
-        splits[name or path.stem] = ds
-    return splits
-
-
 def build_workbench(model=None, data=None, feedback=None) -> Workbench:
     """A Workbench from the Dashboard's arguments; None everywhere gives the demo."""
     from ..demo import demo_model
 
-    splits = load_data(data) or demo_splits()
+    splits = load_splits(data) or demo_splits()
     num_classes = len(next(iter(splits.values())).class_names)
     model = load_model(model, num_classes) or demo_model(progress=False)
     return Workbench(model, splits, feedback)

@@ -219,7 +219,7 @@ class OverlayPair(pn.viewable.Viewer):
 
     def _describe(self, request, result: MapResult) -> None:
         wb = self.workbench
-        pred = wb.predictions(request.version, request.split).sel(sample=request.sample)
+        pred = wb.sample_predictions(request.version, request.split, [request.sample]).isel(sample=0)
         names = wb.class_names(request.split)
         probs = " · ".join(f"{n} {p:.0%}" for n, p in zip(names, pred.probability.values))
         unit = "weight of evidence in bits: red for, blue against" if result.signed else "map scaled to [0, 1]"

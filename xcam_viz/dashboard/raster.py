@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 CAPTION = 16          # height of a thumbnail's caption strip, montage pixels
-GOOD, BAD, MARK = (34, 139, 84), (190, 50, 50), (255, 200, 0)
+GOOD, BAD, MARK, PENDING = (34, 139, 84), (190, 50, 50), (255, 200, 0), (140, 140, 140)
 
 
 @dataclass
@@ -141,10 +141,10 @@ class Grid:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-def montage(images: list[np.ndarray], captions: list[str], correct: list[bool], marked: list[bool],
+def montage(images: list[np.ndarray], captions: list[str], correct: list[bool | None], marked: list[bool],
             grid: Grid) -> np.ndarray:
     """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct,
-    red wrong) and a yellow dot in the corner when `marked` (e.g. it has feedback)."""
+    red wrong, grey not known yet) and a yellow dot in the corner when `marked` (e.g. it has feedback)."""
     h, w = grid.size
     canvas = Image.new("RGB", (w, h), (245, 245, 245))
     draw = ImageDraw.Draw(canvas)
@@ -154,7 +154,8 @@ def montage(images: list[np.ndarray], captions: list[str], correct: list[bool], 
         x0, y0 = col * t, row * (t + CAPTION)
         thumb = Image.fromarray(to_uint8(img)).resize((t - 4, t - 4), Image.BILINEAR)
         canvas.paste(thumb, (x0 + 2, y0 + 2))
-        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3], fill=GOOD if ok else BAD)
+        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
+                       fill=PENDING if ok is None else GOOD if ok else BAD)
         draw.text((x0 + 5, y0 + t - 1), text, fill=(255, 255, 255), font=_font())
         if mark:
             draw.ellipse([x0 + t - 15, y0 + 5, x0 + t - 6, y0 + 14], fill=MARK, outline=(60, 60, 60))

@@ -16,6 +16,7 @@ import panel as pn
 import torch
 from PIL import Image
 
+from ..data import fit
 from .selection import Selection
 from .tasks import notify
 from .workbench import Workbench
@@ -102,19 +103,6 @@ def _npz_images(content: bytes, name: str, max_mb: float) -> torch.Tensor:
         return from_arrays(stack, np.zeros(len(stack), np.int64)).images
     except (ValueError, TypeError) as err:
         raise UploadError(f"{name}: {err}") from None
-
-
-def fit(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Images N×C×H×W in [0, 1] with the channel count and size of `shape` (C, H, W)."""
-    channels, h, w = shape
-    if images.shape[1] == 4:                                    # RGBA: composite on white
-        images = images[:, :3] * images[:, 3:] + (1 - images[:, 3:])
-    if images.shape[1] != channels:
-        images = images.mean(1, keepdim=True) if channels == 1 else images[:, :1].expand(-1, channels, -1, -1)
-    if images.shape[-2:] != (h, w):
-        images = torch.nn.functional.interpolate(images, size=(h, w), mode="bilinear", antialias=True,
-                                                 align_corners=False)
-    return images.clamp(0, 1).contiguous()
 
 
 def upload_ids(content: bytes, n: int) -> list[str]:

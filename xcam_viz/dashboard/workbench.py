@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import models
 from ..concepts.labels import LabelStore
-from ..data import ImageSet
+from ..data import ImageSet, check_images
 from . import splits as split_rules
 from .cache import LRUCache
 
@@ -118,14 +118,6 @@ def default_feedback_path() -> Path:
     return Path(root) / "demo-feedback.db"
 
 
-def check_images(images: torch.Tensor, what: str) -> None:
-    """Refuse NaN, inf or values outside [0, 1] (they would draw as garbage and break every map)."""
-    low, high = torch.aminmax(images)
-    if not (0 <= low and high <= 1):
-        raise ValueError(f"{what} hold NaN, inf or values outside [0, 1] (found {float(low):.3g}..{float(high):.3g}); "
-                         "clean or rescale them first (xv.data.from_arrays checks its input)")
-
-
 class Workbench:
     """Data splits, model versions and the feedback store shared by all sessions, with caches."""
 
@@ -135,7 +127,8 @@ class Workbench:
         if not self.splits:
             raise ValueError("give at least one data split")
         for name, data in self.splits.items():
-            check_images(data.images, f"images of split {name!r}")
+            if not data.lazy:                               # lazy readers check each image as they decode it
+                check_images(data.images, f"images of split {name!r}")
         if feedback is None or isinstance(feedback, (str, Path)):
             from ..feedback import FeedbackStore
 
@@ -147,6 +140,7 @@ class Workbench:
         self._models: dict[str, nn.Module] = {self.base_version: model.eval()}
         self.captures = LRUCache(capture_bytes)
         self.maps = LRUCache(64 * 2**20)
+        self.thumbnails = LRUCache(64 * 2**20)              # decoded images of the pages shown (lazy splits)
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
@@ -167,8 +161,9 @@ class Workbench:
         version sessions open on), so sessions open quickly. Other versions are computed when first shown:
         a demo cache holding many fine-tuned versions would otherwise cost a pass over every image per version."""
         self.layers(self.base_version)
-        for split in self.splits:
-            self.predictions(self.base_version, split)
+        for split, data in self.splits.items():
+            if not data.lazy:                               # a lazy split is predicted page by page
+                self.predictions(self.base_version, split)
         return self
 
     # --- splits (the rules: splits.py) ---------------------------------------------------------------
@@ -242,7 +237,7 @@ class Workbench:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(next(iter(self.splits.values())).images.shape[1:])
+        return tuple(next(iter(self.splits.values())).image_shape)
 
     def layers(self, version: str) -> list[tuple[str, tuple[int, int, int]]]:
         """The model's spatial layers with their output shapes (C, h, w)."""
@@ -253,7 +248,8 @@ class Workbench:
 
     def is_segmenter(self, version: str | None = None) -> bool:
         version = version or self.base_version
-        return self.predictions(version, next(iter(self.splits))).attrs.get("segmenter", False)
+        split = next(iter(self.splits))
+        return self.sample_predictions(version, split, self.splits[split].ids[:1]).attrs.get("segmenter", False)
 
     def methods(self, version: str | None = None) -> list[str]:
         """CAM methods that fit the model (and evidence, for classifiers)."""
@@ -276,17 +272,36 @@ class Workbench:
                 model = self.model(version)
                 out = models.predict(model, data)
                 with torch.no_grad():
-                    segmenter = model(data.images[:1]).ndim == 4
+                    segmenter = model(data[0].image[None]).ndim == 4
             out.attrs["segmenter"] = segmenter
             self._predictions[key] = out
         return self._predictions[key]
+
+    def sample_predictions(self, version: str, split: str, ids: list[str], compute: bool = True) -> xr.Dataset | None:
+        """`predictions` of some samples only: taken from the split's when computed, else computed for just
+        these samples (a page of a large lazy split) and cached; compute=False gives None instead of computing."""
+        if (version, split) in self._predictions:
+            return self._predictions[(version, split)].sel(sample=list(ids))
+        key = ("predictions", version, split, tuple(ids))
+        if not compute:
+            return self.thumbnails.get(key)
+        data = self.splits[split]
+
+        def predict():
+            with self.lock:
+                model = self.model(version)
+                out = models.predict(model, data.subset([data.index_of(s) for s in ids]))
+                with torch.no_grad():
+                    out.attrs["segmenter"] = model(data[data.index_of(ids[0])].image[None]).ndim == 4
+            return out
+        return self.thumbnails.get_or_compute(key, predict)
 
     def add_images(self, split: str, images: torch.Tensor, ids: list[str]) -> list[str]:
         """Append images (N×C×H×W in [0, 1] at the input size) to a split, created if new; ids it holds
         already are kept as they are. The images have no true label (class 0). Returns `ids`."""
         if tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"images are {tuple(images.shape[1:])}, the model takes {self.input_shape}: "
-                             "fit them first (dashboard.upload.fit)")
+                             "fit them first (xv.data.fit)")
         check_images(images, f"images for split {split!r}")
         with self.lock:
             old = self.splits.get(split)
@@ -306,11 +321,14 @@ class Workbench:
     def image(self, split: str, sample: str) -> np.ndarray:
         """The sample's image as H×W×C float32 in [0, 1]."""
         data = self.splits[split]
-        return data.images[data.index_of(sample)].permute(1, 2, 0).numpy()
+        if not data.lazy:
+            return data.images[data.index_of(sample)].permute(1, 2, 0).numpy()
+        return self.thumbnails.get_or_compute(("image", split, sample),
+                                              lambda: data[data.index_of(sample)].image.permute(1, 2, 0).numpy())
 
     def ground_truth(self, split: str, sample: str) -> np.ndarray | None:
         data = self.splits[split]
-        return None if data.masks is None else data.masks[data.index_of(sample)].numpy()
+        return None if not data.has_masks else data[data.index_of(sample)].mask.numpy()
 
     def feedback_ids(self, split: str) -> set[str]:
         """Ids of the split's samples that have saved feedback."""
@@ -323,7 +341,7 @@ class Workbench:
             return int(request.target)
         if self.is_segmenter(request.version):
             return "predicted"
-        return int(self.predictions(request.version, request.split).predicted.sel(sample=request.sample))
+        return int(self.sample_predictions(request.version, request.split, [request.sample]).predicted[0])
 
     def capture(self, request: MapRequest, target: int | str):
         """The cached capture of (version, image, layer, target, region): one forward + gradient pass."""
@@ -333,7 +351,7 @@ class Workbench:
 
         def compute():
             data = self.splits[request.split]
-            x = data.images[data.index_of(request.sample)][None]
+            x = data[data.index_of(request.sample)].image[None]
             with self.lock, one_thread():
                 return capture(self.model(request.version), x, [request.layer], target,
                                _region_value(request.region))
@@ -352,7 +370,7 @@ class Workbench:
         if request.method in EVIDENCE:
             from ..evidence import evidence
 
-            x = data.images[data.index_of(request.sample)][None]
+            x = data[data.index_of(request.sample)].image[None]
             with self.lock, one_thread():
                 ev = evidence(self.model(request.version), x, method=EVIDENCE[request.method],
                               target=target, data=data, progress=False)
@@ -361,7 +379,7 @@ class Workbench:
         cap = self.capture(request, target)
         with self.lock, one_thread():                     # Score-CAM runs the model
             cam = weigh(cap, request.method, request.layer)
-        values = finish(cam, tuple(data.images.shape[-2:])).float()[0].numpy()
+        values = finish(cam, tuple(data.image_shape[-2:])).float()[0].numpy()
         return MapResult(request, values, False, int(cap.target[0]), time.perf_counter() - start)
 
     def explain_split(self, version: str, split: str, method: str, layer: str) -> xr.DataArray:

@@ -1,11 +1,18 @@
-"""`ImageSet`: images, labels, optional masks, ids and class names in one torch Dataset."""
+"""`ImageSet`: images, labels, optional masks, ids and class names in one torch Dataset.
+
+The images are either one tensor in memory or a lazy `Reader` (`data/lazy.py`) decoded batch by
+batch: the same API either way, and `images` / `masks` of a lazy set are materialised only when
+asked for, within the memory budget.
+"""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+
+from .lazy import Reader, check_budget
 
 
 class Sample(NamedTuple):
@@ -18,15 +25,17 @@ class Sample(NamedTuple):
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Images (N×C×H×W float32 in [0, 1]) with labels, optional ground-truth masks and ids.
+    """Images (N×C×H×W float32 in [0, 1], a tensor or a lazy `Reader`) with labels, optional
+    ground-truth masks and ids.
 
     ``targets`` (N×H×W int64), when given, holds per-pixel class indices for segmentation.
     ``regions`` holds further named N×H×W bool masks (e.g. the synthetic confounder).
+    A lazy set takes its masks from the reader; targets and regions need images in memory.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | Reader,
         labels: torch.Tensor,
         masks: torch.Tensor | None = None,
         ids: Sequence[str] | None = None,
@@ -36,15 +45,24 @@ class ImageSet(torch.utils.data.Dataset):
         attrs: dict | None = None,
     ):
         n = len(images)
-        if images.ndim != 4:
+        self._reader = images if isinstance(images, Reader) else None
+        if self._reader is not None:
+            if targets is not None or regions or masks is not None:
+                raise ValueError("a lazy ImageSet takes its masks from its reader and has no targets or regions")
+            self.image_shape = tuple(images.shape)
+            images = None
+        elif images.ndim != 4:
             raise ValueError(f"images must be N×C×H×W, got shape {tuple(images.shape)}; "
                              "use xv.data.from_arrays to convert other layouts")
+        else:
+            self.image_shape = tuple(images.shape[1:])
         if n == 0:
             raise ValueError("the data set is empty: give at least one image")
         if len(labels) != n:
             raise ValueError(f"{n} images but {len(labels)} labels: give one label per image")
-        self.images = images.float()
-        self.labels = labels.long()
+        self._images = None if images is None else images.float()
+        self._masks = None
+        self.labels = torch.as_tensor(labels).long()
         self.class_names = list(class_names) if class_names is not None else [
             str(c) for c in range(int(self.labels.max()) + 1)]
         if self.labels.min() < 0 or self.labels.max() >= len(self.class_names):
@@ -55,30 +73,89 @@ class ImageSet(torch.utils.data.Dataset):
             raise ValueError(f"{n} images but {len(self.ids)} ids: give one id per image")
         if len(set(self.ids)) != n:
             raise ValueError("sample ids must be unique")
-        self.masks = None if masks is None else self._check_mask(masks, "masks").bool()
+        if masks is not None:
+            self._masks = self._check_mask(masks, "masks").bool()
         self.targets = None if targets is None else self._check_mask(targets, "targets").long()
         self.regions = {k: self._check_mask(v, k).bool() for k, v in (regions or {}).items()}
         self.attrs = dict(attrs or {})
         self._index = {sid: i for i, sid in enumerate(self.ids)}
 
     def _check_mask(self, m: torch.Tensor, name: str) -> torch.Tensor:
-        want = (len(self.images), *self.images.shape[2:])
+        want = (len(self), *self.image_shape[1:])
         if tuple(m.shape) != want:
             raise ValueError(f"{name} must have shape {want} (one H×W mask per image, same size as the "
                              f"images), got {tuple(m.shape)}")
         return m
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
+
+    @property
+    def lazy(self) -> bool:
+        """True when the images are decoded on demand (and not materialised yet)."""
+        return self._reader is not None and self._images is None
+
+    @property
+    def has_masks(self) -> bool:
+        return self._masks is not None or (self._reader is not None and self._reader.has_masks)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images N×C×H×W; a lazy set decodes them once, within the memory budget (see `materialize`)."""
+        if self._images is None:
+            self.materialize()
+        return self._images
+
+    @property
+    def masks(self) -> torch.Tensor | None:
+        """Ground-truth masks N×H×W bool, or None; a lazy set decodes them once, within the memory budget."""
+        if self._masks is None and self.has_masks:
+            self.materialize()
+        return self._masks
+
+    def materialize(self, budget: int | str | None = None) -> ImageSet:
+        """Decode a lazy set's images (and masks) into memory once; a MemoryError names the size when it would
+        exceed `budget` (bytes or '4GB'; default $XCAM_VIZ_MEMORY_BUDGET or 2 GB). Returns self."""
+        if self._reader is None or self._images is not None:
+            return self
+        c, h, w = self.image_shape
+        nbytes = len(self) * h * w * (4 * c + self.has_masks)
+        check_budget(nbytes, f"{len(self)} images of {c}×{h}×{w} pixels as float32", budget)
+        chunks = [self._reader.read(range(s, min(s + 256, len(self)))) for s in range(0, len(self), 256)]
+        self._images = torch.cat([im for im, _ in chunks])
+        self._masks = torch.cat([m for _, m in chunks]) if self.has_masks else None
+        return self
+
+    def read(self, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images N×C×H×W and masks N×H×W (or None) of some positions, decoded only for them when lazy."""
+        idx = torch.as_tensor(positions if isinstance(positions, torch.Tensor) else list(positions), dtype=torch.long)
+        if self._images is not None:
+            return self._images[idx], None if self._masks is None else self._masks[idx]
+        return self._reader.read(idx.tolist())
+
+    def batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
+        """The images in order, batch_size at a time (decoded batch by batch when lazy)."""
+        for start in range(0, len(self), batch_size):
+            yield self.read(range(start, min(start + batch_size, len(self))))[0]
 
     def __getitem__(self, i: int) -> Sample:
-        return Sample(self.images[i], int(self.labels[i]),
-                      None if self.masks is None else self.masks[i], self.ids[i])
+        if self._images is not None:
+            return Sample(self._images[i], int(self.labels[i]), None if self._masks is None else self._masks[i],
+                          self.ids[i])
+        images, masks = self._reader.read([int(i)])
+        return Sample(images[0], int(self.labels[i]), None if masks is None else masks[0], self.ids[i])
+
+    def __getstate__(self):
+        """A lazy set pickles as its reader, labels and ids (what a Dask or DataLoader worker needs), never pixels."""
+        state = dict(self.__dict__)
+        if self._reader is not None:
+            state["_images"] = state["_masks"] = None
+        return state
 
     def __repr__(self) -> str:
-        c, h, w = self.images.shape[1:]
-        return (f"ImageSet({len(self)} images {c}×{h}×{w}, classes={self.class_names}, "
-                f"masks={'yes' if self.masks is not None else 'no'})")
+        c, h, w = self.image_shape
+        return (f"ImageSet({len(self)} {'lazy ' if self.lazy else ''}images {c}×{h}×{w}, "
+                f"classes={self.class_names}, masks={'yes' if self.has_masks else 'no'})")
 
     def index_of(self, sample_id: str) -> int:
         """Position of a sample id; a clear KeyError if it is not in the set."""
@@ -93,9 +170,13 @@ class ImageSet(torch.utils.data.Dataset):
         if idx.dtype == torch.bool:
             idx = idx.nonzero().flatten()
         idx = idx.long()
+        ids = [self.ids[i] for i in idx.tolist()]
+        if self._reader is not None:
+            return ImageSet(self._reader.subset(idx.tolist()), self.labels[idx], ids=ids,
+                            class_names=self.class_names, attrs=self.attrs)
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return ImageSet(self.images[idx], self.labels[idx], pick(self.masks),
-                        [self.ids[i] for i in idx.tolist()], self.class_names, pick(self.targets),
+        return ImageSet(self._images[idx], self.labels[idx], pick(self.masks),
+                        ids, self.class_names, pick(self.targets),
                         {k: v[idx] for k, v in self.regions.items()}, self.attrs)
 
     def loader(self, batch_size: int = 64, shuffle: bool = False, **kw) -> torch.utils.data.DataLoader:
@@ -104,13 +185,16 @@ class ImageSet(torch.utils.data.Dataset):
                                            collate_fn=collate, **kw)
 
     def to_xarray(self) -> xr.Dataset:
-        """xr.Dataset with image(sample, channel, y, x), label(sample), mask(sample, y, x)."""
-        _, c, h, w = self.images.shape
+        """xr.Dataset with image(sample, channel, y, x), label(sample), mask(sample, y, x); a lazy set gives
+        dask arrays read batch by batch."""
+        c, h, w = self.image_shape
         coords = {"sample": self.ids, "channel": np.arange(c), "y": np.arange(h), "x": np.arange(w)}
-        data = {"image": (("sample", "channel", "y", "x"), self.images.numpy()),
+        images, masks = (self._lazy_arrays() if self.lazy else
+                         (self._images.numpy(), None if self._masks is None else self._masks.numpy()))
+        data = {"image": (("sample", "channel", "y", "x"), images),
                 "label": (("sample",), self.labels.numpy())}
-        if self.masks is not None:
-            data["mask"] = (("sample", "y", "x"), self.masks.numpy())
+        if masks is not None:
+            data["mask"] = (("sample", "y", "x"), masks)
         if self.targets is not None:
             data["target"] = (("sample", "y", "x"), self.targets.numpy())
         for name, m in self.regions.items():
@@ -118,6 +202,19 @@ class ImageSet(torch.utils.data.Dataset):
         attrs = {"class_names": list(self.class_names), **{k: v for k, v in self.attrs.items()
                                                             if isinstance(v, (str, int, float))}}
         return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    def _lazy_arrays(self, chunk: int = 256):
+        """Dask arrays of the images (and masks) whose blocks are batches read by the reader."""
+        import dask
+        import dask.array as da
+        c, h, w = self.image_shape
+        starts = range(0, len(self), chunk)
+        blocks = [dask.delayed(self._reader.read, pure=True)(range(s, min(s + chunk, len(self)))) for s in starts]
+        sizes = [min(s + chunk, len(self)) - s for s in starts]
+        images = da.concatenate([da.from_delayed(b[0], (k, c, h, w), np.float32) for b, k in zip(blocks, sizes)])
+        masks = None if not self.has_masks else da.concatenate(
+            [da.from_delayed(b[1], (k, h, w), bool) for b, k in zip(blocks, sizes)])
+        return images, masks
 
 
 def collate(batch: list[Sample]) -> Sample:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .imageset import ImageSet
+from .lazy import ArrayReader, DatasetReader, FileReader, NpzMember, ZarrMember, item_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -36,7 +37,7 @@ def to_unit_float(a: np.ndarray, name: str = "images") -> np.ndarray:
     return a.astype(np.float32)
 
 
-def _channels_first(a: np.ndarray) -> np.ndarray:
+def channels_first(a: np.ndarray) -> np.ndarray:
     """N×H×W, N×H×W×C or N×C×H×W (C in 1, 3, 4) to N×C×H×W."""
     if a.ndim == 3:
         return a[:, None]
@@ -56,7 +57,7 @@ def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = 
     images = np.asarray(images)
     if images.size == 0:
         raise ValueError("images is empty: give at least one image")
-    imgs = _channels_first(to_unit_float(images))
+    imgs = channels_first(to_unit_float(images))
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(imgs):
         raise ValueError(f"{len(imgs)} images but {len(labels)} labels: give one label per image")
@@ -76,7 +77,7 @@ def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = 
                     m, ids, class_names)
 
 
-def _read_image(path: Path, mode: str | None = None) -> np.ndarray:
+def read_image(path: Path, mode: str | None = None) -> np.ndarray:
     with Image.open(path) as im:
         if mode is not None:
             return np.asarray(im.convert(mode))
@@ -86,7 +87,7 @@ def _read_image(path: Path, mode: str | None = None) -> np.ndarray:
                                      else ("L" if im.mode in ("L", "1") else "RGB")))
 
 
-def _unit_image(arr: np.ndarray, channels: int) -> np.ndarray:
+def unit_image(arr: np.ndarray, channels: int) -> np.ndarray:
     """One image array (H×W or H×W×C) to C×H×W float in [0, 1] with the wanted channel count."""
     img = to_unit_float(arr, "image")
     img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
@@ -101,56 +102,67 @@ def _unit_image(arr: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot turn {img.shape[0]} channels into {channels}")
 
 
-def _load_items(items: list[tuple[Path, int, Path | None]], class_names: list[str], root: Path) -> ImageSet:
-    images, labels, masks, ids, skipped = [], [], [], [], []
+GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")
+
+
+def _header(path: Path) -> tuple[int, int, str] | None:
+    """(height, width, mode) from an image file's header, or None (with a warning naming it) if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width, im.mode
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=4)
+        return None
+
+
+def _load_items(items: list[tuple[Path, int, Path | None]], class_names: list[str], root: Path,
+                size: tuple[int, int] | None, crop: bool) -> ImageSet:
+    """A lazy ImageSet of image files: only headers are read here; pixels are decoded batch by batch."""
+    kept, headers, skipped = [], [], 0
     for path, label, mask_path in items:
-        try:
-            arr = _read_image(path)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            skipped.append(path)
-            warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=3)
+        head = _header(path)
+        if head is None:
+            skipped += 1
             continue
-        if mask_path is not None and not mask_path.exists():
-            raise FileNotFoundError(f"mask {mask_path} for image {path} is missing; add it or "
-                                    "remove the image from the manifest / folder")
-        images.append(arr)
-        labels.append(label)
-        masks.append(None if mask_path is None else _read_image(mask_path, "L") > 0)
-        ids.append(path.relative_to(root).with_suffix("").as_posix() if path.is_relative_to(root) else path.stem)
-    if not images:
+        if mask_path is not None:
+            if not mask_path.exists():
+                raise FileNotFoundError(f"mask {mask_path} for image {path} is missing; add it or "
+                                        "remove the image from the manifest / folder")
+            with Image.open(mask_path) as m:
+                if (m.height, m.width) != head[:2]:
+                    raise ValueError(f"mask {mask_path} is {m.width}×{m.height} pixels but its image is "
+                                     f"{head[1]}×{head[0]}; masks must match their images")
+        kept.append((path, label, mask_path))
+        headers.append(head)
+    if not kept:
         raise ValueError(f"no readable images under {root}"
-                         + (f" ({len(skipped)} unreadable files skipped)" if skipped else ""))
-    shapes = {a.shape[:2] for a in images}
-    if len(shapes) > 1:
-        raise ValueError(f"images under {root} have different sizes {sorted(shapes)[:4]}; "
-                         "resize them to one size first")
-    channels = 3 if any(a.ndim == 3 for a in images) else 1
-    stacked = np.stack([_unit_image(a, channels) for a in images])
-    mask_t = None
-    if any(m is not None for m in masks):
-        if any(m is None for m in masks):
-            raise ValueError("some images have masks and some do not; give a mask for every image or none")
-        for m, i in zip(masks, ids):
-            if m.shape != stacked.shape[2:]:
-                raise ValueError(f"mask of {i} is {m.shape[1]}×{m.shape[0]} pixels but its image is "
-                                 f"{stacked.shape[3]}×{stacked.shape[2]}; masks must match their images")
-        mask_t = torch.from_numpy(np.stack(masks))
-    return ImageSet(torch.from_numpy(stacked), torch.tensor(labels), mask_t, ids, class_names,
+                         + (f" ({skipped} unreadable files skipped)" if skipped else ""))
+    masks = [m for _, _, m in kept]
+    if any(m is not None for m in masks) and any(m is None for m in masks):
+        raise ValueError("some images have masks and some do not; give a mask for every image or none")
+    channels = 1 if all(mode in GREY_MODES for *_, mode in headers) else 3
+    h, w = size or headers[0][:2]
+    ids = [p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else p.stem for p, _, _ in kept]
+    reader = FileReader([p for p, _, _ in kept], (channels, h, w), None if masks[0] is None else masks, crop)
+    return ImageSet(reader, torch.tensor([label for _, label, _ in kept]), ids=ids, class_names=class_names,
                     attrs={"source": str(root)})
 
 
-def load_folder(root, masks=None) -> ImageSet:
-    """Images from an ImageFolder tree (`root/<class>/<image>`) or an ISIC-style CSV manifest.
+def load_folder(root, masks=None, size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+    """A lazy ImageSet of an ImageFolder tree (`root/<class>/<image>`) or an ISIC-style CSV manifest.
 
     masks: for a tree, a folder with the same layout (same relative paths, any image suffix).
     A CSV manifest has columns `image,label[,mask]`; paths are relative to the CSV's folder and
-    labels are class names or integer indices. Unreadable images are skipped with a warning.
+    labels are class names or integer indices. Only file headers are read on opening (files that
+    are no image are skipped with a warning); pixels are decoded batch by batch. size: (H, W) to fit
+    every image to (default: the first image's size; images of other sizes are resized, or cut to
+    the aspect ratio first with crop=True).
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist; give an image folder or a CSV manifest")
     if root.is_file():
-        return _load_manifest(root)
+        return _load_manifest(root, size, crop)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.png")
@@ -162,7 +174,7 @@ def load_folder(root, masks=None) -> ImageSet:
         for path in sorted((root / cls).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 items.append((path, label, None if mask_root is None else _mask_for(mask_root / cls, path)))
-    return _load_items(items, classes, root)
+    return _load_items(items, classes, root, size, crop)
 
 
 def _mask_for(folder: Path, image: Path) -> Path:
@@ -170,7 +182,7 @@ def _mask_for(folder: Path, image: Path) -> Path:
     return found[0] if found else folder / (image.stem + ".png")
 
 
-def _load_manifest(path: Path) -> ImageSet:
+def _load_manifest(path: Path, size, crop: bool) -> ImageSet:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "image" not in rows[0] or "label" not in rows[0]:
@@ -191,11 +203,15 @@ def _load_manifest(path: Path) -> ImageSet:
         if not img.exists():
             raise FileNotFoundError(f"{path}: image {img} listed in the manifest does not exist")
         items.append((img, label, base / r["mask"] if r.get("mask") else None))
-    return _load_items(items, names, base)
+    return _load_items(items, names, base, size, crop)
 
 
-def load_medmnist(path, split: str = "train") -> ImageSet:
-    """A split of a MedMNIST `.npz` file (`{split}_images`, `{split}_labels`), gray or RGB, any size."""
+def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+    """A lazy split of a MedMNIST `.npz` file (`{split}_images`, `{split}_labels`), gray or RGB, any size.
+
+    The images are memory-mapped (np.savez stores them uncompressed; a compressed file is loaded) and
+    decoded batch by batch; size: (H, W) to fit them to, as in `load_folder`.
+    """
     path = Path(path)
     if split not in MEDMNIST_SPLITS:
         raise ValueError(f"unknown split {split!r}; MedMNIST files have {MEDMNIST_SPLITS}")
@@ -203,19 +219,71 @@ def load_medmnist(path, split: str = "train") -> ImageSet:
         raise FileNotFoundError(f"{path} does not exist; download the MedMNIST .npz file and give its path")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in (f"{split}_images", f"{split}_labels") if k in z.files}
             keys = sorted(z.files)
+            labels = z[f"{split}_labels"] if f"{split}_labels" in keys else None
     except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"{path} is not a readable .npz file ({err}); is it a MedMNIST file?") from None
-    if len(arrays) != 2:
+    if labels is None or f"{split}_images" not in keys:
         raise ValueError(f"{path} has no {split}_images / {split}_labels arrays (it has {keys}); "
                          "is it a MedMNIST file?")
-    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError(f"{path} has multi-label targets {labels.shape}; xcam-viz explains "
                          "single-label classifiers: pick one column")
-    labels = labels.reshape(-1).astype(np.int64)
-    ids = [f"{split}-{i:05d}" for i in range(len(labels))]
-    ds = from_arrays(images, labels, ids=ids)
+    ds = from_array_store(NpzMember(path, f"{split}_images"), labels.reshape(-1).astype(np.int64),
+                          ids=[f"{split}-{i:05d}" for i in range(len(labels))], size=size, crop=crop)
     ds.attrs.update(source=str(path), split=split)
     return ds
+
+
+def load_zarr(path, images: str = "images", labels: str = "labels", class_names: Sequence[str] | None = None,
+              size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+    """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W) and a label array."""
+    import zarr
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a zarr store with arrays {images!r} and {labels!r}")
+    group = zarr.open_group(path, mode="r")
+    missing = [k for k in (images, labels) if k not in group]
+    if missing:
+        raise ValueError(f"{path} has no array {missing[0]!r} (it has {sorted(group.array_keys())}); "
+                         "name the image and label arrays with images= and labels=")
+    ds = from_array_store(ZarrMember(path, images), np.asarray(group[labels][:]).reshape(-1).astype(np.int64),
+                          class_names=class_names, size=size, crop=crop)
+    ds.attrs.update(source=str(path))
+    return ds
+
+
+def from_array_store(opener, labels, ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+                     size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+    """A lazy ImageSet over an array that `opener()` opens (memory-mapped or chunked), read per batch."""
+    array = opener()
+    if array.ndim not in (3, 4) or array.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty N×H×W, N×H×W×C or N×C×H×W array, got shape {array.shape}")
+    c, h, w = channels_first(np.empty((1, *array.shape[1:]), np.uint8)).shape[1:]
+    dtype = np.dtype(array.dtype)
+    scale = None
+    if np.issubdtype(dtype, np.integer):        # one scale for every batch: the whole array's range, as from_arrays
+        scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + 256])) for i in range(0, len(array), 256)) \
+            <= 255 else 65535
+    reader = ArrayReader(opener, (min(c, 3), *(size or (h, w))), scale, crop)
+    return ImageSet(reader, torch.as_tensor(np.asarray(labels)), ids=ids, class_names=class_names)
+
+
+def from_dataset(dataset, labels=None, class_names: Sequence[str] | None = None, ids: Sequence[str] | None = None,
+                 size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+    """A lazy ImageSet over any torch Dataset whose items are (image, label, ...) or images.
+
+    Images may be tensors C×H×W, arrays or PIL images of any size (fitted to `size`, default the first
+    item's). labels: given, else the dataset's `targets`, else each item's second element (one pass).
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: give at least one item")
+    first = item_image(dataset[0])
+    if labels is None:
+        labels = getattr(dataset, "targets", None)
+    if labels is None:
+        items = (dataset[i] for i in range(len(dataset)))
+        labels = [int(item[1]) if isinstance(item, (tuple, list)) and len(item) > 1 else 0 for item in items]
+    shape = (min(first.shape[0], 3), *(size or first.shape[1:]))
+    return ImageSet(DatasetReader(dataset, shape, crop), torch.as_tensor(np.asarray(labels)).reshape(-1),
+                    ids=ids, class_names=class_names, attrs={"source": type(dataset).__name__})

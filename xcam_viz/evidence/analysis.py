@@ -14,7 +14,7 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import ImageSet
+from ..data import inputs_of
 from ..explain.capture import is_topk
 from ..explain.capture import resolve_targets as resolve_cam_targets
 from ..models import eval_mode, logits_of, model_device
@@ -70,8 +70,9 @@ def evidence(model: nn.Module, inputs, method: str = "pda", target="predicted", 
         raise ValueError(f"unknown evidence method {method!r}; choose one of {METHODS}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    images, ids = as_images(inputs, "inputs")
-    reference = images if data is None else as_images(data, "data")[0]
+    given = inputs_of(inputs, "inputs")
+    images, ids = given.all().float(), given.ids
+    reference = images if data is None else inputs_of(data, "data").all().float()
     if len(reference) < 2:
         raise ValueError("the sampler needs at least 2 reference images: pass data= an ImageSet")
     h, w = images.shape[-2:]
@@ -118,16 +119,6 @@ def laplace_log2_odds(p: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """log2 odds of the Laplace-corrected probability (p·n + 1)/(n + k), in float64."""
     p = (p.double().cpu() * n + 1) / (n + k)
     return torch.log2(p) - torch.log2(1 - p)
-
-
-def as_images(x, name: str) -> tuple[torch.Tensor, list[str]]:
-    """Images (N×C×H×W float) and sample ids of an ImageSet or a tensor."""
-    if isinstance(x, ImageSet):
-        return x.images, list(x.ids)
-    if isinstance(x, torch.Tensor) and x.ndim == 4:
-        return x.float(), [str(i) for i in range(len(x))]
-    raise TypeError(f"{name} must be an ImageSet or an N×C×H×W tensor, got "
-                    f"{type(x).__name__}{tuple(x.shape) if hasattr(x, 'shape') else ''}")
 
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:

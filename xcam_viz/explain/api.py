@@ -11,9 +11,9 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import ImageSet
+from ..data import ImageSet, inputs_of
 from ..models import default_layer, fingerprint
-from .capture import Reshape, Target, capture, check_input, is_topk, layer_list
+from .capture import Reshape, Target, capture, is_topk, layer_list
 from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -31,16 +31,6 @@ def model_fingerprint(model: nn.Module) -> str:
         cached = (key, fingerprint(model))
         _FINGERPRINTS[model] = cached
     return cached[1]
-
-
-def as_images(data) -> tuple[torch.Tensor, list[str], list[str] | None]:
-    """(images N×C×H×W, sample ids, class names or None) of an ImageSet or a tensor."""
-    if isinstance(data, ImageSet):
-        return data.images, list(data.ids), list(data.class_names)
-    if isinstance(data, torch.Tensor) and data.ndim == 3:
-        data = data.unsqueeze(0)
-    n = len(data) if isinstance(data, torch.Tensor) else 0
-    return data, [str(i) for i in range(n)], None
 
 
 def per_batch(value, ndim: int, start: int, stop: int):
@@ -114,17 +104,17 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
         (('sample', 'y', 'x'), 'block4', [8, 8])
     """
     check_method(method)
-    images, ids, class_names = as_images(data)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
-        check_input(images, model)              # raises the error that says what to give
-    names = layer_list(default_layer(model, images.shape[1:]) if layer is None else layer)
+    inputs = inputs_of(data)
+    if len(inputs) == 0:
+        raise ValueError("no images to explain: data is empty")
+    names = layer_list(default_layer(model, inputs.shape) if layer is None else layer)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    size = tuple(images.shape[-2:])
+    size = inputs.shape[-2:]
     maps, targets, shapes, logits = [], [], {}, None
-    for start in tqdm(range(0, len(images), batch_size), desc=f"explain {method}", disable=not progress):
+    for start in tqdm(range(0, len(inputs), batch_size), desc=f"explain {method}", disable=not progress):
         stop = start + batch_size
-        caps = capture(model, images[start:stop], names, per_batch(target, 1, start, stop),
+        caps = capture(model, inputs.read(start, stop), names, per_batch(target, 1, start, stop),
                        per_batch(region, 3, start, stop), gradients=needs_gradients(method), reshape=reshape,
                        output=output)
         caps = caps if isinstance(caps, list) else [caps]
@@ -142,8 +132,8 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             per_rank.append(np.stack(per_layer))
         maps.append(np.stack(per_rank, axis=2))                     # layer × n × rank × h × w
         targets.append(torch.stack([c.target for c in caps], 1).cpu().numpy())
-    result = _dataarray(np.concatenate(maps, 1), np.concatenate(targets), ids, names, shapes, size, method,
-                        target, region, logits, class_names, model, upsample)
+    result = _dataarray(np.concatenate(maps, 1), np.concatenate(targets), inputs.ids, names, shapes, size, method,
+                        target, region, logits, inputs.class_names, model, upsample)
     result.attrs["layer_source"] = "default" if layer is None else "given"
     return result
 

@@ -7,17 +7,13 @@ layers), weighed by every method and written into its own whole chunks (the chun
 are one batch long), so concurrent writers never share a chunk. A per-batch flag, written after
 the batch's data, records what is done: an interrupted run resumes with only the missing batches
 (a zarr store survives even a hard kill; a netCDF file an interruption between batches).
-
-Layout (xarray): cam (cam_method, layer, sample, y, x) float32 at input resolution, each map in [0, 1];
-target_class (sample); label (sample) for an ImageSet; batch_done (batch) int8;
-attrs run, model_fingerprint, target, class_names, complete.
+A lazy ImageSet is decoded batch by batch too. The store layout is in `stores.py`.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,153 +22,39 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
-from .api import as_images, describe_region, describe_target, model_fingerprint, per_batch
-from .capture import Target, capture, is_topk, layer_list
-from .methods import check_method, finish, needs_gradients, weigh
+from ..models import default_layer
+from .api import describe_region, describe_target, model_fingerprint
+from .capture import Target, is_topk, layer_list
+from .methods import check_method
+from .stores import DataSpec, Plan, store_for, write_batch
 
-DIMS = ("cam_method", "layer", "sample", "y", "x")   # not "method": that name clashes with DataArray.sel(method=)
-
-
-class _ZarrStore:
-    """A zarr (format 2) group: each batch writes whole chunks; metadata consolidated once planned and once done."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def exists(self) -> bool:
-        return (self.path / ".zgroup").exists()
-
-    def create(self, template: xr.Dataset, shape: tuple, chunk: int) -> None:
-        import zarr
-        template.to_zarr(self.path, mode="w", zarr_format=2,
-                         encoding={"target_class": {"chunks": (chunk,)}, "batch_done": {"chunks": (1,)}})
-        group = zarr.open_group(self.path, mode="a")
-        group.create_array("cam", shape=shape, chunks=(1, 1, chunk, *shape[-2:]), dtype="float32",
-                           fill_value=np.nan, attributes={"_ARRAY_DIMENSIONS": list(DIMS)})
-        zarr.consolidate_metadata(self.path)
-
-    def attrs(self) -> dict:
-        import zarr
-        return dict(zarr.open_group(self.path, mode="r").attrs)
-
-    def done(self) -> np.ndarray:
-        import zarr
-        return zarr.open_group(self.path, mode="r")["batch_done"][:].astype(bool)
-
-    def write(self, batch: int, start: int, cams: np.ndarray, target_class: np.ndarray) -> None:
-        import zarr
-        group = zarr.open_group(self.path, mode="r+")
-        stop = start + cams.shape[2]
-        group["cam"][:, :, start:stop] = cams
-        group["target_class"][start:stop] = target_class
-        group["batch_done"][batch] = 1                 # last: a flag means the batch's data is in
-
-    def finish(self, attrs: dict) -> None:
-        import zarr
-        zarr.open_group(self.path, mode="r+").attrs.update(attrs)
-        zarr.consolidate_metadata(self.path)
-
-
-class _NetCDFStore:
-    """A netCDF-4 file (one writer at a time): slices written with netCDF4, synced after each batch."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def create(self, template: xr.Dataset, shape: tuple, chunk: int) -> None:
-        import netCDF4
-        template.to_netcdf(self.path, mode="w", format="NETCDF4")
-        with netCDF4.Dataset(self.path, "a") as nc:
-            nc.createVariable("cam", "f4", DIMS, fill_value=np.float32(np.nan),
-                              chunksizes=(1, 1, chunk, *shape[-2:]), zlib=True, complevel=1)
-
-    def attrs(self) -> dict:
-        import netCDF4
-        with netCDF4.Dataset(self.path, "r") as nc:
-            return {k: nc.getncattr(k) for k in nc.ncattrs()}
-
-    def done(self) -> np.ndarray:
-        import netCDF4
-        with netCDF4.Dataset(self.path, "r") as nc:
-            return np.asarray(nc["batch_done"][:]).astype(bool)
-
-    def write(self, batch: int, start: int, cams: np.ndarray, target_class: np.ndarray) -> None:
-        import netCDF4
-        with netCDF4.Dataset(self.path, "a") as nc:
-            stop = start + cams.shape[2]
-            nc["cam"][:, :, start:stop] = cams
-            nc["target_class"][start:stop] = target_class
-            nc["batch_done"][batch] = 1
-
-    def finish(self, attrs: dict) -> None:
-        import netCDF4
-        with netCDF4.Dataset(self.path, "a") as nc:
-            nc.setncatts(attrs)
-
-
-def store_for(path: Path):
-    """The store behind an output path: *.zarr or *.nc / *.nc4."""
-    if path.suffix == ".zarr":
-        return _ZarrStore(path)
-    if path.suffix in (".nc", ".nc4"):
-        return _NetCDFStore(path)
-    raise ValueError(f"unknown output format {path.name!r}: name it *.zarr or *.nc")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What every batch of a run needs besides the model and the data (small and picklable: it travels to workers)."""
-
-    path: Path
-    methods: tuple[str, ...]
-    layers: tuple[str, ...]
-    target: Target
-    region: object
-    batch_size: int
-    samples: int
-    size: tuple[int, int]
-
-    @property
-    def batches(self) -> int:
-        return -(-self.samples // self.batch_size)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A data set named rather than held: 'demo' (its split, n images), a MedMNIST .npz, or a folder / CSV.
-
-    Dask workers load it themselves (once per worker) instead of receiving the images.
-    """
-
-    source: str
-    split: str = "test"
-    n: int | None = None
-
-    def load(self) -> ImageSet:
-        return load_data(self.source, self.split, self.n)
+__all__ = ["DataSpec", "explain_dataset", "plan_store", "store_for", "write_batch"]
 
 
 def plan_store(model: nn.Module, data: ImageSet | torch.Tensor, out, methods: str | Sequence[str] = "gradcam",
-               layers: str | Sequence[str] = "block3", target: Target = "predicted", region=None,
+               layers: str | Sequence[str] | None = None, target: Target = "predicted", region=None,
                batch_size: int = 32, overwrite: bool = False) -> tuple[Plan, list[int]]:
-    """Check the arguments, lay out (or reopen) the store at `out`; return the plan and the batches still missing."""
+    """Check the arguments, lay out (or reopen) the store at `out`; return the plan and the batches still missing.
+
+    layers=None: `xv.models.default_layer` of the model for the data's image shape."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     for m in methods:
         check_method(m)
-    names = layer_list(layers)
     if is_topk(target):
         raise ValueError("batch runs take one target per sample: use 'predicted', 'label', a class or a callable")
     if isinstance(target, str) and target == "label" and not isinstance(data, ImageSet):
         raise ValueError("target='label' needs an ImageSet (a tensor has no labels)")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    images, ids, class_names = as_images(data)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+    if isinstance(data, ImageSet):
+        ids, class_names, (h, w) = list(data.ids), list(data.class_names), data.image_shape[1:]
+    elif isinstance(data, torch.Tensor) and data.ndim == 4 and len(data):
+        ids, class_names, (h, w) = [str(i) for i in range(len(data))], None, tuple(data.shape[-2:])
+    else:
         raise ValueError("data must be a non-empty ImageSet or a tensor N×C×H×W")
-    path, n, (h, w) = Path(out), len(images), tuple(images.shape[-2:])
+    shape = data.image_shape if isinstance(data, ImageSet) else tuple(data.shape[1:])
+    names = layer_list(default_layer(model, shape) if layers is None else layers)
+    path, n = Path(out), len(ids)
     store = store_for(path)
     plan = Plan(path, tuple(methods), tuple(names), target, region, batch_size, n, (h, w))
     run = json.dumps({"model": model_fingerprint(model), "methods": methods, "layers": names,
@@ -194,23 +76,8 @@ def plan_store(model: nn.Module, data: ImageSet | torch.Tensor, out, methods: st
     return plan, [int(i) for i in np.flatnonzero(~done)]
 
 
-def write_batch(plan: Plan, model: nn.Module, data: ImageSet | torch.Tensor, batch: int) -> int:
-    """Explain batch `batch` of the plan (every method × layer) and write it into the store; returns its size."""
-    images = as_images(data)[0]
-    start = batch * plan.batch_size
-    stop = min(start + plan.batch_size, plan.samples)
-    t = data.labels if isinstance(plan.target, str) and plan.target == "label" else plan.target
-    grads = any(needs_gradients(m) for m in plan.methods)
-    cap = capture(model, images[start:stop], list(plan.layers), per_batch(t, 1, start, stop),
-                  per_batch(plan.region, 3, start, stop), gradients=grads)
-    cams = np.stack([np.stack([finish(weigh(cap, m, layer), plan.size).float().cpu().numpy()
-                               for layer in plan.layers]) for m in plan.methods])
-    store_for(plan.path).write(batch, start, cams, cap.target.cpu().numpy())
-    return stop - start
-
-
 def explain_dataset(model: nn.Module | str | Path, data: ImageSet | torch.Tensor | DataSpec, out,
-                    methods: str | Sequence[str] = "gradcam", layers: str | Sequence[str] = "block3",
+                    methods: str | Sequence[str] = "gradcam", layers: str | Sequence[str] | None = None,
                     target: Target = "predicted", region=None, batch_size: int = 32, progress: bool = True,
                     overwrite: bool = False, client=None) -> Path:
     """Write the CAMs of every image (all methods × layers, upsampled, normalised) to `out` (.zarr or .nc).
@@ -256,17 +123,3 @@ def _resume(store, run: str, overwrite: bool) -> np.ndarray | None:
         raise ValueError(f"{store.path} holds CAMs of a different run (model, methods, layers, target or data "
                          "differ): choose another output path or pass overwrite=True (--overwrite)")
     return store.done()
-
-
-def load_data(spec: str, split: str = "test", n: int | None = None) -> ImageSet:
-    """A data set named on the command line: 'demo' (the demo's split, n images), a MedMNIST .npz, or a folder / CSV."""
-    from ..data import load_folder, load_medmnist
-    if spec == "demo":
-        from ..demo import demo_data
-        return demo_data(split, n)
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"data {spec!r} not found: give 'demo', a MedMNIST .npz file, an image folder "
-                                "or a CSV manifest")
-    data = load_medmnist(path, split=split) if path.suffix == ".npz" else load_folder(path)
-    return data.subset(range(min(n, len(data)))) if n else data

@@ -1,8 +1,10 @@
-"""Batch runs on Dask: every batch of a planned store is one task running `batch.write_batch` on a worker.
+"""Batch runs on Dask: every batch of a planned store is one task running `stores.write_batch` on a worker.
 
 The model travels as a checkpoint path (an in-memory model is saved next to the output first) and
-is loaded once per worker thread (capture hooks make a model single-threaded); a DataSpec is loaded
-once per worker process, in-memory data is scattered once. Workers write their batches straight
+is loaded once per worker thread (capture hooks make a model single-threaded). Data never travels
+whole: a DataSpec is opened once per worker process, a lazy ImageSet is sent as its reader (paths
+and labels) and each task decodes only its own batch; only an in-memory ImageSet or tensor is
+scattered (once). Workers write their batches straight
 into the zarr store, so the store, the checkpoint and any data folder must be on a filesystem every
 worker sees (any path on one machine; a shared filesystem on a cluster).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .batch import DataSpec, Plan, write_batch
+from .stores import DataSpec, Plan, write_batch
 
 _local = threading.local()
 
@@ -48,24 +50,36 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, timeou
 def run_on(client, plan: Plan, model, data, batches: list[int], progress: bool) -> None:
     """Write `batches` of the plan as tasks on the client's workers; the first failing task's error is raised
     once every other task has ended."""
+    plan = dataclasses.replace(plan, path=plan.path.absolute())
+    for _ in map_batches(client, _write, model, data, [(plan, b) for b in batches], plan.path, progress, "explain"):
+        pass
+
+
+def map_batches(client, fn, model, data, tasks: list[tuple], directory: Path, progress: bool, desc: str):
+    """Run fn(model, data, *task) for every task on the client's workers and yield the results as they complete.
+
+    The model travels as a checkpoint (a temporary one in `directory` for an in-memory model, removed
+    afterwards), loaded once per worker thread; data as a DataSpec, or scattered once (a lazy ImageSet
+    is its reader: paths, not pixels). When a task fails, the others end first, then its error is raised.
+    """
     from dask.distributed import as_completed, wait
     from ..models import save
-    plan = dataclasses.replace(plan, path=plan.path.absolute())
+    directory = Path(directory).absolute()
     data = DataSpec(str(Path(data.source).absolute()) if data.source != "demo" else "demo", data.split, data.n) \
         if isinstance(data, DataSpec) else client.scatter(data)
     with contextlib.ExitStack() as cleanup:
         if isinstance(model, Path):
             checkpoint = model.absolute()
         else:                               # a temporary checkpoint beside the output, removed afterwards
-            fd, name = tempfile.mkstemp(dir=plan.path.parent, prefix=f".{plan.path.name}.", suffix=".pt")
+            fd, name = tempfile.mkstemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".pt")
             os.close(fd)
             checkpoint = save(model, name)
             cleanup.callback(checkpoint.unlink, missing_ok=True)
-        futures = [client.submit(_task, plan, str(checkpoint), data, b, pure=False) for b in batches]
+        futures = [client.submit(_task, fn, str(checkpoint), data, task, pure=False) for task in tasks]
         try:
-            for future in tqdm(as_completed(futures), total=len(futures), desc="explain", unit="batch",
+            for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="batch",
                                disable=not progress):
-                future.result()
+                yield future.result()
         except Exception:
             wait(futures)               # the other batches finish: no task writes once this returns,
             raise                       # and a re-run redoes only the batches that failed
@@ -73,13 +87,20 @@ def run_on(client, plan: Plan, model, data, batches: list[int], progress: bool) 
             client.cancel(futures)
 
 
-def _task(plan: Plan, checkpoint: str, data, batch: int) -> int:
-    """One batch on a worker: the cached model and data, then the same `write_batch` as a serial run."""
-    for path in (checkpoint, plan.path):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"this worker cannot see {path}: the output store and the checkpoint must be on "
-                                    "a filesystem shared by every worker")
-    return write_batch(plan, _model(checkpoint), _data(data) if isinstance(data, DataSpec) else data, batch)
+def _task(fn, checkpoint: str, data, task: tuple):
+    """One batch on a worker: the cached model and data, then `fn` as a serial run would call it."""
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"this worker cannot see {checkpoint}: the output and the checkpoint must be on "
+                                "a filesystem shared by every worker")
+    return fn(_model(checkpoint), _data(data) if isinstance(data, DataSpec) else data, *task)
+
+
+def _write(model, data, plan: Plan, batch: int) -> int:
+    """`write_batch` of a serial run, once the worker sees the store."""
+    if not plan.path.exists():
+        raise FileNotFoundError(f"this worker cannot see {plan.path}: the output store must be on a filesystem "
+                                "shared by every worker")
+    return write_batch(plan, model, data, batch)
 
 
 def _model(checkpoint: str):

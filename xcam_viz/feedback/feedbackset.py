@@ -66,9 +66,9 @@ class FeedbackSet:
                           f"(e.g. {[s for s, k in zip(self.sample_ids, known) if k is None][:3]})", stacklevel=2)
         fb = self.subset(keep)
         if len(fb) and (fb.has_relevant.any() or fb.has_irrelevant.any()) \
-                and tuple(fb.relevant.shape[1:]) != tuple(dataset.images.shape[2:]):
+                and tuple(fb.relevant.shape[1:]) != tuple(dataset.image_shape[1:]):
             raise ValueError(f"feedback masks are {tuple(fb.relevant.shape[1:])} but the images are "
-                             f"{tuple(dataset.images.shape[2:])}; give masks of the images' size")
+                             f"{tuple(dataset.image_shape[1:])}; give masks of the images' size")
         return torch.tensor([k for k in known if k is not None], dtype=torch.long), fb
 
     def to_xarray(self) -> xr.Dataset:

@@ -181,8 +181,8 @@ class FeedbackStore:
             raise ValueError(f"the relevant and irrelevant masks of sample {sample_id!r} differ in size "
                              f"({sorted(shapes)}); give both at the image's size")
         shape = shapes.pop() if shapes else None
-        if shape is not None and ds is not None and shape != tuple(ds.images.shape[2:]):
-            h, w = ds.images.shape[2:]
+        if shape is not None and ds is not None and shape != tuple(ds.image_shape[1:]):
+            h, w = ds.image_shape[1:]
             raise ValueError(f"mask of sample {sample_id!r} is {shape[0]}×{shape[1]} but its image is {h}×{w}; "
                              "give masks at the image's size (resize the mask to the image first)")
         if label is not None:
@@ -254,7 +254,7 @@ class FeedbackStore:
             ids = sorted((s for s in ids if s in dataset._index), key=dataset._index.__getitem__)
         shapes = {a.shape for s in ids for a in per_sample[s] if a.shape is not None}
         if dataset is not None:
-            shapes.add(tuple(dataset.images.shape[2:]))
+            shapes.add(tuple(dataset.image_shape[1:]))
         if len(shapes) > 1:
             raise ValueError(f"the store holds masks of several sizes {sorted(shapes)}; collect feedback "
                              "per data set with store.feedback(dataset)")
@@ -281,7 +281,7 @@ class FeedbackStore:
         if kind not in ("relevant", "irrelevant"):
             raise ValueError(f"kind must be 'relevant' or 'irrelevant', got {kind!r}")
         fb = self.feedback(dataset)
-        dense = torch.zeros(len(dataset), *dataset.images.shape[2:], dtype=torch.bool)
+        dense = torch.zeros(len(dataset), *dataset.image_shape[1:], dtype=torch.bool)
         has = torch.zeros(len(dataset), dtype=torch.bool)
         pos = torch.tensor([dataset.index_of(s) for s in fb.sample_ids], dtype=torch.long)
         if len(pos):

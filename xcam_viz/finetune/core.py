@@ -235,7 +235,7 @@ class _Run:
         corrected = self.feedback.labels >= 0
         self.labels[self.positions[corrected]] = self.feedback.labels[corrected]
         fb = self.feedback
-        self.donors = Donors(self.ds.images[self.positions], fb.relevant & fb.has_relevant[:, None, None],
+        self.donors = Donors(self.ds.read(self.positions)[0], fb.relevant & fb.has_relevant[:, None, None],
                              fb.irrelevant & fb.has_irrelevant[:, None, None], fb.has_relevant, fb.has_irrelevant,
                              self.settings["seed"])
         self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.strategies,
@@ -250,14 +250,14 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, run: _Run, eval_d
     control.report(phase="evaluating before")
     evals = {**eval_data, "validation": run.validation}
     before = _evaluate(model, evals, settings)
-    _centre_head(model, run.ds.images[:8])
+    _centre_head(model, run.ds.read(range(min(8, len(run.ds))))[0])
     history: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "explanation": [], "validation": []}
     best, cancelled = {}, False
     try:
         best = loop.train_epochs(model, run, control, history)
     except Cancelled:
         cancelled = True
-    _centre_head(model, run.ds.images[:8])           # Adam lets the class-mean drift again
+    _centre_head(model, run.ds.read(range(min(8, len(run.ds))))[0])     # Adam lets the class-mean drift again
     model.eval()
     version, flagged, warning = None, False, ""
     if cancelled:

@@ -71,7 +71,7 @@ def make_batch(ds: ImageSet, labels: torch.Tensor, positions: torch.Tensor, fb: 
     none = torch.zeros(len(idx_other), *fb.relevant.shape[1:], dtype=torch.bool)
     relevant = torch.cat([fb.relevant[rows_fb] & fb.has_relevant[rows_fb, None, None], none])
     irrelevant = torch.cat([fb.irrelevant[rows_fb] & fb.has_irrelevant[rows_fb, None, None], none])
-    return cx.Batch(ds.images[idx].clone(), labels[idx].clone(), relevant, irrelevant,
+    return cx.Batch(ds.read(idx)[0].clone(), labels[idx].clone(), relevant, irrelevant,
                     torch.cat([rows_fb, torch.full((len(idx_other),), -1, dtype=torch.long)]))
 
 
@@ -126,7 +126,7 @@ def validation_counterexamples(val: ImageSet, donors: cx.Donors, strategies: tup
         return None
     gen = torch.Generator().manual_seed(seed + 1)
     n = len(val)
-    blank = torch.zeros(n, *val.images.shape[2:], dtype=torch.bool)
+    blank = torch.zeros(n, *val.image_shape[1:], dtype=torch.bool)
     batch = cx.Batch(val.images.clone(), val.labels.clone(), blank.clone(), blank.clone(),
                      torch.full((n,), -1, dtype=torch.long))
     for check in checks:

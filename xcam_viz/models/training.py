@@ -37,7 +37,7 @@ def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, b
     for _ in range(epochs):
         total, correct, count = 0.0, 0, 0
         for idx in torch.randperm(len(data), generator=gen).split(batch_size):
-            x = data.images[idx].to(device)
+            x = data.read(idx)[0].to(device)          # a lazy ImageSet decodes only the batch
             out = logits_of(model(x))
             y = _targets(data, idx, out).to(device)
             loss = nn.functional.cross_entropy(out, y)
@@ -74,12 +74,12 @@ def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 1
 
     For segmenters, the probabilities are the per-class means over pixels.
     """
-    images = data.images if isinstance(data, ImageSet) else data
-    ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(images))]
+    batches = data.batches(batch_size) if isinstance(data, ImageSet) else data.split(batch_size)
+    ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(data))]
     device = model_device(model)
     probs = []
     with eval_mode(model):
-        for batch in images.split(batch_size):
+        for batch in batches:                               # a lazy ImageSet is decoded batch by batch
             p = logits_of(model(batch.to(device))).float().softmax(1)
             probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
     prob = torch.cat(probs).numpy()

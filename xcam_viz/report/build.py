@@ -122,10 +122,9 @@ def _overview(model, splits: dict[str, ImageSet], method: str, layer: str, feedb
         pred = predict(model, ds)
         acc.append(float(pred.correct.mean()))
         confusion.append(np.bincount(ds.labels.numpy() * k + pred.predicted.values, minlength=k * k).reshape(k, k))
-        cams = explain(model, ds, method=method, layer=layer)
-        class_cams.append(np.stack([cams.values[ds.labels.numpy() == c].mean(0) if (ds.labels == c).any()
-                                    else np.full(cams.shape[1:], np.nan) for c in range(k)]))
-        outside.append(_shortcut_indicator(cams.values, ds, feedback, k))
+        mean_cam, indicator = _cam_summary(model, ds, method, layer, feedback, k)
+        class_cams.append(mean_cam)
+        outside.append(indicator)
     out = xr.Dataset({
         "accuracy": ("split", acc),
         "confusion": (("split", "true", "predicted_class"), np.stack(confusion)),
@@ -148,9 +147,30 @@ def _overview(model, splits: dict[str, ImageSet], method: str, layer: str, feedb
     return out
 
 
-def _shortcut_indicator(cams: np.ndarray, ds: ImageSet, feedback, k: int) -> np.ndarray:
-    """Per class, the mean share of CAM mass outside the relevant region (user-marked where given, else
-    the ground-truth mask); NaN for a class without any relevant region."""
+def _cam_summary(model, ds: ImageSet, method: str, layer: str, feedback, k: int, batch_size: int = 256):
+    """Per class, the mean CAM of a split and the shortcut indicator, explained `batch_size` images at a time
+    (a lazy split is never held whole)."""
+    sums, shares, has = None, [], []
+    labels = ds.labels.numpy()
+    for start in range(0, len(ds), batch_size):
+        sub = ds.subset(range(start, min(start + batch_size, len(ds))))
+        cams = explain(model, sub, method=method, layer=layer).values
+        part = np.stack([cams[sub.labels.numpy() == c].sum(0) for c in range(k)])
+        sums = part if sums is None else sums + part
+        share, marked = _outside_share(cams, sub, feedback)
+        shares.append(share)
+        has.append(marked)
+    counts = np.bincount(labels, minlength=k)
+    mean_cam = np.stack([sums[c] / counts[c] if counts[c] else np.full(sums.shape[1:], np.nan) for c in range(k)])
+    share, has = np.concatenate(shares), np.concatenate(has)
+    indicator = np.array([np.nanmean(share[(labels == c) & has]) if ((labels == c) & has).any() else np.nan
+                          for c in range(k)])
+    return mean_cam, indicator
+
+
+def _outside_share(cams: np.ndarray, ds: ImageSet, feedback) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the share of CAM mass outside the relevant region (user-marked where given, else the
+    ground-truth mask), and whether it has a relevant region at all."""
     relevant = ds.masks.numpy().copy() if ds.masks is not None else np.zeros(cams.shape, bool)
     has = relevant.reshape(len(relevant), -1).any(1)
     if feedback is not None:
@@ -161,9 +181,7 @@ def _shortcut_indicator(cams: np.ndarray, ds: ImageSet, feedback, k: int) -> np.
                 has[i] = True
     mass = cams.reshape(len(cams), -1).sum(1)
     share = np.where(mass > 0, (cams * ~relevant).reshape(len(cams), -1).sum(1) / np.maximum(mass, 1e-12), np.nan)
-    labels = ds.labels.numpy()
-    return np.array([np.nanmean(share[(labels == c) & has]) if ((labels == c) & has).any() else np.nan
-                     for c in range(k)])
+    return share, has
 
 
 def _changes(previous: Report | None, overview: xr.Dataset, feedback) -> tuple[int, list[str]]:
