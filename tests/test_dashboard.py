@@ -162,14 +162,14 @@ def test_target_and_evidence(workbench):
     other = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3", target=1 - pred))
     assert predicted.target_class == explicit.target_class == pred and other.target_class == 1 - pred
     assert predicted.digest == explicit.digest != other.digest
-    ev = workbench.saliency(MapRequest("v0", "test", sample, "evidence", ""))
+    ev = workbench.saliency(MapRequest("v0", "test", sample, "efficient", ""))
     assert ev.signed and ev.values.shape == (64, 64) and ev.values.min() < 0 < ev.values.max()
 
 
 def test_layers_methods_and_versions(workbench, demo_model):
     layers = dict(workbench.layers("v0"))
     assert layers["block3"] == (64, 16, 16) and not workbench.is_segmenter()
-    assert "gradcam" in workbench.methods() and "evidence" in workbench.methods()
+    assert "gradcam" in workbench.methods() and {"efficient", "pda"} <= set(workbench.methods())
     assert "seg-gradcam" not in workbench.methods()
     with pytest.raises(KeyError, match="unknown model version"):
         workbench.model("v9")
@@ -179,7 +179,7 @@ def test_layers_methods_and_versions(workbench, demo_model):
 def test_selection_follows_versions_and_normalises_evidence(dash):
     sel = dash.selection
     assert sel.layer == "block4" and sel.method == "gradcam" and sel.split == "test"
-    assert sel.request(method="evidence").layer == "" and sel.request().layer == "block4"
+    assert sel.request(method="efficient").layer == "" and sel.request().layer == "block4"
     sel.split = "flipped"
     assert sel.sample == dash.workbench.splits["flipped"].ids[0]
 
@@ -225,7 +225,7 @@ def test_overlay_updates_in_place_on_selection_changes(dash):
     assert right.title.startswith("eigencam · block3") and right.digest != left.digest
     assert right.figure.x_range is left.figure.x_range                # linked zoom and pan
     dash.selection.sample = dash.workbench.splits["test"].ids[0]      # its evidence is cached already
-    dash.selection.method = "evidence"
+    dash.selection.method = "efficient"
     low, high = left.mapper.low, left.mapper.high
     assert tuple(left.mapper.palette) == palette("RdBu_r")
     assert left.result.signed and left.colormap == "RdBu_r" and low == -high < 0

@@ -36,8 +36,8 @@ def test_layer_and_method_change_the_overlay(server, page):
     s2 = wait_state(page, lambda s: s["method"] == "layercam" and s["left"] != s1["left"])
     assert s2["left_title"].startswith("layercam · block3")
     shot(page, "03-layer-method")
-    select_option(page, "xv-method", "evidence (fast, signed)")
-    wait_state(page, lambda s: s["method"] == "evidence" and s["left"] != s2["left"], timeout=60)
+    select_option(page, "xv-method", "evidence · efficient (fast, signed)")
+    wait_state(page, lambda s: s["method"] == "efficient" and s["left"] != s2["left"], timeout=60)
     shot(page, "04-evidence")
     assert console.errors == []
 

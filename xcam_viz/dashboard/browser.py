@@ -11,7 +11,8 @@ from .overlay import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
 from .tasks import Runner, bokeh_update, notify
-from .workbench import EVIDENCE, Workbench
+from ..evidence import METHODS as EVIDENCE_METHODS
+from .workbench import Workbench
 
 SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",
          "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
@@ -91,7 +92,7 @@ class ImageBrowser(pn.viewable.Viewer):
 
     def _metric_key(self) -> tuple:
         sel = self.selection
-        method = "gradcam" if sel.method in EVIDENCE else sel.method
+        method = "gradcam" if sel.method in EVIDENCE_METHODS else sel.method
         return sel.version, sel.split, method, sel.layer
 
     def metric_scores(self, key: tuple) -> dict[str, dict[str, float]]:
@@ -165,14 +166,12 @@ class ImageBrowser(pn.viewable.Viewer):
         marked = wb.feedback_ids(sel.split)
         names = wb.class_names(sel.split)
         images = [wb.image(sel.split, s) for s in ids]
-        captions, correct = [], []
-        if ids:
-            predicted, conf = pred.predicted.values, pred.confidence.values
-            captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(predicted, conf)]
-            correct = list(pred.correct.values)
+        captions = [(names[p][:10], f"{c:.0%}") for p, c in zip(pred.predicted.values, pred.confidence.values)
+                    ] if ids else []
+        correct = wb.outcomes(sel.version, sel.split, ids)
         boxes = np.array([self.grid.box(i) for i in range(len(ids))]).reshape(-1, 4)
         self._tiles.data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
-                            "label": [names[v] for v in pred.label.values] if ids else [],
+                            "label": [wb.true_label(sel.split, v) for v in pred.label.values] if ids else [],
                             "predicted": [names[v] for v in pred.predicted.values] if ids else [],
                             "confidence": [round(float(v), 3) for v in pred.confidence.values] if ids else [],
                             "feedback": ["yes" if s in marked else "no" for s in ids]}

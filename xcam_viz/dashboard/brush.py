@@ -10,6 +10,7 @@ import numpy as np
 import panel as pn
 import param
 
+from ..feedback import union_masks
 from .freehand import FreehandCanvas, merge_strokes
 from .raster import Stroke, composite, mask_layer, strokes_to_masks
 from .selection import Selection
@@ -138,13 +139,7 @@ class BrushFeedback(pn.viewable.Viewer):
 
     def saved_masks(self) -> tuple[np.ndarray, np.ndarray]:
         """Union of the relevant and of the irrelevant masks saved for the selected image."""
-        relevant, irrelevant = np.zeros(self.shape, bool), np.zeros(self.shape, bool)
-        for a in self.workbench.feedback.annotations(self.selection.sample):
-            if a.relevant is not None:
-                relevant |= np.asarray(a.relevant, bool)
-            if a.irrelevant is not None:
-                irrelevant |= np.asarray(a.irrelevant, bool)
-        return relevant, irrelevant
+        return union_masks(self.workbench.feedback.annotations(self.selection.sample), self.shape)
 
     def _describe(self) -> None:
         saved = self.workbench.feedback.annotations(self.selection.sample)

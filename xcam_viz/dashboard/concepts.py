@@ -221,12 +221,11 @@ class ConceptsPanel(pn.viewable.Viewer):
             best = [int(u) for u, v in zip(ranked.unit.values[:BEST_UNITS], ranked.values) if v > 0]
             tops = {u: units.top_images(u, self.grid.cols) for u in best}
             masks = {sid: units.masks(sid).numpy() for sid in {sample, *(s for ids in tops.values() for s in ids)}}
-        predictions = wb.predictions(key[0], split)
         images, captions, correct, marked = [], [], [], []
         for u, ids in tops.items():
             images += [composite(wb.image(split, s), unit_layer(masks[s][u])) for s in ids]
-            captions += [f"u{u} {s[-4:]}" for s in ids]
-            correct += [bool(predictions.correct.sel(sample=s)) for s in ids]
+            captions += [(f"unit {u}", s[-4:]) for s in ids]
+            correct += wb.outcomes(key[0], split, ids)
             marked += [s == sample for s in ids]
         best_mask = masks[sample][best[0]] if best else np.zeros(self.shape, bool)
         return ranked, best_mask, montage(images, captions, correct, marked, self.grid)
@@ -313,7 +312,7 @@ class ConceptsPanel(pn.viewable.Viewer):
 
         key, sample, wb = self.key, self.selection.sample, self.workbench
         evidence = "efficient" if self.report_evidence else None
-        self.report_info.object = f"building report v{self.report_version + 1}…"
+        self.report_info.object = f"building report v{self.report_version + 1} of model {key[0]}…"
 
         def work():
             start = time.perf_counter()
@@ -325,7 +324,7 @@ class ConceptsPanel(pn.viewable.Viewer):
             samples = list(dict.fromkeys([sample, *labelled, *data.ids]))[:REPORT_IMAGES]
             rep = report(model, data, samples=samples, methods=(wb.methods(key[0])[0],), layers=(key[2],),
                          evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key),
-                         previous=self.report)
+                         previous=self.report, model_version=key[0])
             with tempfile.TemporaryDirectory() as tmp:
                 html = rep.save(Path(tmp) / "report.html").read_bytes()
             return rep, html, time.perf_counter() - start
@@ -333,9 +332,9 @@ class ConceptsPanel(pn.viewable.Viewer):
 
     def _reported(self, rep, html: bytes, seconds: float) -> None:
         self.report, self._html = rep, html
-        self.download.filename = f"xcam-viz-report-v{rep.version}.html"
+        self.download.filename = f"xcam-viz-report-v{rep.version}-model-{rep.overview.attrs['model_version']}.html"
         self.download.disabled = False
-        self.report_info.object = (f"**Report v{rep.version}** ({rep.images.sizes['sample']} images, built in "
+        self.report_info.object = (f"**{rep.title.capitalize()}** ({rep.images.sizes['sample']} images, built in "
                                    f"{seconds:.0f} s)\n\nWhat is new: " + "; ".join(rep.changes))
         self.report_version = rep.version
 

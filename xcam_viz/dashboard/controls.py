@@ -7,7 +7,7 @@ from .overlay import OverlayPair
 from .selection import Selection
 from .workbench import Workbench
 
-METHOD_LABELS = {"evidence": "evidence (fast, signed)", "evidence-pda": "evidence (PDA, slow, signed)"}
+METHOD_LABELS = {"efficient": "evidence · efficient (fast, signed)", "pda": "evidence · pda (slow, signed)"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
                 "layercam": "LayerCAM", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM",
                 "seg-gradcam": "Seg-Grad-CAM", "seg-hirescam": "Seg-HiRes-Grad-CAM"}

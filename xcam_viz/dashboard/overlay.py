@@ -211,7 +211,7 @@ class OverlayPair(pn.viewable.Viewer):
         if request != self.request(side):           # the selection moved on meanwhile
             return
         names = self.workbench.class_names(request.split)
-        what = request.method if request.method.startswith("evidence") else f"{request.method} · {request.layer}"
+        what = f"evidence {request.method}" if result.signed else f"{request.method} · {request.layer}"
         title = f"{what} · {request.version} · {names[result.target_class]}"
         self.views[side].show((request.split, request.sample), image, result, title)
         if side == "left":
@@ -223,7 +223,7 @@ class OverlayPair(pn.viewable.Viewer):
         names = wb.class_names(request.split)
         probs = " · ".join(f"{n} {p:.0%}" for n, p in zip(names, pred.probability.values))
         unit = "weight of evidence in bits: red for, blue against" if result.signed else "map scaled to [0, 1]"
-        self.info.object = (f"**{request.sample}** · label **{names[int(pred.label)]}** · predicted "
+        self.info.object = (f"**{request.sample}** · label **{wb.true_label(request.split, pred.label)}** · predicted "
                             f"**{names[int(pred.predicted)]}** ({probs}) · explaining "
                             f"**{names[result.target_class]}** · {unit} · {result.seconds * 1000:.0f} ms")
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 CAPTION = 16          # height of a thumbnail's caption strip, montage pixels
-GOOD, BAD, MARK = (34, 139, 84), (190, 50, 50), (255, 200, 0)
+GOOD, BAD, UNKNOWN, MARK = (34, 139, 84), (190, 50, 50), (110, 110, 110), (255, 200, 0)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _font():
-    return ImageFont.load_default(size=10)
+    return ImageFont.load_default(size=11)
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,11 @@ class Grid:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-def montage(images: list[np.ndarray], captions: list[str], correct: list[bool], marked: list[bool],
-            grid: Grid) -> np.ndarray:
-    """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct,
-    red wrong) and a yellow dot in the corner when `marked` (e.g. it has feedback)."""
+def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], correct: list[bool | None],
+            marked: list[bool], grid: Grid) -> np.ndarray:
+    """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct, red
+    wrong, grey when unknown: no true label) and a yellow dot in the corner when `marked` (e.g. it has
+    feedback). A caption (left, right) puts its second part at the right end of the strip."""
     h, w = grid.size
     canvas = Image.new("RGB", (w, h), (245, 245, 245))
     draw = ImageDraw.Draw(canvas)
@@ -154,8 +155,12 @@ def montage(images: list[np.ndarray], captions: list[str], correct: list[bool], 
         x0, y0 = col * t, row * (t + CAPTION)
         thumb = Image.fromarray(to_uint8(img)).resize((t - 4, t - 4), Image.BILINEAR)
         canvas.paste(thumb, (x0 + 2, y0 + 2))
-        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3], fill=GOOD if ok else BAD)
-        draw.text((x0 + 5, y0 + t - 1), text, fill=(255, 255, 255), font=_font())
+        draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
+                       fill=UNKNOWN if ok is None else GOOD if ok else BAD)
+        left, right = (text, "") if isinstance(text, str) else text
+        draw.text((x0 + 5, y0 + t - 1), left, fill=(255, 255, 255), font=_font())
+        if right:
+            draw.text((x0 + t - 5, y0 + t - 1), right, fill=(255, 255, 255), font=_font(), anchor="ra")
         if mark:
             draw.ellipse([x0 + t - 15, y0 + 5, x0 + t - 6, y0 + 14], fill=MARK, outline=(60, 60, 60))
     return np.asarray(canvas)

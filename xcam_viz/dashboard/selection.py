@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import param
 
-from .workbench import EVIDENCE, MapRequest, Workbench, mask_region
+from ..evidence import METHODS as EVIDENCE_METHODS
+from .workbench import MapRequest, Workbench, mask_region
 
 
 class Selection(param.Parameterized):
@@ -68,7 +69,7 @@ class Selection(param.Parameterized):
                 layer: str | None = None) -> MapRequest:
         """The map request of the current selection, optionally with another version / method / layer."""
         version, method, layer = version or self.version, method or self.method, layer or self.layer
-        if method in EVIDENCE:
+        if method in EVIDENCE_METHODS:
             layer = ""                                   # evidence does not depend on a layer
         elif layer not in dict(self.workbench.layers(version)):
             layer = default_layer(self.workbench.layers(version), self.workbench.is_segmenter(version))

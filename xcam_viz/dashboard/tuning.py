@@ -243,8 +243,7 @@ class FinetunePanel(pn.viewable.Viewer):
     def _remember_base_scores(self, result) -> None:
         """The base version's scores of this run ("before"), for a base saved without metrics (v0)."""
         self.workbench.measured.setdefault(result.base_version, {
-            "metrics": {f"{split}/{name}": float(result.metrics[name].sel(stage="before", split=split))
-                        for split in result.metrics.split.values for name in result.metrics.data_vars},
+            "metrics": result.scores("before"),
             "layer": result.settings["layer"], "method": result.settings["method"]})
 
     def _show_result(self, result) -> None:
@@ -261,9 +260,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.warning.visible = result.flagged
         self.outcome = {"version": result.version, "base": result.base_version, "flagged": result.flagged,
                         "warning": result.warning, "best_epoch": result.best_epoch, "run_settings": _finite(s),
-                        "metrics": {stage: _finite({f"{split}/{name}": float(result.metrics[name].sel(
-                            stage=stage, split=split)) for split in result.metrics.split.values
-                            for name in result.metrics.data_vars}) for stage in ("before", "after")}}
+                        "metrics": {stage: _finite(result.scores(stage)) for stage in ("before", "after")}}
 
     def show_history(self) -> None:
         """The registry's versions with their parents, strategies, flags and the metrics saved with them."""

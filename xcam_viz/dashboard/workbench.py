@@ -23,12 +23,15 @@ import xarray as xr
 from torch import nn
 
 from .. import models
+from ..evidence import METHODS as EVIDENCE_METHODS
+from ..models.kind import is_segmenter
 from ..concepts.labels import LabelStore
 from ..data import ImageSet
 from . import splits as split_rules
 from .cache import LRUCache
 
-EVIDENCE = {"evidence": "efficient", "evidence-pda": "pda"}   # dashboard method -> xv.evidence method
+NO_LABEL = "no label"
+
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class Workbench:
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
+        self._kinds: dict[str, bool] = {}
         self.measured: dict[str, dict] = {}     # versions saved without metrics: {"metrics", "layer", "method"}
         self.labels = LabelStore(default_labels_path(feedback))   # concept labels, shared by every layer
         self._units: dict[tuple, object] = {}
@@ -175,6 +179,20 @@ class Workbench:
     @property
     def opening_split(self) -> str:
         return split_rules.opening_split(self.splits)
+
+    def labelled(self, split: str) -> bool:
+        """Whether the split's images carry true labels (uploads do not: they show "no label")."""
+        return split in split_rules.labelled_splits(self.splits)
+
+    def outcomes(self, version: str, split: str, ids: list[str]) -> list[bool | None]:
+        """Per image, whether the prediction is right (None where the split has no true labels)."""
+        if not self.labelled(split):
+            return [None] * len(ids)
+        return [bool(v) for v in self.predictions(version, split).correct.sel(sample=ids).values]
+
+    def true_label(self, split: str, label: int) -> str:
+        """A true label in words ("no label" for a split without true labels)."""
+        return self.class_names(split)[int(label)] if self.labelled(split) else NO_LABEL
 
     def training_splits(self) -> list[str]:
         return split_rules.training_splits(self.splits)
@@ -252,16 +270,20 @@ class Workbench:
         return self._layers[version]
 
     def is_segmenter(self, version: str | None = None) -> bool:
+        """Whether the version's model is a segmenter (xv.models.kind decides; cached per version)."""
         version = version or self.base_version
-        return self.predictions(version, next(iter(self.splits))).attrs.get("segmenter", False)
+        if version not in self._kinds:
+            with self.lock:
+                self._kinds[version] = is_segmenter(self.model(version), self.input_shape)
+        return self._kinds[version]
 
     def methods(self, version: str | None = None) -> list[str]:
-        """CAM methods that fit the model (and evidence, for classifiers)."""
+        """CAM methods that fit the model, then (for classifiers) the evidence methods, by their core names."""
         from ..explain import METHODS, SEGMENTATION_METHODS
 
         if self.is_segmenter(version):
             return [*SEGMENTATION_METHODS, "eigencam"]
-        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE)
+        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE_METHODS)
 
     def class_names(self, split: str | None = None) -> list[str]:
         return list(self.splits[split or next(iter(self.splits))].class_names)
@@ -273,12 +295,7 @@ class Workbench:
         if key not in self._predictions:
             data = self.splits[split]
             with self.lock:
-                model = self.model(version)
-                out = models.predict(model, data)
-                with torch.no_grad():
-                    segmenter = model(data.images[:1]).ndim == 4
-            out.attrs["segmenter"] = segmenter
-            self._predictions[key] = out
+                self._predictions[key] = models.predict(self.model(version), data)
         return self._predictions[key]
 
     def add_images(self, split: str, images: torch.Tensor, ids: list[str]) -> list[str]:
@@ -349,12 +366,12 @@ class Workbench:
         start = time.perf_counter()
         target = self.resolve_target(request)
         data = self.splits[request.split]
-        if request.method in EVIDENCE:
+        if request.method in EVIDENCE_METHODS:
             from ..evidence import evidence
 
             x = data.images[data.index_of(request.sample)][None]
             with self.lock, one_thread():
-                ev = evidence(self.model(request.version), x, method=EVIDENCE[request.method],
+                ev = evidence(self.model(request.version), x, method=request.method,
                               target=target, data=data, progress=False)
             return MapResult(request, ev.values[0].astype(np.float32), True, int(ev.target.values[0]),
                              time.perf_counter() - start)
