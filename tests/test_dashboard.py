@@ -267,9 +267,9 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
     dash.browser.feedback = "with feedback"
     assert sample in dash.browser.ids
     assert brush._stale and f"{before + 1} annotation" not in brush.summary.object  # off screen: not drawn
-    dash.tabs.active = 1
+    dash.show("Feedback")
     assert brush.active and not brush._stale and f"{before + 1} annotation" in brush.summary.object
-    dash.tabs.active = 0
+    dash.show("Explain")
     brush.undo()                                                       # nothing pending: undo the saved one
     assert len(workbench.feedback.annotations(sample)) == before
     brush.canvas.paths.data = {"xs": [[1, 5]], "ys": [[1, 1]]}
@@ -387,7 +387,7 @@ def test_finetune_trains_on_train_compares_and_goes_back_to_the_parent(dash, wor
     # back to the parent; the next run starts from it
     back = dash.controls.back
     assert back.label == f"Back to parent ({base})" and not back.disabled
-    back.clicks += 1
+    back.param.trigger("value")                                        # what a click does
     assert sel.version == base and back.disabled and overlays.left.title.split(" · ")[2] == base
     again = run_to_end(tuning)
     assert again.base_version == base and workbench.parent(again.version) == base and sel.version == again.version

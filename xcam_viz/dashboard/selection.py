@@ -21,6 +21,8 @@ class Selection(param.Parameterized):
     point = param.Tuple(default=(0, 0), length=2, doc="(row, col) of the region 'point'")
     painted = param.Parameter(default=None, doc="bool mask of the region 'painted' (from the brush)")
     revision = param.Integer(default=0, doc="bumped whenever the feedback store changes")
+    compare = param.String(default="", doc="a model version to show in the right-hand view with the left's method "
+                                           "and layer (set by fine-tuning: a new version beside its parent)")
 
     def __init__(self, workbench: Workbench, **params):
         self.workbench = workbench
@@ -47,6 +49,13 @@ class Selection(param.Parameterized):
                 self.layer = default_layer(wb.layers(self.version), wb.is_segmenter(self.version))
             if self.method not in methods:
                 self.method = methods[0]
+
+    def show_right(self, version: str) -> None:
+        """Ask the right-hand view to show `version` (again, if it asked for it before)."""
+        if self.compare == version:
+            self.param.trigger("compare")
+        else:
+            self.compare = version
 
     @param.depends("split", watch=True)
     def _first_sample(self) -> None:

@@ -15,10 +15,9 @@ import param
 
 from ..finetune import AUTO, DEFAULTS, STRATEGIES
 from .controls import cam_name, scored_with
-from .overlay import OverlayPair
-from .selection import Selection, default_layer
+from .selection import default_layer
+from .tab import Tab
 from .tasks import describe, notify
-from .workbench import Workbench
 
 POLL_MS = 250
 WIDGET = 235                # the tab is two such columns wide: it fits beside the browser at 1366 px
@@ -64,14 +63,17 @@ def _finite(values: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
-class FinetunePanel(pn.viewable.Viewer):
+class FinetunePanel(Tab):
     """Launch xv.finetune(..., background=True) from the selected model version on the training split's
     saved feedback, follow it (progress bar and losses, polled by a periodic callback), cancel it, and
     when it is done show the before/after table; a good new version becomes the selection (its parent on
     the right-hand view), a flagged one is only shown on the right, with its warning."""
 
     title = param.String(default="Fine-tune", constant=True)
-    active = param.Boolean(default=False, doc="whether the tab is on screen")
+    attribute, probe_key = "tuning", "finetune"
+    probed = ("progress", "phase", "new_version", "outcome")
+    launch_event = param.Event(label="Launch fine-tuning")
+    cancel_event = param.Event(label="Cancel")
     split = param.Selector(objects=[], label="Train on split")
     strategy = param.Selector(objects=["auto", *STRATEGIES], default="auto", label="Strategy")
     layer = param.Selector(objects=[], label="Grad-CAM layer (scored, corrected)")
@@ -84,9 +86,9 @@ class FinetunePanel(pn.viewable.Viewer):
     new_version = param.String(default="")
     outcome = param.Dict(default={}, doc="the last finished run: versions, flag, warning, metrics, settings")
 
-    def __init__(self, workbench: Workbench, selection: Selection, overlays: OverlayPair, **params):
-        self.workbench, self.selection, self.overlays = workbench, selection, overlays
-        super().__init__(**params)
+    def __init__(self, session, **params):
+        super().__init__(session, **params)
+        workbench, selection = self.workbench, self.selection
         self.param.layer.objects = [name for name, _ in workbench.layers(selection.version)]
         self.layer = default_layer(workbench.layers(selection.version), workbench.is_segmenter(selection.version))
         self.param.split.objects = workbench.training_splits()
@@ -95,11 +97,10 @@ class FinetunePanel(pn.viewable.Viewer):
         self._callback = None
         self._losses = hv.streams.Pipe(data={"step": [], "loss": [], "ce": [], "explanation": []})
         curves = hv.DynamicMap(self._curves, streams=[self._losses])
-        self.launch_button = pn.widgets.Button(label="Launch fine-tuning", color="primary", css_classes=["xv-launch"])
-        self.cancel_button = pn.widgets.Button(label="Cancel", color="danger", disabled=True,
-                                               css_classes=["xv-cancel"])
-        self.launch_button.on_click(lambda _: self.launch())
-        self.cancel_button.on_click(lambda _: self.cancel())
+        self.launch_button = pn.widgets.Button.from_param(self.param.launch_event, color="primary",
+                                                          css_classes=["xv-launch"])
+        self.cancel_button = pn.widgets.Button.from_param(self.param.cancel_event, color="danger",
+                                                          disabled=True, css_classes=["xv-cancel"])
         self.bar = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width", bar_color="primary")
         self.status = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-finetune-status"])
         self.help = pn.pane.Markdown(strategy_help(self.strategy), margin=(0, 10), width=WIDGET,
@@ -131,6 +132,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.layout = pn.Column(pn.Row(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10)),
                                 self.warning, self.results, self.history, name=self.title)
         selection.param.watch(lambda *_: self.show_history(), ["version"])
+        selection.param.watch(lambda *_: self.show_history(), ["version"], what="objects")    # a new version
         selection.param.watch(lambda *_: self._hint(), ["revision"])
         self._hint()
         self.show_history()
@@ -166,6 +168,7 @@ class FinetunePanel(pn.viewable.Viewer):
         return {"strategy": self.strategy, "layer": self.layer,
                 **{k: (None if v == DEFAULTS[k] else v) for k, v in chosen.items()}}
 
+    @param.depends("launch_event", watch=True)
     def launch(self) -> None:
         """Start fine-tuning in the background (errors, e.g. no feedback yet, become notifications)."""
         if self.job is not None and not self.job.done:
@@ -182,6 +185,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.launch_button.disabled, self.cancel_button.disabled = True, False
         self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
 
+    @param.depends("cancel_event", watch=True)
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
@@ -227,13 +231,12 @@ class FinetunePanel(pn.viewable.Viewer):
         self.workbench.add_version(result.version, result.model)
         self._remember_base_scores(result)
         self._show_result(result)
-        self.selection.sync_version()
-        self.overlays.sync_choices()
+        self.selection.sync_version()          # every view offers the new version
         if result.flagged:                    # saved, but not switched to: look first (right-hand view)
-            self.overlays.compare_with(result.version)
+            self.selection.show_right(result.version)
             notify(f"{result.version} is flagged: {result.warning}", "warning", 12000)
         else:                                 # the new version on the left, its parent on the right
-            self.overlays.compare_with(result.base_version)
+            self.selection.show_right(result.base_version)
             self.selection.version = result.version
             notify(f"fine-tuned {result.base_version} → {result.version}", "success", 4000)
         self.new_version = result.version
@@ -297,5 +300,3 @@ class FinetunePanel(pn.viewable.Viewer):
                 "results": bool(self.results.object), "warning_shown": bool(self.warning.visible),
                 "split": self.split, "strategy": self.strategy, "settings": self.settings(), **self.outcome}
 
-    def __panel__(self):
-        return self.layout
