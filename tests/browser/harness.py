@@ -66,12 +66,19 @@ class Server:
 
 
 class Console:
-    """Console errors and uncaught page errors of a page."""
+    """Console errors, uncaught page errors and Bokeh's warnings of a page."""
 
     def __init__(self, page):
         self.errors: list[str] = []
-        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.bokeh_warnings: list[str] = []
+        page.on("console", self._message)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _message(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(f"console.{message.type}: {message.text}")
+        elif message.type == "warning" and "[bokeh" in message.text:
+            self.bokeh_warnings.append(message.text)
 
 
 def demo_servers(folder: Path):

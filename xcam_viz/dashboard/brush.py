@@ -36,7 +36,7 @@ class BrushFeedback(Tab):
     clear_event = param.Event(label="Clear")
     save_event = param.Event(label="Save")
 
-    def __init__(self, session, plot_width: int = 384, **params):
+    def __init__(self, session, plot_width: int = 320, **params):
         super().__init__(session, **params)
         workbench, selection = self.workbench, self.selection
         self.class_names = workbench.class_names()
@@ -58,7 +58,8 @@ class BrushFeedback(Tab):
             pn.widgets.Select.from_param(self.param.label, width=CONTROLS),
             pn.widgets.TextInput.from_param(self.param.author, width=CONTROLS),
             pn.Row(*buttons), self.summary, width=CONTROLS + 10)
-        self.layout = pn.Row(self.canvas.pane, controls, name=self.title)
+        self.layout = pn.FlexBox(self.canvas.pane, controls, name=self.title, flex_wrap="wrap",
+                                 sizing_mode="stretch_width")       # the controls go below the canvas when narrow
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 

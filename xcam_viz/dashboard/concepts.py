@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, Range1d
 from bokeh.plotting import figure
 
 from ..concepts import THRESHOLDS
@@ -123,16 +123,15 @@ class ConceptsPanel(Tab):
         h, w = self.grid.size
         montage_figure = image_figure((h, w), w, toolbar_location=None, tools="")
         montage_figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self._montage)
-        self.layout = pn.Column(
-            pn.Row(self.canvas.pane, controls,
-                   pn.Column(self.table_title, self.table, width=250)),
-            pn.Row(pn.Column("**Top images of the best units** · one row per unit, its mask in amber",
-                             pn.pane.Bokeh(montage_figure, css_classes=["xv-concept-montage"]), width=w + 20),
-                   pn.pane.Bokeh(self._scatter_figure(), css_classes=["xv-concept-scatter"]),
-                   pn.Column("### Report", self.report_info,
-                             pn.widgets.Checkbox.from_param(self.param.report_evidence),
-                             pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60)),
-            name=self.title)
+        wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}       # boxes go below each other when narrow
+        self.layout = pn.FlexBox(
+            self.canvas.pane, controls, pn.Column(self.table_title, self.table, width=260),
+            pn.Column("**Top images of the best units** · one row per unit, its mask in amber",
+                      pn.pane.Bokeh(montage_figure, css_classes=["xv-concept-montage"]), width=w + 20),
+            pn.pane.Bokeh(self._scatter_figure(), css_classes=["xv-concept-scatter"]),
+            pn.Column("### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
+                      pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60),
+            name=self.title, **wrap)
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
 
@@ -321,6 +320,11 @@ class ConceptsPanel(Tab):
 
     @bokeh_update
     def _send_scatter(self, data: dict) -> None:
+        for axis, values in zip(self._scatter_ranges, (data["pc1"], data["pc2"])):
+            if len(values):
+                low, high = float(np.min(values)), float(np.max(values))
+                pad = 0.08 * (high - low) or 1.0
+                axis.update(start=low - pad, end=high + pad)
         self._scatter.data = data
 
     def _scatter_data(self, embedding, current: dict | None = None) -> dict:
@@ -338,7 +342,8 @@ class ConceptsPanel(Tab):
         (a HoloViews categorical colour mapping logged a Bokeh warning per update)."""
         fig = figure(width=320, height=320, title="Units: PCA of activation profiles", toolbar_location=None,
                      tools="hover", tooltips=[("unit", "@unit"), ("concept", "@concept"), ("cluster", "@cluster")],
-                     x_axis_label="pc1", y_axis_label="pc2")
+                     x_axis_label="pc1", y_axis_label="pc2", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1))
+        self._scatter_ranges = fig.x_range, fig.y_range     # set from the data (Bokeh warns on empty data ranges)
         fig.scatter("pc1", "pc2", source=self._scatter, size=7, fill_color="colour", line_color="#555555",
                     legend_field="concept")
         fig.legend.location, fig.legend.label_text_font_size = "bottom_right", "8pt"

@@ -32,8 +32,8 @@ from .workbench import Workbench
 hv.extension("bokeh", logo=False)
 
 TABS = [OverlayPair, BrushFeedback, FinetunePanel, ConceptsPanel]   # adding a tab: one new file and this list
-SIDEBAR_WIDTH = 260
-BROWSER_WIDTH = 470
+SIDEBAR_WIDTH = 250
+BROWSER_WIDTH = 460
 
 
 def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.Module | None:

@@ -146,7 +146,7 @@ class OverlayPair(Tab):
     compare_method = param.Selector(objects=[SAME], default=SAME, label="Right: method")
     compare_layer = param.Selector(objects=[SAME], default=SAME, label="Right: layer")
 
-    def __init__(self, session, display: Display | None = None, width: int = 320, **params):
+    def __init__(self, session, display: Display | None = None, width: int = 200, **params):
         super().__init__(session, **params)
         workbench, selection = self.workbench, self.selection
         self.display = display or Display()
@@ -157,11 +157,11 @@ class OverlayPair(Tab):
         self.sync_choices()
         methods = self.param.compare_method.objects
         self.compare_method = next((m for m in ("hirescam", "seg-hirescam", "layercam") if m in methods), SAME)
-        self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
+        self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10), css_classes=["xv-map-info"])
         self.layout = pn.Column(
-            pn.Row(*[pn.pane.Bokeh(v.figure, margin=(5, 5)) for v in (self.left, self.right)],
-                   css_classes=["xv-overlays"]),
-            self.info, name="Explain")
+            pn.FlexBox(*[pn.pane.Bokeh(v.figure, margin=(5, 5)) for v in (self.left, self.right)],
+                       css_classes=["xv-overlays"], flex_wrap="wrap", sizing_mode="stretch_width"),
+            self.info, name=self.title, sizing_mode="stretch_width")
         self.left.figure.on_event(Tap, lambda event: self.click(event.x, event.y))
         selection.param.watch(lambda *_: self.sync_choices(), ["version"])
         selection.param.watch(lambda *_: self.sync_choices(), ["version"], what="objects")   # a new version

@@ -141,6 +141,15 @@ class Grid:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
+    """`text`, shortened with an ellipsis until it is at most `width` pixels wide."""
+    if draw.textlength(text, font=_font()) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=_font()) > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], correct: list[bool | None],
             marked: list[bool], grid: Grid) -> np.ndarray:
     """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct, red
@@ -158,6 +167,7 @@ def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], cor
         draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
                        fill=UNKNOWN if ok is None else GOOD if ok else BAD)
         left, right = (text, "") if isinstance(text, str) else text
+        left = _fit(draw, left, t - 10 - (draw.textlength(right, font=_font()) + 6 if right else 0))
         draw.text((x0 + 5, y0 + t - 1), left, fill=(255, 255, 255), font=_font())
         if right:
             draw.text((x0 + t - 5, y0 + t - 1), right, fill=(255, 255, 255), font=_font(), anchor="ra")

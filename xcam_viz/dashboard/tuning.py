@@ -20,7 +20,7 @@ from .tab import Tab
 from .tasks import describe, notify
 
 POLL_MS = 250
-WIDGET = 235                # the tab is two such columns wide: it fits beside the browser at 1366 px
+WIDGET = 235                # a column of the tab; two side by side where they fit, else one above the other
 ADVANCED = ("lam", "epochs", "lr")          # settings in the collapsed card; untouched: the core's defaults
 SCORES = (("accuracy", "accuracy"), ("pointing_game", "pointing game"), ("iou", "IoU"))
 
@@ -106,8 +106,8 @@ class FinetunePanel(Tab):
         self.help = pn.pane.Markdown(strategy_help(self.strategy), margin=(0, 10), width=WIDGET,
                                      css_classes=["xv-strategy-help"], styles={"font-size": "0.85em"})
         self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["xv-finetune-warning"],
-                                     width=2 * WIDGET + 25, margin=(5, 10))
-        table = {"width": 2 * WIDGET + 25, "margin": (0, 10), "styles": {"font-size": "0.85em"}}
+                                     sizing_mode="stretch_width", margin=(5, 10))
+        table = {"sizing_mode": "stretch_width", "margin": (0, 10), "styles": {"font-size": "0.85em", "overflow-x": "auto"}}
         self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], **table)
         self.history = pn.pane.Markdown("", css_classes=["xv-versions"], **table)
         size = {"width": WIDGET}
@@ -125,12 +125,13 @@ class FinetunePanel(Tab):
             self.strategy_select, self.help,
             pn.widgets.Select.from_param(self.param.layer, **size), advanced,
             pn.Row(self.launch_button, self.cancel_button), width=WIDGET + 15)
-        legend = {"label_text_font_size": "8pt", "glyph_height": 10, "label_height": 10, "padding": 2, "spacing": 0,
-                  "title": None}
-        plot = pn.pane.HoloViews(curves.opts(width=WIDGET, height=190, legend_position="top_right", legend_opts=legend,
+        legend = {"label_text_font_size": "8pt", "glyph_height": 10, "label_height": 10, "padding": 2, "spacing": 6,
+                  "title": None, "orientation": "horizontal"}
+        plot = pn.pane.HoloViews(curves.opts(width=WIDGET, height=210, legend_position="top", legend_opts=legend,
                                              xlabel="step", ylabel="loss", toolbar=None), linked_axes=False)
-        self.layout = pn.Column(pn.Row(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10)),
-                                self.warning, self.results, self.history, name=self.title)
+        self.layout = pn.Column(pn.FlexBox(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10),
+                                           flex_wrap="wrap", sizing_mode="stretch_width"),
+                                self.warning, self.results, self.history, name=self.title, sizing_mode="stretch_width")
         selection.param.watch(lambda *_: self.show_history(), ["version"])
         selection.param.watch(lambda *_: self.show_history(), ["version"], what="objects")    # a new version
         selection.param.watch(lambda *_: self._hint(), ["revision"])
@@ -144,8 +145,10 @@ class FinetunePanel(Tab):
 
     @staticmethod
     def _curves(data):
-        """Loss terms per step; framewise, so the axes follow the growing curves."""
-        return hv.NdOverlay({k: hv.Curve((data["step"], data[k]), "step", "loss").opts(framewise=True)
+        """Loss terms per step; framewise, so the axes follow the growing curves. Before the first step one
+        point at (0, 0): Bokeh warns about ranges of empty data."""
+        steps = data["step"] or [0]
+        return hv.NdOverlay({k: hv.Curve((steps, data[k] or [0.0]), "step", "loss").opts(framewise=True)
                              for k in ("loss", "ce", "explanation")}, kdims="term")
 
     def _hint(self) -> None:
