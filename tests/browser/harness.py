@@ -98,6 +98,13 @@ def open_dashboard(page, url: str) -> Console:
     return console
 
 
+def notification(page, text: str, timeout: float = 30) -> str:
+    """The text of the newest notification (a Notyf toast) containing `text`; waits for it."""
+    toast = page.locator(".notyf__toast", has_text=text).last
+    toast.wait_for(timeout=timeout * 1000)
+    return toast.text_content()
+
+
 def state(page) -> dict:
     """The session state the dashboard publishes in its hidden .xv-state-json element."""
     return json.loads(page.locator(".xv-state-json").text_content())

@@ -7,12 +7,12 @@ import param
 from bokeh.events import DoubleTap, Tap
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
+from ..evidence import METHODS as EVIDENCE_METHODS
 from .controls import cam_name, scored_with
 from .overlay import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
 from .tasks import Runner, bokeh_update, notify
-from ..evidence import METHODS as EVIDENCE_METHODS
 from .workbench import Workbench
 
 SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",

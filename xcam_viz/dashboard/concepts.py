@@ -121,14 +121,14 @@ class ConceptsPanel(Tab):
             pn.widgets.FloatSlider.from_param(self.param.coverage, **size), buttons["label"], self.status,
             width=CONTROLS + 20)
         h, w = self.grid.size
-        montage_figure = image_figure((h, w), w, toolbar_location=None, tools="")
+        montage_figure = image_figure((h, w), w, toolbar_location=None, tools="", css_classes=["xv-concept-montage"])
         montage_figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self._montage)
         wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}       # boxes go below each other when narrow
         self.layout = pn.FlexBox(
             self.canvas.pane, controls, pn.Column(self.table_title, self.table, width=260),
             pn.Column("**Top images of the best units** · one row per unit, its mask in amber",
-                      pn.pane.Bokeh(montage_figure, css_classes=["xv-concept-montage"]), width=w + 20),
-            pn.pane.Bokeh(self._scatter_figure(), css_classes=["xv-concept-scatter"]),
+                      pn.pane.Bokeh(montage_figure), width=w + 20),
+            pn.pane.Bokeh(self._scatter_figure()),
             pn.Column("### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
                       pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60),
             name=self.title, **wrap)
@@ -342,7 +342,8 @@ class ConceptsPanel(Tab):
         (a HoloViews categorical colour mapping logged a Bokeh warning per update)."""
         fig = figure(width=320, height=320, title="Units: PCA of activation profiles", toolbar_location=None,
                      tools="hover", tooltips=[("unit", "@unit"), ("concept", "@concept"), ("cluster", "@cluster")],
-                     x_axis_label="pc1", y_axis_label="pc2", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1))
+                     x_axis_label="pc1", y_axis_label="pc2", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1),
+                     css_classes=["xv-concept-scatter"])
         self._scatter_ranges = fig.x_range, fig.y_range     # set from the data (Bokeh warns on empty data ranges)
         fig.scatter("pc1", "pc2", source=self._scatter, size=7, fill_color="colour", line_color="#555555",
                     legend_field="concept")

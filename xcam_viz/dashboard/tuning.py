@@ -107,7 +107,8 @@ class FinetunePanel(Tab):
                                      css_classes=["xv-strategy-help"], styles={"font-size": "0.85em"})
         self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["xv-finetune-warning"],
                                      sizing_mode="stretch_width", margin=(5, 10))
-        table = {"sizing_mode": "stretch_width", "margin": (0, 10), "styles": {"font-size": "0.85em", "overflow-x": "auto"}}
+        table = {"sizing_mode": "stretch_width", "margin": (0, 10),
+                 "styles": {"font-size": "0.85em", "overflow-x": "auto"}}     # a wide table scrolls, visibly
         self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], **table)
         self.history = pn.pane.Markdown("", css_classes=["xv-versions"], **table)
         size = {"width": WIDGET}

@@ -23,10 +23,10 @@ import xarray as xr
 from torch import nn
 
 from .. import models
-from ..evidence import METHODS as EVIDENCE_METHODS
-from ..models.kind import is_segmenter
 from ..concepts.labels import LabelStore
 from ..data import ImageSet
+from ..evidence import METHODS as EVIDENCE_METHODS
+from ..models.kind import is_segmenter
 from . import splits as split_rules
 from .cache import LRUCache
 
