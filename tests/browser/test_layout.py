@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from xcam_viz.dashboard.concepts import TOP_IMAGES
+
 from .harness import open_dashboard, shot, state, wait_state
 
 pytestmark = pytest.mark.browser
@@ -37,6 +39,9 @@ def test_every_tab_fits_every_screen(server, page):
                 css = ".xv-brush" if tab == "Feedback" else ".xv-concept-roi"
                 box = page.locator(f"{css} .bk-Canvas").bounding_box()
                 assert box["width"] >= 320 and box["height"] >= 320, (width, height, tab, box)
+            if tab == "Concepts":                            # montage tiles of at least 96 px
+                tile = page.locator(".xv-concept-montage .bk-Canvas").bounding_box()["width"] / TOP_IMAGES
+                assert tile >= 96, (width, height, tile)
         assert state(page)["brush_frame"][0] >= 320
     assert problems == {}
     assert console.errors == [] and console.bokeh_warnings == []

@@ -180,19 +180,15 @@ class Workbench:
     def opening_split(self) -> str:
         return split_rules.opening_split(self.splits)
 
-    def labelled(self, split: str) -> bool:
-        """Whether the split's images carry true labels (uploads do not: they show "no label")."""
-        return split in split_rules.labelled_splits(self.splits)
-
     def outcomes(self, version: str, split: str, ids: list[str]) -> list[bool | None]:
-        """Per image, whether the prediction is right (None where the split has no true labels)."""
-        if not self.labelled(split):
+        """Per image, whether the prediction is right (None in a split without true labels: uploads)."""
+        if split not in split_rules.labelled_splits(self.splits):
             return [None] * len(ids)
         return [bool(v) for v in self.predictions(version, split).correct.sel(sample=ids).values]
 
     def true_label(self, split: str, label: int) -> str:
-        """A true label in words ("no label" for a split without true labels)."""
-        return self.class_names(split)[int(label)] if self.labelled(split) else NO_LABEL
+        """A true label in words ("no label" in a split without true labels)."""
+        return self.class_names(split)[int(label)] if split in split_rules.labelled_splits(self.splits) else NO_LABEL
 
     def training_splits(self) -> list[str]:
         return split_rules.training_splits(self.splits)
