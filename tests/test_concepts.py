@@ -119,3 +119,49 @@ def test_embedding_clusters_units_with_best_silhouette(engineered_units):
     assert emb.pc1.shape == (8,) and 2 <= emb.attrs["best_k"] <= 7
     assert emb.silhouette.sel(k=emb.attrs["best_k"]) == emb.silhouette.max()
     assert len(set(emb.cluster.values.tolist())) == emb.attrs["best_k"]
+
+
+def around(mask: torch.Tensor, pixels: int = 6) -> torch.Tensor:
+    """The mask grown by `pixels` on every side (a loose region drawn around a whole object)."""
+    grown = nn.functional.max_pool2d(mask[None, None].float(), 2 * pixels + 1, stride=1, padding=pixels)
+    return grown[0, 0] > 0
+
+
+@pytest.mark.parametrize("source", ["demo", "decoy_digits"])
+def test_a_region_around_a_whole_object_finds_the_units_firing_inside(source, demo_model, demo_test):
+    data = demo_test if source == "demo" else xv.data.decoy_digits(n=64, size=64, split="test")
+    units = dissect(demo_model, data, "block3", progress=False)
+    by_iou = by_auto = 0
+    for i, sid in enumerate(data.ids[:12]):
+        roi = around(data.masks[i])                     # lesion / digit and a margin: far larger than unit masks
+        by_iou += int((units.match(sid, roi, "iou").values > 0.2).sum())
+        chosen = units.label(sid, roi, f"object {i}")
+        masks = units.masks(sid)
+        for u in chosen:                                # most of each chosen unit's mask lies in the region
+            assert masks[u].any() and (masks[u] & roi).sum() / masks[u].sum() > 0.5
+        by_auto += len(chosen)
+    assert by_iou == 0 and by_auto >= 5                 # the IoU rule alone labels nothing here
+
+
+def test_a_small_region_keeps_the_iou_rule(demo_model, demo_test):
+    units = dissect(demo_model, demo_test, "block3", progress=False)
+    sid = demo_test.ids[3]
+    masks = units.masks(sid)
+    unit = int(masks.flatten(1).sum(1).argmax())
+    ranked = units.match(sid, masks[unit])              # exactly one unit's mask
+    assert ranked.attrs["rule"] == "iou" and ranked.name == "iou"
+    assert int(ranked.unit[0]) == unit and float(ranked[0]) == 1.0
+    with pytest.raises(ValueError, match="unknown matching rule"):
+        units.match(sid, masks[unit], "dice")
+
+
+def test_concept_table_lists_only_concepts_active_on_the_image(demo_model, demo_test):
+    units = dissect(demo_model, demo_test, "block3", progress=False)
+    sid = demo_test.ids[3]
+    masks = units.masks(sid)
+    unit = int(masks.flatten(1).sum(1).argmax())
+    chosen = units.label(sid, masks[unit], "spot")
+    assert unit in chosen
+    quiet = next(s for s in demo_test.ids if not units.active(s)[chosen].any())
+    assert list(units.concept_table(sid).concept.values) == ["spot"]
+    assert list(units.concept_table(quiet).concept.values) == []

@@ -162,14 +162,14 @@ def test_target_and_evidence(workbench):
     other = workbench.saliency(MapRequest("v0", "test", sample, "gradcam", "block3", target=1 - pred))
     assert predicted.target_class == explicit.target_class == pred and other.target_class == 1 - pred
     assert predicted.digest == explicit.digest != other.digest
-    ev = workbench.saliency(MapRequest("v0", "test", sample, "evidence", ""))
+    ev = workbench.saliency(MapRequest("v0", "test", sample, "efficient", ""))
     assert ev.signed and ev.values.shape == (64, 64) and ev.values.min() < 0 < ev.values.max()
 
 
 def test_layers_methods_and_versions(workbench, demo_model):
     layers = dict(workbench.layers("v0"))
     assert layers["block3"] == (64, 16, 16) and not workbench.is_segmenter()
-    assert "gradcam" in workbench.methods() and "evidence" in workbench.methods()
+    assert "gradcam" in workbench.methods() and {"efficient", "pda"} <= set(workbench.methods())
     assert "seg-gradcam" not in workbench.methods()
     with pytest.raises(KeyError, match="unknown model version"):
         workbench.model("v9")
@@ -179,7 +179,7 @@ def test_layers_methods_and_versions(workbench, demo_model):
 def test_selection_follows_versions_and_normalises_evidence(dash):
     sel = dash.selection
     assert sel.layer == "block4" and sel.method == "gradcam" and sel.split == "test"
-    assert sel.request(method="evidence").layer == "" and sel.request().layer == "block4"
+    assert sel.request(method="efficient").layer == "" and sel.request().layer == "block4"
     sel.split = "flipped"
     assert sel.sample == dash.workbench.splits["flipped"].ids[0]
 
@@ -225,7 +225,7 @@ def test_overlay_updates_in_place_on_selection_changes(dash):
     assert right.title.startswith("eigencam · block3") and right.digest != left.digest
     assert right.figure.x_range is left.figure.x_range                # linked zoom and pan
     dash.selection.sample = dash.workbench.splits["test"].ids[0]      # its evidence is cached already
-    dash.selection.method = "evidence"
+    dash.selection.method = "efficient"
     low, high = left.mapper.low, left.mapper.high
     assert tuple(left.mapper.palette) == palette("RdBu_r")
     assert left.result.signed and left.colormap == "RdBu_r" and low == -high < 0
@@ -267,9 +267,9 @@ def test_brush_strokes_undo_clear_and_save(dash, workbench):
     dash.browser.feedback = "with feedback"
     assert sample in dash.browser.ids
     assert brush._stale and f"{before + 1} annotation" not in brush.summary.object  # off screen: not drawn
-    dash.tabs.active = 1
+    dash.show("Feedback")
     assert brush.active and not brush._stale and f"{before + 1} annotation" in brush.summary.object
-    dash.tabs.active = 0
+    dash.show("Explain")
     brush.undo()                                                       # nothing pending: undo the saved one
     assert len(workbench.feedback.annotations(sample)) == before
     brush.canvas.paths.data = {"xs": [[1, 5]], "ys": [[1, 1]]}
@@ -387,7 +387,7 @@ def test_finetune_trains_on_train_compares_and_goes_back_to_the_parent(dash, wor
     # back to the parent; the next run starts from it
     back = dash.controls.back
     assert back.label == f"Back to parent ({base})" and not back.disabled
-    back.clicks += 1
+    back.param.trigger("value")                                        # what a click does
     assert sel.version == base and back.disabled and overlays.left.title.split(" · ")[2] == base
     again = run_to_end(tuning)
     assert again.base_version == base and workbench.parent(again.version) == base and sel.version == again.version

@@ -36,7 +36,7 @@ def forward_passes(model):
 def test_tab_computes_only_when_shown(dash, workbench):
     concepts = dash.concepts
     assert concepts.phase == "idle" and workbench._units == {}
-    dash.tabs.active = 3
+    dash.show("Concepts")
     assert concepts.active and concepts.phase == "ready"
     assert list(workbench._units) == [("v0", "test", 64, "block4")]
     assert set(concepts.snapshot()["scatter"]) == {"(unlabelled)"}
@@ -55,7 +55,7 @@ def test_region_ranks_the_units_like_the_core(dash, workbench):
     assert concepts.matches[0][1] > 0.3
     assert list(concepts.table.object.unit) == [u for u, _ in concepts.matches]
     assert concepts._best.any()                                                  # best unit's mask drawn
-    montage = concepts._montage.data
+    montage = concepts.montage_image
     assert montage.shape == (*concepts.grid.size, 3) and montage.std() > 10      # thumbnails, not the blank page
 
 
@@ -139,8 +139,8 @@ def test_each_label_makes_the_next_report_version(dash, workbench):
     concepts.preset = "lesion"
     concepts.label()
     assert concepts.report_version == 1 and not concepts.download.disabled
-    assert concepts.download.filename == "xcam-viz-report-v1.html"
-    assert b"xcam-viz explanation report, version 1" in concepts.download.callback().read()
+    assert concepts.download.filename == "xcam-viz-report-v1-model-v0.html"
+    assert b"xcam-viz explanation report v1 of model v0" in concepts.download.callback().read()
     assert list(concepts.report.overview.concept.values) == ["lesion"]
     assert concepts.report.images.sample.values[0] == SAMPLE
     dash.selection.sample = "test-0-00007"                # another image, another name
@@ -149,7 +149,7 @@ def test_each_label_makes_the_next_report_version(dash, workbench):
     concepts.label()
     assert concepts.report_version == 2 and concepts.labelled.get("centre")
     assert any("new concepts: centre" in c for c in concepts.report.changes), concepts.report.changes
-    assert "Report v2" in concepts.report_info.object
+    assert "Report v2 of model v0" in concepts.report_info.object
 
 
 def test_a_split_that_grows_is_dissected_again(dash, workbench, demo_flipped):

@@ -170,7 +170,12 @@ def test_upload_opens_the_image_in_the_uploads_split(dash):
     more = dash.upload.receive(npz(images=RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)), "s.npz")
     assert len(more) == 3 and dash.browser.ids == ids + more and sel.sample == more[0]
     assert len(wb.predictions(wb.base_version, UPLOAD_SPLIT).sample) == 4
+    assert "label **no label**" in dash.overlays.info.object                 # uploads carry no true label
+    assert dash.browser._tiles.data["label"] == ["no label"] * 4
+    assert wb.outcomes(wb.base_version, UPLOAD_SPLIT, more) == [None] * 3     # no right/wrong badge
     dash.selection.split = "test"                                            # the rest still works
+    assert "label **no label**" not in dash.overlays.info.object
+    assert set(wb.outcomes(wb.base_version, "test", wb.splits["test"].ids)) <= {True, False}
     assert dash.selection.sample in wb.splits["test"].ids
 
 

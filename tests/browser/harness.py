@@ -66,12 +66,19 @@ class Server:
 
 
 class Console:
-    """Console errors and uncaught page errors of a page."""
+    """Console errors, uncaught page errors and Bokeh's warnings of a page."""
 
     def __init__(self, page):
         self.errors: list[str] = []
-        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.bokeh_warnings: list[str] = []
+        page.on("console", self._message)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _message(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(f"console.{message.type}: {message.text}")
+        elif message.type == "warning" and "[bokeh" in message.text:
+            self.bokeh_warnings.append(message.text)
 
 
 def demo_servers(folder: Path):
@@ -89,6 +96,13 @@ def open_dashboard(page, url: str) -> Console:
     wait_state(page, lambda s: s["left"] != "", timeout=90)
     page.wait_for_timeout(500)
     return console
+
+
+def notification(page, text: str, timeout: float = 30) -> str:
+    """The text of the newest notification (a Notyf toast) containing `text`; waits for it."""
+    toast = page.locator(".notyf__toast", has_text=text).last
+    toast.wait_for(timeout=timeout * 1000)
+    return toast.text_content()
 
 
 def state(page) -> dict:

@@ -1,11 +1,13 @@
 """The Concepts tab in headless chromium: paint a region over a lesion, see the units, name the concept."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from xcam_viz.concepts import LabelStore
 from xcam_viz.demo import demo_data
 
-from .harness import open_dashboard, select_split, shot, tile_point, wait_state
+from .harness import notification, open_dashboard, select_split, shot, tile_point, wait_state
 
 pytestmark = pytest.mark.browser
 SAMPLE_INDEX = 9                           # test-0-00009: many block4 units fire on its lesion
@@ -54,6 +56,7 @@ def test_paint_a_region_name_it_and_see_the_label(server, page):
     page.locator(".xv-concept-label button").click()
     labelled = wait_state(page, lambda s: s["concepts"]["labelled"].get("lesion core", 0) > 0)["concepts"]
     count = labelled["labelled"]["lesion core"]
+    assert f"{count} unit" in notification(page, "labelled 'lesion core'")
     assert labelled["scatter"]["lesion core"] == count                # the scatter is recoloured
     stored = LabelStore(server.feedback.with_name("feedback-concepts.db")).current(layer)
     assert sum(name == "lesion core" for name, _ in stored.values()) == count
@@ -63,6 +66,11 @@ def test_paint_a_region_name_it_and_see_the_label(server, page):
 
     wait_state(page, lambda s: s["concepts"]["report"] >= 1, timeout=300)      # rebuilt in the background
     page.locator(".xv-report-download button:not([disabled])").wait_for()
+    with page.expect_download() as download:
+        page.locator(".xv-report-download button").click()
+    assert download.value.suggested_filename == "xcam-viz-report-v1-model-v0.html"
+    assert b"report v1 of model v0" in Path(download.value.path()).read_bytes()
+    notification(page, "downloading xcam-viz-report-v1-model-v0.html")
     page.locator(".xv-concept-scatter").scroll_into_view_if_needed()
     shot(page, "10-concepts-report")
-    assert console.errors == []
+    assert console.errors == [] and console.bokeh_warnings == []

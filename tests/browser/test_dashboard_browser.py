@@ -3,7 +3,17 @@ import pytest
 
 import xcam_viz as xv
 
-from .harness import open_card, open_dashboard, publish, select_option, shot, state, tile_point, wait_state
+from .harness import (
+    notification,
+    open_card,
+    open_dashboard,
+    publish,
+    select_option,
+    shot,
+    state,
+    tile_point,
+    wait_state,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +46,8 @@ def test_layer_and_method_change_the_overlay(server, page):
     s2 = wait_state(page, lambda s: s["method"] == "layercam" and s["left"] != s1["left"])
     assert s2["left_title"].startswith("layercam · block3")
     shot(page, "03-layer-method")
-    select_option(page, "xv-method", "evidence (fast, signed)")
-    wait_state(page, lambda s: s["method"] == "evidence" and s["left"] != s2["left"], timeout=60)
+    select_option(page, "xv-method", "evidence · efficient (fast, signed)")
+    wait_state(page, lambda s: s["method"] == "efficient" and s["left"] != s2["left"], timeout=60)
     shot(page, "04-evidence")
     assert console.errors == []
 
@@ -50,6 +60,8 @@ def test_brush_stroke_is_saved_as_a_mask(server, page):
     page.locator(".bk-tab", has_text="Feedback").click()
     canvas = page.locator(".xv-brush .bk-Canvas")
     canvas.wait_for(state="visible")
+    page.locator(".xv-save button").click()                          # nothing painted yet: a user error
+    assert "paint a relevant or irrelevant region" in notification(page, "before saving")
     box = canvas.bounding_box()
     h, w = s0["image_shape"]
     fw, fh = s0["brush_frame"]                                       # the image fills the frame at the top left
@@ -64,6 +76,7 @@ def test_brush_stroke_is_saved_as_a_mask(server, page):
     shot(page, "05-brush-stroke")
     page.locator(".xv-save button").click()
     wait_state(page, lambda s: s["revision"] > s0["revision"] and s["strokes"] == 0)
+    notification(page, f"feedback saved for {sample}")
     shot(page, "06-feedback-saved")
     saved = xv.FeedbackStore(server.feedback).annotations(sample)
     assert len(saved) == 1 and saved[0].irrelevant is None
@@ -127,8 +140,10 @@ def test_one_epoch_finetune_shows_progress_and_results(server, page):
     assert run["progress"] == 100 and run["results"] and run["run_settings"]["epochs"] == 1
     if run["flagged"]:                                               # saved, shown on the right, not selected
         assert done["version"] == s0["version"] and run["warning_shown"]
+        notification(page, f"{run['version']} is flagged")
     else:
         assert done["version"] == run["version"] != s0["version"]
+        notification(page, f"fine-tuned {run['base']} → {run['version']}")
     table = page.locator(".xv-finetune-results table")
     assert table.count() == 1 and "accuracy" in table.text_content()
     assert "pointing game (block4 Grad-CAM)" in table.text_content()

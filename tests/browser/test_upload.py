@@ -7,7 +7,7 @@ from PIL import Image
 
 from xcam_viz.demo import demo_data
 
-from .harness import Server, open_dashboard, shot, state, wait_state
+from .harness import Server, notification, open_dashboard, shot, state, wait_state
 
 pytestmark = pytest.mark.browser
 
@@ -31,12 +31,6 @@ def png(array: np.ndarray) -> bytes:
 def upload(page, name: str, content: bytes) -> None:
     page.locator(".xv-upload input[type=file]").set_input_files(
         files=[{"name": name, "mimeType": "image/png", "buffer": content}])
-
-
-def notification(page, text: str) -> str:
-    toast = page.locator(".notyf__toast", has_text=text).last
-    toast.wait_for(timeout=30_000)
-    return toast.text_content()
 
 
 def test_bad_uploads_notify_and_a_good_one_is_explained(small_limit, page):

@@ -4,7 +4,8 @@ Each unit (channel) of a layer gets a threshold: the `quantile` of its activatio
 pixel of every image, found in one streaming pass that keeps only each unit's top values (exact,
 bounded by (1 - quantile) of the data). A unit's mask on an image is its activation, upsampled to
 the input, above that threshold. A region the user paints is matched against every unit's mask
-by IoU; naming it labels every unit whose IoU passes a threshold.
+by IoU (or, for a region too large for any IoU to pass, by the share of the mask inside it);
+naming it labels every unit whose score passes a threshold.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from ..data import ImageSet
 from ..explain import capture
 from ..models import default_layer
 from .labels import LabelStore
+
+RULES = ("auto", "iou", "coverage")
+THRESHOLDS = {"iou": 0.2, "coverage": 0.5}   # the paper's IoU threshold; coverage: most of the mask inside
 
 
 class StreamingQuantile:
@@ -79,34 +83,62 @@ class Units:
         order = self.peak[:, unit].argsort(descending=True)[:k]
         return [self.data.ids[i] for i in order.tolist()]
 
-    def match(self, sample_id: str, roi) -> xr.DataArray:
-        """IoU of the ROI (H×W bool) with every unit's mask on the image, units ranked best first."""
+    def match(self, sample_id: str, roi, rule: str = "auto") -> xr.DataArray:
+        """Every unit's score against the ROI (H×W bool) on the image, units ranked best first.
+
+        rule: "iou" (the paper's: IoU of the unit's mask with the ROI), "coverage" (the share of the
+        unit's mask inside the ROI; ties: more pixels inside first), or "auto": IoU unless the ROI is
+        so large that no unit's mask touching it could reach IoU `THRESHOLDS["iou"]` even lying
+        wholly inside it, then coverage. The DataArray is named after the rule used.
+        """
         roi = _check_roi(roi, tuple(self.data.image_shape[-2:]))
         masks = self.masks(sample_id)
+        area = masks.flatten(1).sum(1).float()
         inter = (masks & roi).flatten(1).sum(1).float()
-        union = (masks | roi).flatten(1).sum(1).float()
-        iou = inter / union.clamp(min=1)
-        order = iou.argsort(descending=True, stable=True)
-        return xr.DataArray(iou[order].numpy(), dims="unit", coords={"unit": order.numpy()}, name="iou",
-                            attrs={"layer": self.layer, "sample": sample_id})
+        if rule == "auto":
+            reach = float(area[inter > 0].max()) if (inter > 0).any() else 0.0     # largest mask touching the ROI
+            rule = "coverage" if reach < THRESHOLDS["iou"] * float(roi.sum()) else "iou"
+        if rule == "iou":
+            score = inter / (area + roi.sum() - inter).clamp(min=1)
+            order = score.argsort(descending=True, stable=True)
+        elif rule == "coverage":
+            score = inter / area.clamp(min=1)
+            order = torch.from_numpy(np.lexsort((-inter.numpy(), -score.numpy())))
+        else:
+            raise ValueError(f"unknown matching rule {rule!r}; choose one of {RULES}")
+        return xr.DataArray(score[order].numpy(), dims="unit", coords={"unit": order.numpy()}, name=rule,
+                            attrs={"layer": self.layer, "sample": sample_id, "rule": rule})
 
-    def label(self, sample_id: str, roi, name: str, threshold: float = 0.2, author: str = "") -> list[int]:
-        """Label every unit whose IoU with the ROI passes `threshold` and beats the IoU of its current label."""
+    def label(self, sample_id: str, roi, name: str, threshold: float | None = None, author: str = "",
+              rule: str = "auto") -> list[int]:
+        """Label every unit whose score (`match` with `rule`) passes `threshold` (default: the rule's
+        `THRESHOLDS` entry) and beats the score of its current label."""
         if not name or not name.strip():
             raise ValueError("give the concept a non-empty name")
-        ious = self.match(sample_id, roi)
+        scores = self.match(sample_id, roi, rule)
+        threshold = THRESHOLDS[scores.attrs["rule"]] if threshold is None else threshold
         current = self.labels.current(self.layer)
-        chosen = [int(u) for u, v in zip(ious.unit.values, ious.values)
+        chosen = [int(u) for u, v in zip(scores.unit.values, scores.values)
                   if v > threshold and v > current.get(int(u), ("", -1.0))[1]]
-        self.labels.add(self.layer, {u: float(ious.sel(unit=u)) for u in chosen}, name.strip(), sample_id, author)
+        self.labels.add(self.layer, {u: float(scores.sel(unit=u)) for u in chosen}, name.strip(), sample_id, author)
         return chosen
 
+    def active(self, sample_id: str) -> torch.Tensor:
+        """Which units fire on the image: a non-empty mask (activation above the threshold somewhere)."""
+        return self.masks(sample_id).flatten(1).any(1)
+
     def concept_table(self, sample_id: str) -> xr.Dataset:
-        """Per label active on one image: number of units, their mean activation and mean IoU at labelling."""
+        """Per label with units active on one image (`active`): how many of its units are active, their
+        mean activation on the image and their mean score at labelling. Labels none of whose units
+        fire on the image are left out."""
         current = self.labels.current(self.layer)
-        act = self.mean[self.data.index_of(sample_id)]
-        names = sorted({name for name, _ in current.values()})
-        units = {n: [u for u, (m, _) in current.items() if m == n] for n in names}
+        i = self.data.index_of(sample_id)
+        act, active = self.mean[i], self.active(sample_id)
+        units: dict[str, list[int]] = {}
+        for u, (name, _) in sorted(current.items()):
+            if active[u]:
+                units.setdefault(name, []).append(u)
+        names = sorted(units)
         return xr.Dataset({
             "units": ("concept", [len(units[n]) for n in names]),
             "mean_activation": ("concept", [float(act[units[n]].mean()) for n in names]),

@@ -1,5 +1,5 @@
 """The dashboard: Panel + HoloViews components composed into `Dashboard` (nothing in the core imports it)."""
-from .dashboard import Dashboard
+from .dashboard import TABS, Dashboard
 from .workbench import MapRequest, MapResult, Workbench
 
-__all__ = ["Dashboard", "MapRequest", "MapResult", "Workbench"]
+__all__ = ["TABS", "Dashboard", "MapRequest", "MapResult", "Workbench"]

@@ -7,11 +7,13 @@ import param
 from bokeh.events import DoubleTap, Tap
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
+from ..evidence import METHODS as EVIDENCE_METHODS
+from .controls import cam_name, scored_with
 from .overlay import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
 from .tasks import Runner, bokeh_update, notify
-from .workbench import EVIDENCE, Workbench
+from .workbench import Workbench
 
 SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",
          "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
@@ -32,6 +34,8 @@ class ImageBrowser(pn.viewable.Viewer):
     sort = param.Selector(objects=SORTS, default="id", label="Sort by")
     page = param.Integer(default=0, bounds=(0, None))
     ids = param.List(default=[], doc="the filtered, sorted sample ids")
+    previous_page = param.Event(label="◀")
+    next_page = param.Event(label="▶")
 
     def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, grid: Grid = Grid(), **params):
         self.workbench, self.selection, self.runner, self.grid = workbench, selection, runner, grid
@@ -45,18 +49,17 @@ class ImageBrowser(pn.viewable.Viewer):
         self.figure = self._montage_figure()
         for kind in (Tap, DoubleTap):            # two quick clicks on two thumbnails arrive as a double tap
             self.figure.on_event(kind, lambda event: self.click(event.x, event.y))
-        self.pager = pn.pane.Markdown("", margin=(0, 10))
-        self._prev = pn.widgets.Button(label="◀", width=40, margin=(0, 5))
-        self._next = pn.widgets.Button(label="▶", width=40, margin=(0, 5))
-        self._prev.on_click(lambda _: self._turn(-1))
-        self._next.on_click(lambda _: self._turn(1))
+        self.pager = pn.pane.HTML("", margin=(0, 10), styles={"line-height": "31px", "white-space": "nowrap"},
+                                  css_classes=["xv-pager"])
+        pager_buttons = [pn.widgets.Button.from_param(self.param[name], width=40, margin=(0, 5))
+                         for name in ("previous_page", "next_page")]
         size = {"width": 140, "margin": (2, 4)}
         filters = pn.GridBox(pn.widgets.Select.from_param(selection.param.split, name="Split", css_classes=["xv-split"],
                                                      **size),
                              *[pn.widgets.Select.from_param(self.param[p], **size) for p in
                                ("true_class", "predicted_class", "outcome", "feedback", "sort")], ncols=3)
         self.layout = pn.Column(filters, pn.pane.Bokeh(self.figure, margin=(5, 5)),
-                                pn.Row(self._prev, self.pager, self._next), name="Images")
+                                pn.Row(pager_buttons[0], self.pager, pager_buttons[1], align="center"), name="Images")
         selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
         selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
         self.refilter()
@@ -93,7 +96,7 @@ class ImageBrowser(pn.viewable.Viewer):
 
     def _metric_key(self) -> tuple:
         sel = self.selection
-        method = "gradcam" if sel.method in EVIDENCE else sel.method
+        method = "gradcam" if sel.method in EVIDENCE_METHODS else sel.method
         return sel.version, sel.split, method, sel.layer
 
     def metric_scores(self, key: tuple) -> dict[str, dict[str, float]]:
@@ -115,7 +118,8 @@ class ImageBrowser(pn.viewable.Viewer):
                 notify("sorting by a localisation metric needs ground-truth masks; this split has none")
                 self.sort = "id"
                 return
-            self.pager.object = f"computing the scores of every image ({key[2]} · {key[3]})…"
+            self.pager.object = (f"computing the {self.sort.lstrip('-').replace('_', ' ')} of every {key[1]} image "
+                                 f"({cam_name(key[3], key[2])})…")
             self.runner.submit("metric", lambda: self.metric_scores(key),
                                lambda scores: (self._scores.__setitem__(key, scores), self.refilter()))
             return
@@ -131,6 +135,14 @@ class ImageBrowser(pn.viewable.Viewer):
     def page_ids(self) -> list[str]:
         per = self.grid.cols * self.grid.rows
         return self.ids[self.page * per:(self.page + 1) * per]
+
+    @param.depends("previous_page", watch=True)
+    def _previous(self) -> None:
+        self._turn(-1)
+
+    @param.depends("next_page", watch=True)
+    def _next(self) -> None:
+        self._turn(1)
 
     def _turn(self, step: int) -> None:
         self.page = int(np.clip(self.page + step, 0, self.pages - 1))
@@ -176,20 +188,22 @@ class ImageBrowser(pn.viewable.Viewer):
         images = [wb.image(sel.split, s) for s in ids]
         labels = wb.splits[sel.split].labels[[wb.splits[sel.split].index_of(s) for s in ids]].tolist()
         known = pred is not None
-        captions = [f"{names[p][:10]} {c:.0%}" for p, c in zip(pred.predicted.values, pred.confidence.values)] \
+        captions = [(names[p][:10], f"{c:.0%}") for p, c in zip(pred.predicted.values, pred.confidence.values)] \
             if known else ["…"] * len(ids)
-        correct = list(pred.correct.values) if known else [None] * len(ids)
+        correct = wb.outcomes(sel.version, sel.split, ids) if known else [None] * len(ids)
         boxes = np.array([self.grid.box(i) for i in range(len(ids))]).reshape(-1, 4)
         self._tiles.data = {**dict(zip(("x0", "y0", "x1", "y1"), boxes.T.tolist())), "id": ids,
-                            "label": [names[v] for v in labels],
+                            "label": [wb.true_label(sel.split, v) for v in labels],
                             "predicted": [names[v] for v in pred.predicted.values] if known else ["…"] * len(ids),
                             "confidence": [round(float(v), 3) for v in pred.confidence.values] if known
                             else [float("nan")] * len(ids),
                             "feedback": ["yes" if s in marked else "no" for s in ids]}
         self._montage.data = {"image": [rgba(montage(images, captions, correct, [s in marked for s in ids],
                                                      self.grid))]}
+        metric, (_, _, method, layer) = self.sort.lstrip("-"), self._metric_key()
+        order = f" · sorted by {scored_with(metric.replace('_', ' '), layer, method)}" if metric in METRICS else ""
         self.pager.object = (f"page {self.page + 1} of {self.pages} · {len(self.ids)} of "
-                             f"{len(wb.splits[sel.split])} images")
+                             f"{len(wb.splits[sel.split])} {sel.split} images{order}")
         self._clicked = None
         self._draw_highlight()
 
@@ -203,11 +217,6 @@ class ImageBrowser(pn.viewable.Viewer):
         ids = self.page_ids()
         self._tiles.selected.indices = [ids.index(sample)] if sample in ids else []
 
-    def _on_tap(self, *_) -> None:
-        if self.tap.x is None or self.tap.y is None:
-            return
-        self.click(self.tap.x, self.tap.y)
-
     def click(self, x: float, y: float) -> None:
         """Select the image under montage point (x, y)."""
         i = self.grid.tile_at(x, y)
@@ -218,6 +227,12 @@ class ImageBrowser(pn.viewable.Viewer):
         else:                                           # a click beside the thumbnails cleared the outline
             self._clicked = None
             self._draw_highlight()
+
+    def snapshot(self) -> dict:
+        """The page on show and the montage's geometry, for the state probe."""
+        grid = self.grid
+        return {"page": self.page, "page_ids": self.page_ids(),
+                "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile}}
 
     def __panel__(self):
         return self.layout

@@ -10,28 +10,35 @@ import numpy as np
 import panel as pn
 import param
 
+from ..feedback import union_masks
 from .freehand import FreehandCanvas, merge_strokes
 from .raster import Stroke, composite, mask_layer, strokes_to_masks
-from .selection import Selection
+from .tab import Tab
 from .tasks import notify
-from .workbench import Workbench
 
-CONTROLS = 205    # with the 288 px canvas the tab fits beside the image browser on a 1366 px screen
+CONTROLS = 230
 
 
-class BrushFeedback(pn.viewable.Viewer):
-    """Paint, erase, undo, clear and save feedback for the selected image; saved feedback is shown."""
+class BrushFeedback(Tab):
+    """The Feedback tab: paint, erase, undo, clear and save feedback for the selected image; saved
+    feedback is shown."""
+
+    title = param.String(default="Feedback", constant=True)
+    attribute = "brush"
+    probed = ("strokes",)
 
     mode = param.Selector(objects=["relevant", "irrelevant", "erase"], default="relevant", label="Brush")
     width = param.Integer(default=4, bounds=(1, 32), label="Brush width (image pixels)")
     label = param.Selector(objects={"(no correction)": -1}, default=-1, label="Corrected class (optional)")
     author = param.String(default="analyst", label="Author")
     strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")
-    active = param.Boolean(default=True, doc="whether the view is on screen (it is only redrawn then)")
+    undo_event = param.Event(label="Undo")
+    clear_event = param.Event(label="Clear")
+    save_event = param.Event(label="Save")
 
-    def __init__(self, workbench: Workbench, selection: Selection, plot_width: int = 288, **params):
-        self.workbench, self.selection = workbench, selection
-        super().__init__(**params)
+    def __init__(self, session, plot_width: int = 320, **params):
+        super().__init__(session, **params)
+        workbench, selection = self.workbench, self.selection
         self.class_names = workbench.class_names()
         self.param.label.objects = {"(no correction)": -1, **{n: i for i, n in enumerate(self.class_names)}}
         self.shape = h, w = tuple(workbench.input_shape[1:])
@@ -41,11 +48,9 @@ class BrushFeedback(pn.viewable.Viewer):
         self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-brush")
         self.frame = self.canvas.frame
         self.summary = pn.pane.Markdown("", margin=(0, 10), width=CONTROLS)
-        buttons = [pn.widgets.Button(label=name, color=kind, width=64, margin=(5, 3),
-                                     css_classes=[f"xv-{name.lower()}"])
-                   for name, kind in (("Undo", "default"), ("Clear", "default"), ("Save", "primary"))]
-        for button, action in zip(buttons, (self.undo, self.clear, self.save)):
-            button.on_click(lambda _, act=action: act())
+        buttons = [pn.widgets.Button.from_param(self.param[f"{name}_event"], color=kind, width=70,
+                                                margin=(5, 3), css_classes=[f"xv-{name}"])
+                   for name, kind in (("undo", "default"), ("clear", "default"), ("save", "primary"))]
         controls = pn.Column(
             pn.widgets.RadioButtonGroup.from_param(self.param.mode, color="light", width=CONTROLS,
                                                    css_classes=["xv-brush-mode"]),
@@ -53,7 +58,8 @@ class BrushFeedback(pn.viewable.Viewer):
             pn.widgets.Select.from_param(self.param.label, width=CONTROLS),
             pn.widgets.TextInput.from_param(self.param.author, width=CONTROLS),
             pn.Row(*buttons), self.summary, width=CONTROLS + 10)
-        self.layout = pn.Row(self.canvas.pane, controls, name="Feedback")
+        self.layout = pn.FlexBox(self.canvas.pane, controls, name=self.title, flex_wrap="wrap",
+                                 sizing_mode="stretch_width")       # the controls go below the canvas when narrow
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 
@@ -89,6 +95,7 @@ class BrushFeedback(pn.viewable.Viewer):
         if self.active and self._stale:
             self._redraw()
 
+    @param.depends("undo_event", watch=True)
     def undo(self) -> None:
         """Remove the last pending stroke; with none pending, the last saved annotation of the image."""
         if self.strokes:
@@ -100,11 +107,13 @@ class BrushFeedback(pn.viewable.Viewer):
         else:
             notify("nothing to undo for this image", "info", 2500)
 
+    @param.depends("clear_event", watch=True)
     def clear(self) -> None:
         """Drop every pending stroke."""
         self.strokes = []
         self.canvas.show_strokes(self.strokes)
 
+    @param.depends("save_event", watch=True)
     def save(self) -> None:
         """Write the pending masks to the feedback store as one annotation of the selected image."""
         relevant, irrelevant = self.masks()
@@ -138,13 +147,7 @@ class BrushFeedback(pn.viewable.Viewer):
 
     def saved_masks(self) -> tuple[np.ndarray, np.ndarray]:
         """Union of the relevant and of the irrelevant masks saved for the selected image."""
-        relevant, irrelevant = np.zeros(self.shape, bool), np.zeros(self.shape, bool)
-        for a in self.workbench.feedback.annotations(self.selection.sample):
-            if a.relevant is not None:
-                relevant |= np.asarray(a.relevant, bool)
-            if a.irrelevant is not None:
-                irrelevant |= np.asarray(a.irrelevant, bool)
-        return relevant, irrelevant
+        return union_masks(self.workbench.feedback.annotations(self.selection.sample), self.shape)
 
     def _describe(self) -> None:
         saved = self.workbench.feedback.annotations(self.selection.sample)
@@ -157,8 +160,9 @@ class BrushFeedback(pn.viewable.Viewer):
         lines.append("Green: relevant · red: irrelevant (saved ones paler)")
         self.summary.object = "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
 
-    def __panel__(self):
-        return self.layout
+    def snapshot(self) -> dict:
+        """The pending strokes and where the image lies on the canvas (page pixels)."""
+        return {"strokes": len(self.strokes), "brush_frame": list(self.frame)}
 
 
 def _px(mask) -> int:

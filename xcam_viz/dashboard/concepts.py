@@ -2,8 +2,9 @@
 
 A layer's units are dissected (`xv.concepts.dissect` over the selected split) in the background the
 first time the tab needs them, and cached on the shared Workbench per model version, split and layer.
-Every stroke of the freehand tool ranks the units by the IoU of their masks with the painted region
-(`Units.match`); "Label" names every unit above the IoU threshold (`Units.label`, kept in the
+Every stroke of the freehand tool ranks the units by the IoU of their masks with the painted region, or
+for a region too large for any IoU to pass by the share of their masks inside it (`Units.match`);
+"Label" names every unit above the rule's threshold (`Units.label`, kept in the
 Workbench's LabelStore beside the feedback), recolours the unit-embedding scatter and rebuilds the
 explanation report (`xv.report`) in the background.
 """
@@ -16,26 +17,33 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, Range1d
+from bokeh.plotting import figure
 
+from ..concepts import THRESHOLDS
 from .controls import layer_options
 from .freehand import FreehandCanvas, merge_strokes
+from .overlay import image_figure, rgba
 from .raster import Grid, Stroke, composite, mask_layer, montage, strokes_to_masks
-from .selection import Selection, default_layer
-from .tasks import Runner, notify
-from .workbench import Workbench, one_thread
+from .tab import Tab
+from .tasks import bokeh_update, notify
+from .workbench import one_thread
 
 TABLE_ROWS = 10               # units listed, best first
 BEST_UNITS = 3                # units whose top images the montage shows, one row each
 TOP_IMAGES = 5
+MONTAGE_TILE = 96             # px per thumbnail: masks and captions legible
+CONTROLS = 250
+RULE_NAMES = {"iou": "IoU", "coverage": "share of the unit's mask inside"}
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
 UNLABELLED = "(unlabelled)"
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 UNIT_COLOUR = (1.0, 0.78, 0.0)
+UNLABELLED_COLOUR = "#c8c8c8"
 
 
 def unit_layer(mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -45,26 +53,35 @@ def unit_layer(mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return rgba
 
 
-class ConceptsPanel(pn.viewable.Viewer):
-    """Match a painted region against a layer's units, name the concept, and follow the concept
-    dictionary, the unit embedding and the report as labels accumulate."""
+class ConceptsPanel(Tab):
+    """The Concepts tab: match a painted region against a layer's units, name the concept, and follow the
+    concept dictionary, the unit embedding and the report as labels accumulate."""
 
+    title = param.String(default="Concepts", constant=True)
+    attribute = probe_key = "concepts"
+    probed = ("layer", "phase", "strokes", "matches", "labelled", "report_version")
     layer = param.Selector(objects={}, label="Layer")
     width = param.Integer(default=6, bounds=(1, 32), label="Brush width (image pixels)")
     preset = param.Selector(objects=[], label="Concept")
     concept = param.String(default="", label="…or a new concept")
-    threshold = param.Number(default=0.2, bounds=(0, 1), step=0.05, label="Label units with IoU above")
+    threshold = param.Number(default=THRESHOLDS["iou"], bounds=(0, 1), step=0.05, label="Label units with IoU above")
+    coverage = param.Number(default=THRESHOLDS["coverage"], bounds=(0, 1), step=0.05,
+                            label="…large regions: share of the unit's mask inside above")
     report_evidence = param.Boolean(default=False, label="Evidence maps in the report (slow)")
     strokes = param.List(default=[], item_type=Stroke, doc="the strokes painting the region, oldest first")
-    active = param.Boolean(default=False, doc="whether the tab is on screen (it only computes then)")
     phase = param.String(default="idle", doc="idle | dissecting | ready")
-    matches = param.List(default=[], doc="[unit, IoU] of the best-matching units, best first")
+    rule = param.String(default="iou", doc="the matching rule of the ranking on show (iou | coverage)")
+    matches = param.List(default=[], doc="[unit, score] of the best-matching units, best first")
     labelled = param.Dict(default={}, doc="concept -> number of units of the layer carrying it")
     report_version = param.Integer(default=0, doc="version of the latest report (0: none yet)")
+    undo_event = param.Event(label="Undo")
+    clear_event = param.Event(label="Clear")
+    label_event = param.Event(label="Label")
+    update_event = param.Event(label="Update")
 
-    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, plot_width: int = 256, **params):
-        self.workbench, self.selection, self.runner = workbench, selection, runner
-        super().__init__(**params)
+    def __init__(self, session, plot_width: int = 320, **params):
+        super().__init__(session, **params)
+        workbench, selection = self.workbench, self.selection
         self.shape = tuple(workbench.input_shape[1:])
         self.sync_layers()
         self.param.preset.objects = workbench.labels.names()
@@ -76,46 +93,44 @@ class ConceptsPanel(pn.viewable.Viewer):
         self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
         self._scatter_labels: list[str] = []
         self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-concept-roi")
-        self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=56)
-        h, w = self.grid.size
-        self._montage = hv.streams.Pipe(data=np.full((h, w, 3), 245, np.uint8))
-        self._scatter = hv.streams.Pipe(data=self._scatter_data(None))
+        self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=MONTAGE_TILE)
+        self.montage_image = np.full((*self.grid.size, 3), 245, np.uint8)     # H×W×3, the montage on show
+        self._montage = ColumnDataSource({"image": [rgba(self.montage_image)]})
+        self._scatter = ColumnDataSource(self._scatter_data(None))
         self.table = pn.pane.DataFrame(pd.DataFrame(columns=["unit", "IoU", "concept"]), index=False, width=230,
                                        css_classes=["xv-concept-units"])
-        self.status = pn.pane.Markdown("", margin=(0, 10), width=250)
+        self.table_title = pn.pane.Markdown("**Units ranked by IoU with the region**", margin=(0, 10))
+        self.status = pn.pane.Markdown("", margin=(0, 10), width=CONTROLS)
         self.dictionary = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-concept-dictionary"])
-        self.report_info = pn.pane.Markdown("No report yet: label a concept (or press Update).", margin=(0, 10))
-        self.download = pn.widgets.FileDownload(callback=lambda: io.BytesIO(self._html), disabled=True, width=170,
+        self.report_info = pn.pane.Markdown("No report yet: label a concept (or press Update).", margin=(0, 10),
+                                            width=CONTROLS, css_classes=["xv-report-info"])
+        self.download = pn.widgets.FileDownload(callback=self._download, disabled=True, width=190,
                                                 filename="xcam-viz-report.html", label="Download the HTML report",
                                                 css_classes=["xv-report-download"])
-        buttons = {name: pn.widgets.Button(label=name, width=75, margin=(5, 4), color="primary" if name == "Label"
-                                           else "default", css_classes=[f"xv-concept-{name.lower()}"])
-                   for name in ("Undo", "Clear", "Label", "Update")}
-        for name, action in (("Undo", self.undo), ("Clear", self.clear), ("Label", self.label),
-                             ("Update", self.build_report)):
-            buttons[name].on_click(lambda _, act=action: act())
+        buttons = {name: pn.widgets.Button.from_param(
+            self.param[f"{name}_event"], width=75, margin=(5, 4), css_classes=[f"xv-concept-{name}"],
+            color="primary" if name == "label" else "default") for name in ("undo", "clear", "label", "update")}
+        size = {"width": CONTROLS}
         controls = pn.Column(
-            pn.widgets.Select.from_param(self.param.layer, width=250, css_classes=["xv-concept-layer"]),
-            pn.widgets.IntSlider.from_param(self.param.width, width=250), pn.Row(buttons["Undo"], buttons["Clear"]),
-            pn.widgets.Select.from_param(self.param.preset, width=250, css_classes=["xv-concept-preset"]),
-            pn.widgets.TextInput.from_param(self.param.concept, width=250, css_classes=["xv-concept-name"]),
-            pn.widgets.FloatSlider.from_param(self.param.threshold, width=250), buttons["Label"], self.status,
-            width=270)
-        montage_view = hv.DynamicMap(lambda data: hv.RGB(data, bounds=(0, 0, w, h)).opts(
-            frame_width=w, frame_height=h, xaxis=None, yaxis=None, toolbar=None, default_tools=[], border=0),
-            streams=[self._montage])
-        scatter = hv.DynamicMap(self._scatter_view, streams=[self._scatter])
-        self.layout = pn.Column(
-            pn.Row(self.canvas.pane, controls),
-            pn.Row(pn.Column("**Units ranked by IoU with the region**", self.table, width=250),
-                   pn.Column("**Top images of the best units**<br>one row per unit, its mask in amber",
-                             pn.pane.HoloViews(montage_view, linked_axes=False, css_classes=["xv-concept-montage"]),
-                             width=300)),
-            pn.Row(pn.pane.HoloViews(scatter, linked_axes=False, css_classes=["xv-concept-scatter"]),
-                   pn.Column("### Report", self.report_info,
-                             pn.widgets.Checkbox.from_param(self.param.report_evidence),
-                             pn.Row(buttons["Update"], self.download), self.dictionary, width=270)),
-            name="Concepts")
+            pn.widgets.Select.from_param(self.param.layer, css_classes=["xv-concept-layer"], **size),
+            pn.widgets.IntSlider.from_param(self.param.width, **size), pn.Row(buttons["undo"], buttons["clear"]),
+            pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"], **size),
+            pn.widgets.TextInput.from_param(self.param.concept, css_classes=["xv-concept-name"], **size),
+            pn.widgets.FloatSlider.from_param(self.param.threshold, **size),
+            pn.widgets.FloatSlider.from_param(self.param.coverage, **size), buttons["label"], self.status,
+            width=CONTROLS + 20)
+        h, w = self.grid.size
+        montage_figure = image_figure((h, w), w, toolbar_location=None, tools="", css_classes=["xv-concept-montage"])
+        montage_figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self._montage)
+        wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}       # boxes go below each other when narrow
+        self.layout = pn.FlexBox(
+            self.canvas.pane, controls, pn.Column(self.table_title, self.table, width=260),
+            pn.Column("**Top images of the best units** · one row per unit, its mask in amber",
+                      pn.pane.Bokeh(montage_figure), width=w + 20),
+            pn.pane.Bokeh(self._scatter_figure()),
+            pn.Column("### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
+                      pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60),
+            name=self.title, **wrap)
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
 
@@ -135,7 +150,7 @@ class ConceptsPanel(pn.viewable.Viewer):
         options = layer_options(wb, version)
         self.param.layer.objects = options
         if self.layer not in options.values():
-            self.layer = default_layer(wb.layers(version), wb.is_segmenter(version))
+            self.layer = wb.default_layer(version)
 
     # --- the image and its region ---------------------------------------------------------------
     @param.depends("active", "layer", watch=True)
@@ -174,10 +189,12 @@ class ConceptsPanel(pn.viewable.Viewer):
         self.canvas.show(composite(self._image, unit_layer(self._best, 0.45),
                                    mask_layer(self.roi(), np.zeros(self.shape, bool), alpha=0.45)))
 
+    @param.depends("undo_event", watch=True)
     def undo(self) -> None:
         self.strokes = self.strokes[:-1]
         self.canvas.show_strokes(self.strokes)
 
+    @param.depends("clear_event", watch=True)
     def clear(self) -> None:
         self.strokes = []
         self.canvas.show_strokes(self.strokes)
@@ -206,7 +223,7 @@ class ConceptsPanel(pn.viewable.Viewer):
             self.match()
 
     def match(self) -> None:
-        """Rank the units by IoU with the painted region (in the background) and show the best ones."""
+        """Rank the units against the painted region (`Units.match`, in the background); show the best ones."""
         key, sample, roi = self.key, self.selection.sample, self.roi()
         self.runner.submit("concepts-match", lambda: self._match(key, sample, roi),
                            lambda out: self._matched(key, sample, out))
@@ -221,12 +238,11 @@ class ConceptsPanel(pn.viewable.Viewer):
             best = [int(u) for u, v in zip(ranked.unit.values[:BEST_UNITS], ranked.values) if v > 0]
             tops = {u: units.top_images(u, self.grid.cols) for u in best}
             masks = {sid: units.masks(sid).numpy() for sid in {sample, *(s for ids in tops.values() for s in ids)}}
-        predictions = wb.predictions(key[0], split)
         images, captions, correct, marked = [], [], [], []
         for u, ids in tops.items():
             images += [composite(wb.image(split, s), unit_layer(masks[s][u])) for s in ids]
-            captions += [f"u{u} {s[-4:]}" for s in ids]
-            correct += [bool(predictions.correct.sel(sample=s)) for s in ids]
+            captions += [(f"unit {u}", s[-4:]) for s in ids]
+            correct += wb.outcomes(key[0], split, ids)
             marked += [s == sample for s in ids]
         best_mask = masks[sample][best[0]] if best else np.zeros(self.shape, bool)
         return ranked, best_mask, montage(images, captions, correct, marked, self.grid)
@@ -237,39 +253,49 @@ class ConceptsPanel(pn.viewable.Viewer):
         self._show_matches(out)
         self._draw_canvas()
 
+    @bokeh_update
     def _show_matches(self, out) -> None:
         """Fill the table, the montage and the best unit's mask (None: clear them)."""
         if out is None:
             self.matches, self._best = [], np.zeros(self.shape, bool)
-            self._montage.send(np.full((*self.grid.size, 3), 245, np.uint8))
+            self.montage_image = np.full((*self.grid.size, 3), 245, np.uint8)
         else:
-            ranked, self._best, image = out
+            ranked, self._best, self.montage_image = out
+            self.rule = ranked.attrs["rule"]
             self.matches = [[int(u), round(float(v), 4)] for u, v in
                             zip(ranked.unit.values[:TABLE_ROWS], ranked.values[:TABLE_ROWS])]
-            self._montage.send(image)
+        self._montage.data = {"image": [rgba(self.montage_image)]}
         self._fill_table()
 
     def _fill_table(self) -> None:
         current = self.workbench.labels.current(self.layer)
-        self.table.object = pd.DataFrame([(u, iou, current.get(u, ("",))[0]) for u, iou in self.matches],
-                                         columns=["unit", "IoU", "concept"])
+        score = RULE_NAMES[self.rule]
+        self.table_title.object = f"**Units ranked by {score} with the region**" + (
+            " (a region too large for any unit's IoU to pass)" if self.rule == "coverage" else "")
+        self.table.object = pd.DataFrame([(u, v, current.get(u, ("",))[0]) for u, v in self.matches],
+                                         columns=["unit", "IoU" if self.rule == "iou" else "share inside", "concept"])
 
+    @param.depends("label_event", watch=True)
     def label(self) -> None:
-        """Give the chosen name to every unit whose IoU with the region passes the threshold."""
+        """Give the chosen name to every unit whose score with the region passes the threshold of the rule
+        `Units.match` picks (IoU; the share of the unit's mask inside, for a large region)."""
         key, sample, roi = self.key, self.selection.sample, self.roi()
-        name, threshold = (self.concept or self.preset or "").strip(), self.threshold
+        name, thresholds = (self.concept or self.preset or "").strip(), {"iou": self.threshold,
+                                                                         "coverage": self.coverage}
         wb = self.workbench
 
         def work():
             units = wb.units(*key)
             with wb.lock, one_thread():
-                return units.label(sample, roi, name, threshold=threshold)
-        self.runner.submit("concepts-label", work, lambda chosen: self._labelled(key, name, chosen))
+                rule = units.match(sample, roi).attrs["rule"]
+                return rule, units.label(sample, roi, name, threshold=thresholds[rule], rule=rule)
+        self.runner.submit("concepts-label", work, lambda out: self._labelled(key, name, *out, thresholds))
 
-    def _labelled(self, key, name: str, chosen: list[int]) -> None:
+    def _labelled(self, key, name: str, rule: str, chosen: list[int], thresholds: dict) -> None:
         if not chosen:
-            notify(f"no unit of {key[2]} passes IoU {self.threshold:.2f} with this region (or each has a better "
-                   "match already): paint the region more tightly or lower the threshold", "warning", 5000)
+            notify(f"no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region (or "
+                   "each has a better match already): paint the region more tightly or lower the threshold",
+                   "warning", 5000)
             return
         notify(f"{len(chosen)} unit{'s' * (len(chosen) != 1)} of {key[2]} labelled '{name}'", "success", 3000)
         self.param.preset.objects = self.workbench.labels.names()
@@ -284,36 +310,54 @@ class ConceptsPanel(pn.viewable.Viewer):
         if not self.ready:
             return
         current = self.workbench.labels.current(self.layer)
-        self._scatter.send(self._scatter_data(self.workbench.unit_embedding(*self.key), current))
+        self._send_scatter(self._scatter_data(self.workbench.unit_embedding(*self.key), current))
         self.labelled = dict(Counter(name for name, _ in current.values()))
         rows = [f"| {name} | {count} | {', '.join(str(u) for u, (n, _) in sorted(current.items()) if n == name)} |"
                 for name, count in sorted(self.labelled.items())]
         header = f"**Concept dictionary** · {self.layer}\n\n| concept | units | which |\n|---|---|---|\n"
         self.dictionary.object = header + "\n".join(rows) if rows else f"No concept labelled in {self.layer} yet."
 
+    @bokeh_update
+    def _send_scatter(self, data: dict) -> None:
+        for axis, values in zip(self._scatter_ranges, (data["pc1"], data["pc2"])):
+            if len(values):
+                low, high = float(np.min(values)), float(np.max(values))
+                pad = 0.08 * (high - low) or 1.0
+                axis.update(start=low - pad, end=high + pad)
+        self._scatter.data = data
+
     def _scatter_data(self, embedding, current: dict | None = None) -> dict:
         if embedding is None:
-            return {"pc1": [], "pc2": [], "unit": [], "concept": [], "cluster": []}
+            return {k: [] for k in ("pc1", "pc2", "unit", "concept", "cluster", "colour")}
         self._scatter_labels = [current.get(int(u), (UNLABELLED,))[0] for u in embedding.unit.values]
-        return {"pc1": embedding.pc1.values, "pc2": embedding.pc2.values, "unit": embedding.unit.values,
-                "concept": self._scatter_labels, "cluster": embedding.cluster.values}
-
-    def _scatter_view(self, data):
         names = self.workbench.labels.names()
-        cmap = {UNLABELLED: "#c8c8c8", **{n: PALETTE[names.index(n) % len(PALETTE)] for n in set(data["concept"])
-                                          if n != UNLABELLED}}
-        return hv.Points(data, kdims=["pc1", "pc2"], vdims=["unit", "concept", "cluster"]).opts(
-            color="concept", cmap=cmap, size=7, line_color="#555555", tools=["hover"], width=300, height=300,
-            title="Units: PCA of activation profiles", legend_position="bottom_right",
-            framewise=True)
+        colours = [UNLABELLED_COLOUR if n == UNLABELLED else PALETTE[names.index(n) % len(PALETTE)]
+                   for n in self._scatter_labels]
+        return {"pc1": embedding.pc1.values, "pc2": embedding.pc2.values, "unit": embedding.unit.values,
+                "concept": self._scatter_labels, "cluster": embedding.cluster.values, "colour": colours}
 
+    def _scatter_figure(self):
+        """The unit embedding as a plain Bokeh scatter: colours computed here, the legend grouped in the browser
+        (a HoloViews categorical colour mapping logged a Bokeh warning per update)."""
+        fig = figure(width=320, height=320, title="Units: PCA of activation profiles", toolbar_location=None,
+                     tools="hover", tooltips=[("unit", "@unit"), ("concept", "@concept"), ("cluster", "@cluster")],
+                     x_axis_label="pc1", y_axis_label="pc2", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1),
+                     css_classes=["xv-concept-scatter"])
+        self._scatter_ranges = fig.x_range, fig.y_range     # set from the data (Bokeh warns on empty data ranges)
+        fig.scatter("pc1", "pc2", source=self._scatter, size=7, fill_color="colour", line_color="#555555",
+                    legend_field="concept")
+        fig.legend.location, fig.legend.label_text_font_size = "bottom_right", "8pt"
+        fig.legend.background_fill_alpha = 0.6
+        return fig
+
+    @param.depends("update_event", watch=True)
     def build_report(self) -> None:
         """Rebuild the report (xv.report on a copy of the model, so other sessions' maps do not wait)."""
         from ..report import report
 
         key, sample, wb = self.key, self.selection.sample, self.workbench
         evidence = "efficient" if self.report_evidence else None
-        self.report_info.object = f"building report v{self.report_version + 1}…"
+        self.report_info.object = f"building report v{self.report_version + 1} of model {key[0]}…"
 
         def work():
             start = time.perf_counter()
@@ -325,17 +369,22 @@ class ConceptsPanel(pn.viewable.Viewer):
             samples = list(dict.fromkeys([sample, *labelled, *data.ids]))[:REPORT_IMAGES]
             rep = report(model, data, samples=samples, methods=(wb.methods(key[0])[0],), layers=(key[2],),
                          evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key),
-                         previous=self.report)
+                         previous=self.report, model_version=key[0])
             with tempfile.TemporaryDirectory() as tmp:
                 html = rep.save(Path(tmp) / "report.html").read_bytes()
             return rep, html, time.perf_counter() - start
         self.runner.submit("concepts-report", work, lambda out: self._reported(*out))
 
+    def _download(self) -> io.BytesIO:
+        """The report's HTML for the download button (and a notification that it was sent)."""
+        notify(f"downloading {self.download.filename}", "success", 3000)
+        return io.BytesIO(self._html)
+
     def _reported(self, rep, html: bytes, seconds: float) -> None:
         self.report, self._html = rep, html
-        self.download.filename = f"xcam-viz-report-v{rep.version}.html"
+        self.download.filename = f"xcam-viz-report-v{rep.version}-model-{rep.overview.attrs['model_version']}.html"
         self.download.disabled = False
-        self.report_info.object = (f"**Report v{rep.version}** ({rep.images.sizes['sample']} images, built in "
+        self.report_info.object = (f"**{rep.title.capitalize()}** ({rep.images.sizes['sample']} images, built in "
                                    f"{seconds:.0f} s)\n\nWhat is new: " + "; ".join(rep.changes))
         self.report_version = rep.version
 
@@ -345,5 +394,3 @@ class ConceptsPanel(pn.viewable.Viewer):
                 "labelled": self.labelled, "scatter": dict(Counter(self._scatter_labels)),
                 "report": self.report_version, "frame": list(self.canvas.frame)}
 
-    def __panel__(self):
-        return self.layout

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import panel as pn
+import param
 
 from .overlay import OverlayPair
 from .selection import Selection
 from .workbench import Workbench
 
-METHOD_LABELS = {"evidence": "evidence (fast, signed)", "evidence-pda": "evidence (PDA, slow, signed)"}
+METHOD_LABELS = {"efficient": "evidence · efficient (fast, signed)", "pda": "evidence · pda (slow, signed)"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
                 "layercam": "LayerCAM", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM",
                 "seg-gradcam": "Seg-Grad-CAM", "seg-hirescam": "Seg-HiRes-Grad-CAM"}
@@ -36,13 +37,14 @@ def method_options(workbench: Workbench, version: str) -> dict[str, str]:
 class ExplainControls(pn.viewable.Viewer):
     """Widgets bound to a session's Selection and to its overlays' display and comparison settings."""
 
+    back_event = param.Event(label="Back to parent")
+
     def __init__(self, workbench: Workbench, selection: Selection, overlays: OverlayPair):
         super().__init__()
         self.workbench, self.selection = workbench, selection
         size = {"sizing_mode": "stretch_width"}
         self.version = pn.widgets.Select.from_param(selection.param.version, name="Model version", **size)
-        self.back = pn.widgets.Button(label="Back to parent", css_classes=["xv-back-to-parent"], **size)
-        self.back.on_click(lambda _: self.back_to_parent())
+        self.back = pn.widgets.Button.from_param(self.param.back_event, css_classes=["xv-back-to-parent"], **size)
         self.layer = pn.widgets.Select(label="Layer", css_classes=["xv-layer"], **size)
         self.method = pn.widgets.Select(label="Method", css_classes=["xv-method"], **size)
         self.target = pn.widgets.Select.from_param(selection.param.target, name="Explain class", **size)
@@ -52,6 +54,7 @@ class ExplainControls(pn.viewable.Viewer):
         self.method.link(selection, value="method", bidirectional=True)
         selection.param.watch(lambda *_: self._sync(), ["version"])
         selection.param.watch(lambda *_: self.sync_back(), ["version"])
+        selection.param.watch(lambda *_: self.sync_back(), ["version"], what="objects")
         self.sync_back()
         self.region.visible = workbench.is_segmenter(selection.version)
         display, compare = overlays.display, overlays.param
@@ -74,6 +77,7 @@ class ExplainControls(pn.viewable.Viewer):
         self.back.label = f"Back to parent ({parent})" if parent else "Back to parent (none)"
         self.back.disabled = parent is None
 
+    @param.depends("back_event", watch=True)
     def back_to_parent(self) -> None:
         """Select the parent of the selected version: what fine-tuning and every view start from."""
         parent = self.workbench.parent(self.selection.version)

@@ -23,6 +23,7 @@ from .controls import ExplainControls
 from .overlay import OverlayPair
 from .selection import Selection
 from .splits import demo_splits
+from .tab import Session
 from .tasks import Runner, describe, next_tick, notify
 from .tuning import FinetunePanel
 from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
@@ -30,18 +31,23 @@ from .workbench import Workbench
 
 hv.extension("bokeh", logo=False)
 
+TABS = [OverlayPair, BrushFeedback, FinetunePanel, ConceptsPanel]   # adding a tab: one new file and this list
+SIDEBAR_WIDTH = 250
+BROWSER_WIDTH = 460
+
 
 def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.Module | None:
-    """A model from a checkpoint path (xv.models.load) or a zoo name (random weights)."""
+    """A model from a checkpoint path (xv.models.load) or a zoo name ("timm:<name>" too; random weights)."""
     from .. import models
 
     if spec is None or isinstance(spec, nn.Module):
         return spec
     if Path(spec).exists():
         return models.load(spec)
-    if str(spec) in models.MODEL_NAMES:
+    if str(spec) in models.MODEL_NAMES or str(spec).startswith(models.TIMM_PREFIX):
         return models.build(str(spec), num_classes=num_classes)
-    raise FileNotFoundError(f"--model {spec!r} is neither a checkpoint file nor one of {models.MODEL_NAMES}")
+    raise FileNotFoundError(f"--model {spec!r} is neither a checkpoint file nor one of {models.MODEL_NAMES} "
+                            f"or {models.TIMM_PREFIX}<name>")
 
 
 def build_workbench(model=None, data=None, feedback=None) -> Workbench:
@@ -63,7 +69,8 @@ def shared_workbench(model=None, data=None, feedback=None) -> Workbench:
 
 
 class StateProbe(param.Parameterized):
-    """A hidden element carrying the session's state as JSON (read by the browser tests and tools)."""
+    """A hidden element carrying the session's state as JSON (read by the browser tests and tools): the
+    selection, the browser's and every tab's `snapshot()`."""
 
     def __init__(self, dashboard: "Dashboard"):
         super().__init__()
@@ -71,30 +78,26 @@ class StateProbe(param.Parameterized):
         self._scheduled = False
         self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
         watched = [(dashboard.selection, ["split", "sample", "version", "layer", "method", "target", "revision"]),
-                   *((view, ["digest"]) for view in dashboard.overlays.views.values()),
-                   (dashboard.brush, ["strokes"]), (dashboard.tuning, ["progress", "phase", "new_version", "outcome"]),
                    (dashboard.browser, ["ids", "page"]),
-                   (dashboard.concepts, ["layer", "phase", "strokes", "matches", "labelled", "report_version"])]
+                   *((tab, ["active"]) for tab in dashboard.tab_list),
+                   *(pair for tab in dashboard.tab_list for pair in tab.watched())]
         for obj, names in watched:                      # after the other watchers of these parameters
             obj.param.watch(self.update, names, precedence=1)
         self.update()
 
     def state(self) -> dict:
         d = self.dashboard
-        sel, views, grid = d.selection, d.overlays.views, d.browser.grid
-        doc = d.runner.doc
-        return {"session": doc.session_context.id if doc is not None and doc.session_context else "local",
-                "split": sel.split, "sample": sel.sample, "version": sel.version, "layer": sel.layer,
-                "method": sel.method, "target": sel.target, "revision": sel.revision,
-                "left": views["left"].digest, "right": views["right"].digest,
-                "left_title": views["left"].title, "right_title": views["right"].title,
-                "strokes": len(d.brush.strokes),
-                "page": d.browser.page, "page_ids": d.browser.page_ids(),
-                "finetune": d.tuning.snapshot(),
-                "versions": d.workbench.versions,
-                "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile},
-                "image_shape": list(d.workbench.input_shape[1:]), "brush_frame": list(d.brush.frame),
-                "concepts": d.concepts.snapshot()}
+        sel, doc = d.selection, d.runner.doc
+        out = {"session": doc.session_context.id if doc is not None and doc.session_context else "local",
+               "split": sel.split, "sample": sel.sample, "version": sel.version, "layer": sel.layer,
+               "method": sel.method, "target": sel.target, "revision": sel.revision,
+               **d.browser.snapshot(), "versions": d.workbench.versions,
+               "image_shape": list(d.workbench.input_shape[1:]),
+               "tabs": {tab.title: tab.active for tab in d.tab_list}}
+        for tab in d.tab_list:
+            snapshot = tab.snapshot()
+            out.update({tab.probe_key: snapshot} if tab.probe_key else snapshot)
+        return out
 
     def update(self, *_):
         """Publish the state; in a served session at most once per event-loop tick."""
@@ -119,6 +122,7 @@ class Dashboard(pn.viewable.Viewer):
     max_upload_mb into an "uploads" split. Display it in JupyterLab after
     pn.extension(notifications=True), or call .servable() in a `panel serve` script. Dashboards given
     paths (or nothing) share one Workbench per process (pn.state.cache); given objects, they get their own.
+    Its tabs are built from `TABS`; each is reachable as the attribute its `attribute` names (`dash.brush`).
     """
 
     def __init__(self, model=None, data=None, feedback=None, *, workbench: Workbench | None = None,
@@ -129,43 +133,55 @@ class Dashboard(pn.viewable.Viewer):
         self.workbench = workbench or (shared_workbench if shareable else build_workbench)(model, data, feedback)
         self.runner = Runner(background)
         self.selection = Selection(self.workbench)
+        session = Session(self.workbench, self.selection, self.runner)
         self.browser = ImageBrowser(self.workbench, self.selection, self.runner)
-        self.overlays = OverlayPair(self.workbench, self.selection, self.runner)
-        self.brush = BrushFeedback(self.workbench, self.selection)
-        self.tuning = FinetunePanel(self.workbench, self.selection, self.overlays)
-        self.concepts = ConceptsPanel(self.workbench, self.selection, self.runner)
+        self.tab_list = [tab(session) for tab in TABS]
         self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
         self.upload = ImageUpload(self.workbench, self.selection, max_upload_mb)
+        self.tabs = pn.Tabs(*[(tab.title, tab) for tab in self.tab_list], dynamic=False, margin=(0, 10),
+                            css_classes=["xv-tabs"], sizing_mode="stretch_width")
+        self.tabs.param.watch(self._show_tab, "active")     # tabs compute and redraw only while shown
+        self._show_tab()
         self.probe = StateProbe(self)
-        self.tabs = pn.Tabs(self.overlays.layout, self.brush.layout, self.tuning.layout, self.concepts.layout,
-                            dynamic=False, margin=(0, 10))
-        self.brush.active = False                # the brush view redraws only while its tab is shown
-        self.tabs.param.watch(lambda e: setattr(self.brush, "active", e.new == 1), "active")
-        self.tabs.param.watch(lambda e: setattr(self.concepts, "active", e.new == 3), "active")   # computes when shown
-        self.main = pn.Row(pn.Card(self.browser.layout, self.upload.layout, title="Images", collapsible=False,
-                                   margin=(0, 10)),
-                           self.tabs, self.probe.pane)
+        self.main = pn.Row(pn.Column(self.browser.layout, self.upload.layout, width=BROWSER_WIDTH,
+                                     css_classes=["xv-images"], margin=(0, 10)),
+                           self.tabs, self.probe.pane, sizing_mode="stretch_width")
         if self.runner.background:             # versions other sessions fine-tune appear in the pickers
             pn.state.add_periodic_callback(self._refresh_versions, period=3000)
 
+    def __getattr__(self, name: str):
+        """A tab by its attribute name (dash.overlays, dash.brush, dash.tuning, dash.concepts)."""
+        for tab in self.__dict__.get("tab_list", ()):
+            if tab.attribute == name:
+                return tab
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+    def show(self, title: str) -> None:
+        """Bring the tab with this title on screen."""
+        titles = [tab.title for tab in self.tab_list]
+        if title not in titles:
+            raise ValueError(f"no tab {title!r}; tabs: {titles}")
+        self.tabs.active = titles.index(title)
+
+    def _show_tab(self, *_) -> None:
+        for i, tab in enumerate(self.tab_list):
+            tab.active = i == self.tabs.active
+
     def _refresh_versions(self) -> None:
         if self.workbench.versions != self.selection.param.version.objects:
-            self.selection.sync_version()
-            self.overlays.sync_choices()
-            self.tuning.show_history()
-            self.controls.sync_back()
+            self.selection.sync_version()      # the views watch the version choices
 
     @property
     def sidebar(self) -> pn.Column:
         return self.controls.layout
 
     def __panel__(self):
-        return pn.Row(pn.Column(self.sidebar, width=280), self.main)
+        return pn.Row(pn.Column(self.sidebar, width=SIDEBAR_WIDTH), self.main, sizing_mode="stretch_width")
 
     def template(self, title: str = "xcam-viz") -> pn.template.BootstrapTemplate:
         """The dashboard in a page template: controls in the sidebar, browser and tabs in the main area."""
         return pn.template.BootstrapTemplate(title=title, sidebar=[self.sidebar], main=[self.main],
-                                             sidebar_width=300, header_background="#2f5d8a")
+                                             sidebar_width=SIDEBAR_WIDTH, header_background="#2f5d8a")
 
     def servable(self, title: str = "xcam-viz", **kw):
         """Mark the dashboard's page template to be served by `panel serve`."""

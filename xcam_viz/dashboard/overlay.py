@@ -17,9 +17,9 @@ from bokeh.plotting import figure
 from holoviews.plotting.util import process_cmap
 
 from .raster import plot_to_pixel
-from .selection import Selection
-from .tasks import Runner, bokeh_update
-from .workbench import MapResult, Workbench
+from .tab import Tab
+from .tasks import bokeh_update
+from .workbench import MapResult
 
 CMAPS = ["inferno", "viridis", "jet", "turbo", "gray"]
 DIVERGING = "RdBu_r"
@@ -135,18 +135,20 @@ class MapView(param.Parameterized):
         self.digest = result.digest
 
 
-class OverlayPair(pn.viewable.Viewer):
-    """Left: the selection's map; right: another method, layer or model version (e.g. before / after
-    fine-tuning). The two figures share their ranges, so zooming or panning one moves both."""
+class OverlayPair(Tab):
+    """The Explain tab. Left: the selection's map; right: another method, layer or model version (e.g.
+    before / after fine-tuning). The two figures share their ranges, so zooming or panning one moves both."""
+
+    title = param.String(default="Explain", constant=True)
+    attribute = "overlays"
 
     compare_version = param.Selector(objects=[SAME], default=SAME, label="Right: model version")
     compare_method = param.Selector(objects=[SAME], default=SAME, label="Right: method")
     compare_layer = param.Selector(objects=[SAME], default=SAME, label="Right: layer")
 
-    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, display: Display | None = None,
-                 width: int = 205, **params):
-        self.workbench, self.selection, self.runner = workbench, selection, runner
-        super().__init__(**params)
+    def __init__(self, session, display: Display | None = None, width: int = 200, **params):
+        super().__init__(session, **params)
+        workbench, selection = self.workbench, self.selection
         self.display = display or Display()
         shape = tuple(workbench.input_shape[1:])
         self.left = MapView(self.display, shape, width)               # shared ranges: zoom and pan together
@@ -155,13 +157,15 @@ class OverlayPair(pn.viewable.Viewer):
         self.sync_choices()
         methods = self.param.compare_method.objects
         self.compare_method = next((m for m in ("hirescam", "seg-hirescam", "layercam") if m in methods), SAME)
-        self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
+        self.info = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10), css_classes=["xv-map-info"])
         self.layout = pn.Column(
-            pn.Row(*[pn.pane.Bokeh(v.figure, margin=(5, 5)) for v in (self.left, self.right)],
-                   css_classes=["xv-overlays"]),
-            self.info, name="Explain")
+            pn.FlexBox(*[pn.pane.Bokeh(v.figure, margin=(5, 5)) for v in (self.left, self.right)],
+                       css_classes=["xv-overlays"], flex_wrap="wrap", sizing_mode="stretch_width"),
+            self.info, name=self.title, sizing_mode="stretch_width")
         self.left.figure.on_event(Tap, lambda event: self.click(event.x, event.y))
         selection.param.watch(lambda *_: self.sync_choices(), ["version"])
+        selection.param.watch(lambda *_: self.sync_choices(), ["version"], what="objects")   # a new version
+        selection.param.watch(lambda e: self.compare_with(e.new) if e.new else None, ["compare"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version", "layer", "method", "target",
                                                          "region", "point", "painted"])
         self.param.watch(lambda *_: self.refresh("right"), ["compare_version", "compare_method", "compare_layer"])
@@ -211,7 +215,7 @@ class OverlayPair(pn.viewable.Viewer):
         if request != self.request(side):           # the selection moved on meanwhile
             return
         names = self.workbench.class_names(request.split)
-        what = request.method if request.method.startswith("evidence") else f"{request.method} · {request.layer}"
+        what = f"evidence {request.method}" if result.signed else f"{request.method} · {request.layer}"
         title = f"{what} · {request.version} · {names[result.target_class]}"
         self.views[side].show((request.split, request.sample), image, result, title)
         if side == "left":
@@ -223,9 +227,14 @@ class OverlayPair(pn.viewable.Viewer):
         names = wb.class_names(request.split)
         probs = " · ".join(f"{n} {p:.0%}" for n, p in zip(names, pred.probability.values))
         unit = "weight of evidence in bits: red for, blue against" if result.signed else "map scaled to [0, 1]"
-        self.info.object = (f"**{request.sample}** · label **{names[int(pred.label)]}** · predicted "
+        self.info.object = (f"**{request.sample}** · label **{wb.true_label(request.split, pred.label)}** · predicted "
                             f"**{names[int(pred.predicted)]}** ({probs}) · explaining "
                             f"**{names[result.target_class]}** · {unit} · {result.seconds * 1000:.0f} ms")
 
-    def __panel__(self):
-        return self.layout
+    def watched(self):
+        return [(view, ["digest"]) for view in self.views.values()]
+
+    def snapshot(self) -> dict:
+        """The digests and titles of the two maps on show."""
+        return {"left": self.left.digest, "right": self.right.digest, "left_title": self.left.title,
+                "right_title": self.right.title}

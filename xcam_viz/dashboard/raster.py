@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 CAPTION = 16          # height of a thumbnail's caption strip, montage pixels
-GOOD, BAD, MARK, PENDING = (34, 139, 84), (190, 50, 50), (255, 200, 0), (140, 140, 140)
+GOOD, BAD, UNKNOWN, MARK = (34, 139, 84), (190, 50, 50), (110, 110, 110), (255, 200, 0)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _font():
-    return ImageFont.load_default(size=10)
+    return ImageFont.load_default(size=11)
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,20 @@ class Grid:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-def montage(images: list[np.ndarray], captions: list[str], correct: list[bool | None], marked: list[bool],
-            grid: Grid) -> np.ndarray:
-    """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct,
-    red wrong, grey not known yet) and a yellow dot in the corner when `marked` (e.g. it has feedback)."""
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
+    """`text`, shortened with an ellipsis until it is at most `width` pixels wide."""
+    if draw.textlength(text, font=_font()) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=_font()) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], correct: list[bool | None],
+            marked: list[bool], grid: Grid) -> np.ndarray:
+    """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct, red
+    wrong, grey when unknown: no true label, or not predicted yet) and a yellow dot in the corner when `marked` (e.g. it has
+    feedback). A caption (left, right) puts its second part at the right end of the strip."""
     h, w = grid.size
     canvas = Image.new("RGB", (w, h), (245, 245, 245))
     draw = ImageDraw.Draw(canvas)
@@ -155,8 +165,12 @@ def montage(images: list[np.ndarray], captions: list[str], correct: list[bool | 
         thumb = Image.fromarray(to_uint8(img)).resize((t - 4, t - 4), Image.BILINEAR)
         canvas.paste(thumb, (x0 + 2, y0 + 2))
         draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
-                       fill=PENDING if ok is None else GOOD if ok else BAD)
-        draw.text((x0 + 5, y0 + t - 1), text, fill=(255, 255, 255), font=_font())
+                       fill=UNKNOWN if ok is None else GOOD if ok else BAD)
+        left, right = (text, "") if isinstance(text, str) else text
+        left = _fit(draw, left, t - 10 - (draw.textlength(right, font=_font()) + 6 if right else 0))
+        draw.text((x0 + 5, y0 + t - 1), left, fill=(255, 255, 255), font=_font())
+        if right:
+            draw.text((x0 + t - 5, y0 + t - 1), right, fill=(255, 255, 255), font=_font(), anchor="ra")
         if mark:
             draw.ellipse([x0 + t - 15, y0 + 5, x0 + t - 6, y0 + 14], fill=MARK, outline=(60, 60, 60))
     return np.asarray(canvas)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import param
 
-from .workbench import EVIDENCE, MapRequest, Workbench, mask_region
+from ..evidence import METHODS as EVIDENCE_METHODS
+from .workbench import MapRequest, Workbench, mask_region
 
 
 class Selection(param.Parameterized):
@@ -20,6 +21,8 @@ class Selection(param.Parameterized):
     point = param.Tuple(default=(0, 0), length=2, doc="(row, col) of the region 'point'")
     painted = param.Parameter(default=None, doc="bool mask of the region 'painted' (from the brush)")
     revision = param.Integer(default=0, doc="bumped whenever the feedback store changes")
+    compare = param.String(default="", doc="a model version to show in the right-hand view with the left's method "
+                                           "and layer (set by fine-tuning: a new version beside its parent)")
 
     def __init__(self, workbench: Workbench, **params):
         self.workbench = workbench
@@ -43,9 +46,16 @@ class Selection(param.Parameterized):
         self.param.layer.objects, self.param.method.objects = layers, methods
         with param.parameterized.batch_call_watchers(self):
             if self.layer not in layers:
-                self.layer = default_layer(wb.layers(self.version), wb.is_segmenter(self.version))
+                self.layer = wb.default_layer(self.version)
             if self.method not in methods:
                 self.method = methods[0]
+
+    def show_right(self, version: str) -> None:
+        """Ask the right-hand view to show `version` (again, if it asked for it before)."""
+        if self.compare == version:
+            self.param.trigger("compare")
+        else:
+            self.compare = version
 
     @param.depends("split", watch=True)
     def _first_sample(self) -> None:
@@ -68,15 +78,9 @@ class Selection(param.Parameterized):
                 layer: str | None = None) -> MapRequest:
         """The map request of the current selection, optionally with another version / method / layer."""
         version, method, layer = version or self.version, method or self.method, layer or self.layer
-        if method in EVIDENCE:
+        if method in EVIDENCE_METHODS:
             layer = ""                                   # evidence does not depend on a layer
         elif layer not in dict(self.workbench.layers(version)):
-            layer = default_layer(self.workbench.layers(version), self.workbench.is_segmenter(version))
+            layer = self.workbench.default_layer(version)
         return MapRequest(version, self.split, self.sample, method, layer, self.target, self.region_key())
 
-
-def default_layer(layers: list[tuple[str, tuple]], segmenter: bool = False) -> str:
-    """The last top-level spatial layer (e.g. block4 / layer4), the usual Grad-CAM layer; for a segmenter
-    the one before its output layer (e.g. a U-Net's last decoder block)."""
-    top = [name for name, _ in layers if "." not in name] or [name for name, _ in layers]
-    return top[-2] if segmenter and len(top) > 1 else top[-1]

@@ -15,13 +15,11 @@ import param
 
 from ..finetune import AUTO, DEFAULTS, STRATEGIES
 from .controls import cam_name, scored_with
-from .overlay import OverlayPair
-from .selection import Selection, default_layer
+from .tab import Tab
 from .tasks import describe, notify
-from .workbench import Workbench
 
 POLL_MS = 250
-WIDGET = 235                # the tab is two such columns wide: it fits beside the browser at 1366 px
+WIDGET = 235                # a column of the tab; two side by side where they fit, else one above the other
 ADVANCED = ("lam", "epochs", "lr")          # settings in the collapsed card; untouched: the core's defaults
 SCORES = (("accuracy", "accuracy"), ("pointing_game", "pointing game"), ("iou", "IoU"))
 
@@ -64,14 +62,17 @@ def _finite(values: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
-class FinetunePanel(pn.viewable.Viewer):
+class FinetunePanel(Tab):
     """Launch xv.finetune(..., background=True) from the selected model version on the training split's
     saved feedback, follow it (progress bar and losses, polled by a periodic callback), cancel it, and
     when it is done show the before/after table; a good new version becomes the selection (its parent on
     the right-hand view), a flagged one is only shown on the right, with its warning."""
 
     title = param.String(default="Fine-tune", constant=True)
-    active = param.Boolean(default=False, doc="whether the tab is on screen")
+    attribute, probe_key = "tuning", "finetune"
+    probed = ("progress", "phase", "new_version", "outcome")
+    launch_event = param.Event(label="Launch fine-tuning")
+    cancel_event = param.Event(label="Cancel")
     split = param.Selector(objects=[], label="Train on split")
     strategy = param.Selector(objects=["auto", *STRATEGIES], default="auto", label="Strategy")
     layer = param.Selector(objects=[], label="Grad-CAM layer (scored, corrected)")
@@ -84,29 +85,29 @@ class FinetunePanel(pn.viewable.Viewer):
     new_version = param.String(default="")
     outcome = param.Dict(default={}, doc="the last finished run: versions, flag, warning, metrics, settings")
 
-    def __init__(self, workbench: Workbench, selection: Selection, overlays: OverlayPair, **params):
-        self.workbench, self.selection, self.overlays = workbench, selection, overlays
-        super().__init__(**params)
+    def __init__(self, session, **params):
+        super().__init__(session, **params)
+        workbench, selection = self.workbench, self.selection
         self.param.layer.objects = [name for name, _ in workbench.layers(selection.version)]
-        self.layer = default_layer(workbench.layers(selection.version), workbench.is_segmenter(selection.version))
+        self.layer = workbench.default_layer(selection.version)
         self.param.split.objects = workbench.training_splits()
         self.split = workbench.training_splits()[0] if workbench.training_splits() else None
         self.job = None
         self._callback = None
         self._losses = hv.streams.Pipe(data={"step": [], "loss": [], "ce": [], "explanation": []})
         curves = hv.DynamicMap(self._curves, streams=[self._losses])
-        self.launch_button = pn.widgets.Button(label="Launch fine-tuning", color="primary", css_classes=["xv-launch"])
-        self.cancel_button = pn.widgets.Button(label="Cancel", color="danger", disabled=True,
-                                               css_classes=["xv-cancel"])
-        self.launch_button.on_click(lambda _: self.launch())
-        self.cancel_button.on_click(lambda _: self.cancel())
+        self.launch_button = pn.widgets.Button.from_param(self.param.launch_event, color="primary",
+                                                          css_classes=["xv-launch"])
+        self.cancel_button = pn.widgets.Button.from_param(self.param.cancel_event, color="danger",
+                                                          disabled=True, css_classes=["xv-cancel"])
         self.bar = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width", bar_color="primary")
         self.status = pn.pane.Markdown("", margin=(0, 10), css_classes=["xv-finetune-status"])
         self.help = pn.pane.Markdown(strategy_help(self.strategy), margin=(0, 10), width=WIDGET,
                                      css_classes=["xv-strategy-help"], styles={"font-size": "0.85em"})
         self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["xv-finetune-warning"],
-                                     width=2 * WIDGET + 25, margin=(5, 10))
-        table = {"width": 2 * WIDGET + 25, "margin": (0, 10), "styles": {"font-size": "0.85em"}}
+                                     sizing_mode="stretch_width", margin=(5, 10))
+        table = {"sizing_mode": "stretch_width", "margin": (0, 10),
+                 "styles": {"font-size": "0.85em", "overflow-x": "auto"}}     # a wide table scrolls, visibly
         self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], **table)
         self.history = pn.pane.Markdown("", css_classes=["xv-versions"], **table)
         size = {"width": WIDGET}
@@ -124,13 +125,15 @@ class FinetunePanel(pn.viewable.Viewer):
             self.strategy_select, self.help,
             pn.widgets.Select.from_param(self.param.layer, **size), advanced,
             pn.Row(self.launch_button, self.cancel_button), width=WIDGET + 15)
-        legend = {"label_text_font_size": "8pt", "glyph_height": 10, "label_height": 10, "padding": 2, "spacing": 0,
-                  "title": None}
-        plot = pn.pane.HoloViews(curves.opts(width=WIDGET, height=190, legend_position="top_right", legend_opts=legend,
+        legend = {"label_text_font_size": "8pt", "glyph_height": 10, "label_height": 10, "padding": 2, "spacing": 6,
+                  "title": None, "orientation": "horizontal"}
+        plot = pn.pane.HoloViews(curves.opts(width=WIDGET, height=210, legend_position="top", legend_opts=legend,
                                              xlabel="step", ylabel="loss", toolbar=None), linked_axes=False)
-        self.layout = pn.Column(pn.Row(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10)),
-                                self.warning, self.results, self.history, name=self.title)
+        self.layout = pn.Column(pn.FlexBox(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10),
+                                           flex_wrap="wrap", sizing_mode="stretch_width"),
+                                self.warning, self.results, self.history, name=self.title, sizing_mode="stretch_width")
         selection.param.watch(lambda *_: self.show_history(), ["version"])
+        selection.param.watch(lambda *_: self.show_history(), ["version"], what="objects")    # a new version
         selection.param.watch(lambda *_: self._hint(), ["revision"])
         self._hint()
         self.show_history()
@@ -142,8 +145,10 @@ class FinetunePanel(pn.viewable.Viewer):
 
     @staticmethod
     def _curves(data):
-        """Loss terms per step; framewise, so the axes follow the growing curves."""
-        return hv.NdOverlay({k: hv.Curve((data["step"], data[k]), "step", "loss").opts(framewise=True)
+        """Loss terms per step; framewise, so the axes follow the growing curves. Before the first step one
+        point at (0, 0): Bokeh warns about ranges of empty data."""
+        steps = data["step"] or [0]
+        return hv.NdOverlay({k: hv.Curve((steps, data[k] or [0.0]), "step", "loss").opts(framewise=True)
                              for k in ("loss", "ce", "explanation")}, kdims="term")
 
     def _hint(self) -> None:
@@ -166,6 +171,7 @@ class FinetunePanel(pn.viewable.Viewer):
         return {"strategy": self.strategy, "layer": self.layer,
                 **{k: (None if v == DEFAULTS[k] else v) for k, v in chosen.items()}}
 
+    @param.depends("launch_event", watch=True)
     def launch(self) -> None:
         """Start fine-tuning in the background (errors, e.g. no feedback yet, become notifications)."""
         if self.job is not None and not self.job.done:
@@ -182,6 +188,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.launch_button.disabled, self.cancel_button.disabled = True, False
         self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
 
+    @param.depends("cancel_event", watch=True)
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
@@ -227,13 +234,12 @@ class FinetunePanel(pn.viewable.Viewer):
         self.workbench.add_version(result.version, result.model)
         self._remember_base_scores(result)
         self._show_result(result)
-        self.selection.sync_version()
-        self.overlays.sync_choices()
+        self.selection.sync_version()          # every view offers the new version
         if result.flagged:                    # saved, but not switched to: look first (right-hand view)
-            self.overlays.compare_with(result.version)
+            self.selection.show_right(result.version)
             notify(f"{result.version} is flagged: {result.warning}", "warning", 12000)
         else:                                 # the new version on the left, its parent on the right
-            self.overlays.compare_with(result.base_version)
+            self.selection.show_right(result.base_version)
             self.selection.version = result.version
             notify(f"fine-tuned {result.base_version} → {result.version}", "success", 4000)
         self.new_version = result.version
@@ -243,8 +249,7 @@ class FinetunePanel(pn.viewable.Viewer):
     def _remember_base_scores(self, result) -> None:
         """The base version's scores of this run ("before"), for a base saved without metrics (v0)."""
         self.workbench.measured.setdefault(result.base_version, {
-            "metrics": {f"{split}/{name}": float(result.metrics[name].sel(stage="before", split=split))
-                        for split in result.metrics.split.values for name in result.metrics.data_vars},
+            "metrics": result.scores("before"),
             "layer": result.settings["layer"], "method": result.settings["method"]})
 
     def _show_result(self, result) -> None:
@@ -261,9 +266,7 @@ class FinetunePanel(pn.viewable.Viewer):
         self.warning.visible = result.flagged
         self.outcome = {"version": result.version, "base": result.base_version, "flagged": result.flagged,
                         "warning": result.warning, "best_epoch": result.best_epoch, "run_settings": _finite(s),
-                        "metrics": {stage: _finite({f"{split}/{name}": float(result.metrics[name].sel(
-                            stage=stage, split=split)) for split in result.metrics.split.values
-                            for name in result.metrics.data_vars}) for stage in ("before", "after")}}
+                        "metrics": {stage: _finite(result.scores(stage)) for stage in ("before", "after")}}
 
     def show_history(self) -> None:
         """The registry's versions with their parents, strategies, flags and the metrics saved with them."""
@@ -300,5 +303,3 @@ class FinetunePanel(pn.viewable.Viewer):
                 "results": bool(self.results.object), "warning_shown": bool(self.warning.visible),
                 "split": self.split, "strategy": self.strategy, "settings": self.settings(), **self.outcome}
 
-    def __panel__(self):
-        return self.layout

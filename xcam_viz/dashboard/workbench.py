@@ -25,10 +25,13 @@ from torch import nn
 from .. import models
 from ..concepts.labels import LabelStore
 from ..data import ImageSet, check_images
+from ..evidence import METHODS as EVIDENCE_METHODS
+from ..models.kind import is_segmenter
 from . import splits as split_rules
 from .cache import LRUCache
 
-EVIDENCE = {"evidence": "efficient", "evidence-pda": "pda"}   # dashboard method -> xv.evidence method
+NO_LABEL = "no label"
+
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class Workbench:
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
+        self._kinds: dict[str, bool] = {}
         self.measured: dict[str, dict] = {}     # versions saved without metrics: {"metrics", "layer", "method"}
         self.labels = LabelStore(default_labels_path(feedback))   # concept labels, shared by every layer
         self._units: dict[tuple, object] = {}
@@ -170,6 +174,16 @@ class Workbench:
     @property
     def opening_split(self) -> str:
         return split_rules.opening_split(self.splits)
+
+    def outcomes(self, version: str, split: str, ids: list[str]) -> list[bool | None]:
+        """Per image, whether the prediction is right (None in a split without true labels: uploads)."""
+        if split not in split_rules.labelled_splits(self.splits):
+            return [None] * len(ids)
+        return [bool(v) for v in self.sample_predictions(version, split, ids).correct.values]
+
+    def true_label(self, split: str, label: int) -> str:
+        """A true label in words ("no label" in a split without true labels)."""
+        return self.class_names(split)[int(label)] if split in split_rules.labelled_splits(self.splits) else NO_LABEL
 
     def training_splits(self) -> list[str]:
         return split_rules.training_splits(self.splits)
@@ -246,18 +260,26 @@ class Workbench:
                 self._layers[version] = models.spatial_layers(self.model(version), self.input_shape)
         return self._layers[version]
 
+    def default_layer(self, version: str) -> str:
+        """The layer a view shows first: `xv.models.default_layer` of the version's model."""
+        with self.lock:
+            return models.default_layer(self.model(version), self.input_shape)
+
     def is_segmenter(self, version: str | None = None) -> bool:
+        """Whether the version's model is a segmenter (xv.models.kind decides; cached per version)."""
         version = version or self.base_version
-        split = next(iter(self.splits))
-        return self.sample_predictions(version, split, self.splits[split].ids[:1]).attrs.get("segmenter", False)
+        if version not in self._kinds:
+            with self.lock:
+                self._kinds[version] = is_segmenter(self.model(version), self.input_shape)
+        return self._kinds[version]
 
     def methods(self, version: str | None = None) -> list[str]:
-        """CAM methods that fit the model (and evidence, for classifiers)."""
+        """CAM methods that fit the model, then (for classifiers) the evidence methods, by their core names."""
         from ..explain import METHODS, SEGMENTATION_METHODS
 
         if self.is_segmenter(version):
             return [*SEGMENTATION_METHODS, "eigencam"]
-        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE)
+        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE_METHODS)
 
     def class_names(self, split: str | None = None) -> list[str]:
         return list(self.splits[split or next(iter(self.splits))].class_names)
@@ -269,12 +291,7 @@ class Workbench:
         if key not in self._predictions:
             data = self.splits[split]
             with self.lock:
-                model = self.model(version)
-                out = models.predict(model, data)
-                with torch.no_grad():
-                    segmenter = model(data[0].image[None]).ndim == 4
-            out.attrs["segmenter"] = segmenter
-            self._predictions[key] = out
+                self._predictions[key] = models.predict(self.model(version), data)
         return self._predictions[key]
 
     def sample_predictions(self, version: str, split: str, ids: list[str], compute: bool = True) -> xr.Dataset | None:
@@ -289,11 +306,7 @@ class Workbench:
 
         def predict():
             with self.lock:
-                model = self.model(version)
-                out = models.predict(model, data.subset([data.index_of(s) for s in ids]))
-                with torch.no_grad():
-                    out.attrs["segmenter"] = model(data[data.index_of(ids[0])].image[None]).ndim == 4
-            return out
+                return models.predict(self.model(version), data.subset([data.index_of(s) for s in ids]))
         return self.thumbnails.get_or_compute(key, predict)
 
     def add_images(self, split: str, images: torch.Tensor, ids: list[str]) -> list[str]:
@@ -367,12 +380,12 @@ class Workbench:
         start = time.perf_counter()
         target = self.resolve_target(request)
         data = self.splits[request.split]
-        if request.method in EVIDENCE:
+        if request.method in EVIDENCE_METHODS:
             from ..evidence import evidence
 
             x = data[data.index_of(request.sample)].image[None]
             with self.lock, one_thread():
-                ev = evidence(self.model(request.version), x, method=EVIDENCE[request.method],
+                ev = evidence(self.model(request.version), x, method=request.method,
                               target=target, data=data, progress=False)
             return MapResult(request, ev.values[0].astype(np.float32), True, int(ev.target.values[0]),
                              time.perf_counter() - start)

@@ -39,6 +39,18 @@ def as_mask(mask, what: str = "mask") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def union_masks(annotations, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the relevant and of the irrelevant masks of `annotations` (H×W bool each; all
+    False where none has one); the one rule for "what a sample's saved feedback marks"."""
+    relevant, irrelevant = np.zeros(shape, bool), np.zeros(shape, bool)
+    for a in annotations:
+        if a.relevant is not None:
+            relevant |= np.asarray(a.relevant, bool)
+        if a.irrelevant is not None:
+            irrelevant |= np.asarray(a.irrelevant, bool)
+    return relevant, irrelevant
+
+
 def encode(mask: np.ndarray) -> bytes:
     """A bool H×W mask as 1-bit PNG bytes (lossless, typically a few hundred bytes)."""
     buf = io.BytesIO()

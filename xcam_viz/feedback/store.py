@@ -265,12 +265,9 @@ class FeedbackStore:
         has = {k: torch.zeros(len(ids), dtype=torch.bool) for k in out}
         labels = torch.full((len(ids),), NO_LABEL, dtype=torch.long)
         for i, sid in enumerate(ids):
+            for kind, mask in zip(out, maskcodec.union_masks(per_sample[sid], shape)):
+                out[kind][i], has[kind][i] = torch.from_numpy(mask), bool(mask.any())   # masks are never empty
             for a in per_sample[sid]:
-                for kind in out:
-                    m = getattr(a, kind)
-                    if m is not None:
-                        out[kind][i] |= torch.from_numpy(m)
-                        has[kind][i] = True
                 if a.label is not None:
                     labels[i] = a.label
         return FeedbackSet(ids, out["relevant"], out["irrelevant"], has["relevant"], has["irrelevant"], labels)

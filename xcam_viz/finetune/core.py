@@ -71,6 +71,10 @@ class FinetuneResult:
         steps = self.history.sizes.get("step", 0)
         return f"FinetuneResult({self.base_version} {state}, {steps} steps)\n{self.summary()}"
 
+    def scores(self, stage: str = "after") -> dict[str, float]:
+        """The metrics of one stage flattened as {"<split>/<metric>": value} (how versions save them)."""
+        return flat_scores(self.metrics, stage)
+
     def summary(self) -> str:
         """The before/after metrics as a markdown table (and the warning of a flagged run)."""
         rows = ["| split | metric | before | after |", "|---|---|---|---|"]
@@ -271,12 +275,13 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, run: _Run, eval_d
             flagged = True
             warning = (f"validation accuracy fell from {before['validation']['accuracy']:.1%} to "
                        f"{after['validation']['accuracy']:.1%}; the new version may be worse than {base}")
+    metrics = _metrics_dataset(before, after)
+    if not cancelled:
         control.report(phase="saving")
         version = versions.save_new(model, parent=base, meta={
             **settings, "best_epoch": best.get("epoch", 0), "flagged": flagged, "warning": warning,
-            "metrics": {f"{split}/{k}": float(v) for split, vals in after.items() for k, v in vals.items()}})
+            "metrics": flat_scores(metrics, "after")})
         control.report(phase="done")
-    metrics = _metrics_dataset(before, after)
     metrics.attrs["validation_ids"] = list(run.validation.ids)
     return FinetuneResult(model, version, base, versions, metrics, _history_dataset(history), settings, cancelled,
                           time.perf_counter() - start,
@@ -323,6 +328,12 @@ def _evaluate(model: nn.Module, eval_data: dict[str, ImageSet], s: dict) -> dict
                 scores["iou"] = float(metrics.iou(cams, sub.masks).mean())
         out[name] = scores
     return out
+
+
+def flat_scores(metrics: xr.Dataset, stage: str) -> dict[str, float]:
+    """One stage of a run's metrics (stage × split) as {"<split>/<metric>": value}."""
+    return {f"{split}/{name}": float(metrics[name].sel(stage=stage, split=split))
+            for split in metrics.split.values for name in metrics.data_vars}
 
 
 def _metrics_dataset(before: dict, after: dict) -> xr.Dataset:

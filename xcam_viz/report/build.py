@@ -19,6 +19,7 @@ from .. import metrics
 from ..data import ImageSet
 from ..evidence import evidence as evidence_map
 from ..explain import explain
+from ..feedback import union_masks
 from ..models import default_layer, fingerprint, predict
 
 
@@ -28,8 +29,14 @@ class Report:
     def __init__(self, images: xr.Dataset, overview: xr.Dataset, version: int, changes: list[str]):
         self.images, self.overview, self.version, self.changes = images, overview, version, changes
 
+    @property
+    def title(self) -> str:
+        """The report's name: the model version it was built from (when given) and its own version."""
+        model = self.overview.attrs.get("model_version")
+        return f"report v{self.version} of model {model}" if model else f"report v{self.version}"
+
     def __repr__(self) -> str:
-        return (f"Report v{self.version}: {self.images.sizes.get('sample', 0)} images, splits "
+        return (f"{self.title}: {self.images.sizes.get('sample', 0)} images, splits "
                 f"{list(self.overview.split.values)}, {self.overview.sizes.get('concept', 0)} concepts")
 
     def save(self, path) -> Path:
@@ -49,7 +56,8 @@ class Report:
 
 def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hirescam"), layers=None,
            evidence: str | None = "efficient", splits: dict[str, ImageSet] | None = None, feedback=None,
-           units=None, history: xr.Dataset | None = None, previous: Report | None = None) -> Report:
+           units=None, history: xr.Dataset | None = None, previous: Report | None = None,
+           model_version: str | None = None) -> Report:
     """Build a report of `model` on `data`.
 
     samples: how many images (the first n) or a list of sample ids to explain in detail.
@@ -58,6 +66,7 @@ def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hir
     feedback: a FeedbackStore (annotations per image; user-marked relevant regions for the shortcut
         indicator). units: a dissected `xcam_viz.concepts.Units` (its labels make the concept
         dictionary). history: a fine-tuning history Dataset. previous: the report this one refines.
+        model_version: the name of the model's version (e.g. "v1"), which names the report.
     """
     ids = data.ids[:samples] if isinstance(samples, int) else [str(s) for s in samples]
     chosen = data.subset([data.index_of(s) for s in ids])
@@ -66,6 +75,8 @@ def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hir
     images = _image_section(model, chosen, list(methods), list(layers), evidence, feedback, units)
     overview = _overview(model, splits, methods[0], layers[0], feedback, units, history)
     overview.attrs.update(model_fingerprint=fingerprint(model), created=time.time())
+    if model_version is not None:
+        overview.attrs["model_version"] = str(model_version)
     version, changes = _changes(previous, overview, feedback)
     return Report(images, overview, version, changes)
 
@@ -83,7 +94,7 @@ def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback,
         "cam": cams.transpose("sample", "method", "layer", "y", "x").variable,
     }, coords={"sample": chosen.ids, "method": methods, "layer": layers,
                "y": np.arange(chosen.images.shape[2]), "x": np.arange(chosen.images.shape[3])},
-        attrs={"class_names": list(chosen.class_names)})
+        attrs={"class_names": list(chosen.class_names), "labelled": int(chosen.attrs.get("labelled", True))})
     per_map = lambda score: (("method", "layer", "sample"), np.stack(  # noqa: E731
         [[score(cams.sel({"method": m, "layer": l})).values for l in layers] for m in methods]))
     if chosen.masks is not None:
@@ -175,10 +186,9 @@ def _outside_share(cams: np.ndarray, ds: ImageSet, feedback) -> tuple[np.ndarray
     has = relevant.reshape(len(relevant), -1).any(1)
     if feedback is not None:
         for i, sid in enumerate(ds.ids):
-            marked = [a.relevant for a in feedback.annotations(sid) if getattr(a, "relevant", None) is not None]
-            if marked:
-                relevant[i] = np.any(np.stack([np.asarray(m, bool) for m in marked]), 0)
-                has[i] = True
+            marked = union_masks(feedback.annotations(sid), relevant.shape[1:])[0]
+            if marked.any():
+                relevant[i], has[i] = marked, True
     mass = cams.reshape(len(cams), -1).sum(1)
     share = np.where(mass > 0, (cams * ~relevant).reshape(len(cams), -1).sum(1) / np.maximum(mass, 1e-12), np.nan)
     return share, has

@@ -37,14 +37,14 @@ def write_html(rep, path: Path) -> Path:
         title = key.replace("-", " ").capitalize()
         body.append(f'<section id="{key}"><h2>{title}</h2>{parts.get(key, "")}{divs.get(key, "")}</section>')
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>xcam-viz report v{rep.version}</title>
+<html lang="en"><head><meta charset="utf-8"><title>xcam-viz {html.escape(rep.title)}</title>
 <link rel="icon" href="data:,">
 {"".join(f"<style>{css}</style>" for css in INLINE.css_raw)}
 {"".join(f"<script>{js}</script>" for js in INLINE.js_raw)}
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
 th{{background:#f3f3f3}}section{{margin-bottom:2em}}h2{{border-bottom:2px solid #6a4c93}}</style>
-{script}</head><body><h1>xcam-viz explanation report, version {rep.version}</h1>
+{script}</head><body><h1>xcam-viz explanation {html.escape(rep.title)}</h1>
 {''.join(body)}</body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -114,9 +114,13 @@ def _images(ds) -> list:
         concepts = ""
         if "concept_units" in ds:
             active = [[c, int(one.concept_units.sel(concept=c)), float(one.concept_mean_activation.sel(concept=c)),
-                       float(one.concept_mean_iou.sel(concept=c))] for c in ds.concept.values]
-            concepts = "<p>Concepts active:</p>" + _table(["concept", "units", "mean activation", "mean IoU"], active)
-        text = (f"<h3>{html.escape(str(s))}</h3><p>label <b>{_name(names, int(one.label))}</b>, predicted "
+                       float(one.concept_mean_iou.sel(concept=c))] for c in ds.concept.values
+                      if np.isfinite(float(one.concept_units.sel(concept=c)))]      # NaN: none of its units fires here
+            concepts = ("<p>Concepts active (units firing above their threshold on this image):</p>"
+                        + _table(["concept", "active units", "mean activation", "mean score at labelling"], active)
+                        if active else "<p>No labelled concept is active on this image.</p>")
+        label = _name(names, int(one.label)) if ds.attrs.get("labelled", True) else "no label"
+        text = (f"<h3>{html.escape(str(s))}</h3><p>label <b>{label}</b>, predicted "
                 f"<b>{_name(names, int(one.predicted))}</b> with confidence {float(one.confidence):.1%}</p>"
                 + _table(["map"] + [v.replace("_", " ") for v in scores_vars], scores) + concepts)
         out.append((text, row(figs)))
