@@ -5,7 +5,9 @@ import threading
 import holoviews as hv
 import numpy as np
 import pytest
+import torch
 
+import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, MapRequest, Workbench
 from xcam_viz.dashboard.cache import LRUCache
 from xcam_viz.dashboard.overlay import SAME, palette, thresholded
@@ -478,3 +480,21 @@ def test_segmenter_targets_a_point_or_a_painted_region(tmp_path):
     region = sel.request().region
     assert region[0] == "mask" and sel.painted[23, 10:30].all()
     assert dash.overlays.left.result.request.region == region
+
+
+@pytest.mark.slow
+def test_a_vision_transformer_in_the_dashboard(tmp_path):
+    """A ViT's token layers are listed as grids, its default layer is the last block's input norm, and its
+    maps come at the input size."""
+    torch.manual_seed(0)
+    vit = xv.models.build("vit_b_16", num_classes=2)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)
+    wb = Workbench(vit, {"test": xv.data.synthetic_lesions(n=4, size=224, split="test")}, tmp_path / "vit.db")
+    dash = Dashboard(workbench=wb, background=False)
+    layers = dict(wb.layers("v0"))
+    assert layers["encoder.layers.encoder_layer_11.ln_1"] == (768, 14, 14)
+    assert dash.selection.layer == "encoder.layers.encoder_layer_11.ln_1"
+    dash.selection.sample = wb.splits["test"].ids[1]
+    result = dash.overlays.left.result
+    assert result.values.shape == (224, 224) and result.request.layer == dash.selection.layer
+    assert np.isfinite(result.values).all() and result.values.max() > 0
