@@ -3,11 +3,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import xcam_viz as xv
-from xcam_viz.demo import demo_data, demo_model as load_demo_model
-
 from browser.harness import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+
+from xcam_viz.demo import demo_data
+from xcam_viz.demo import demo_model as load_demo_model
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ LIB_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
                "xgradcam": "XGradCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def random_model(name):
     """One random-weight torchvision model per name for the whole module (vgg11_bn alone takes seconds)."""
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def channels_last(t):
     return t.permute(0, 3, 1, 2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def modern_model(name):
     """Random-weight transformers and modern CNNs (built once); torchvision's ViT head starts at zero, so it
     gets random weights to give non-zero CAMs."""

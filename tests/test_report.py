@@ -1,7 +1,6 @@
 """Explanation reports: contents, versions that grow finer, netCDF and a self-contained HTML page."""
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 import xcam_viz as xv

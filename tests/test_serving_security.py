@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser.harness import Server
 from PIL import Image
 
 from xcam_viz.dashboard import Dashboard, Workbench
 from xcam_viz.dashboard.upload import UPLOAD_SPLIT, UploadError, decode_upload, websocket_limit
-
-from browser.harness import Server
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xcam_viz"
 SHAPE = (3, 64, 64)

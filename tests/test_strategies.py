@@ -6,9 +6,8 @@ import torch
 import xcam_viz as xv
 from xcam_viz.demo import demo_data
 from xcam_viz.feedback import FeedbackStore, simulate
-from xcam_viz.finetune import STRATEGIES, ModelVersions, Strategy
+from xcam_viz.finetune import STRATEGIES, ModelVersions, Strategy, loop
 from xcam_viz.finetune import counterexamples as cx
-from xcam_viz.finetune import loop
 from xcam_viz.finetune.strategies import resolve
 
 

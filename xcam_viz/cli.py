@@ -29,9 +29,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import contextlib
 
+    from .demo import CHECKPOINT_NAME, cache_dir, demo_model
     from .explain.batch import DataSpec, explain_dataset
     from .explain.distributed import dask_client
-    from .demo import CHECKPOINT_NAME, cache_dir, demo_model
     if args.model == "demo":
         demo_model(progress=not args.quiet)          # makes sure the demo checkpoint exists
     checkpoint = cache_dir() / CHECKPOINT_NAME if args.model == "demo" else args.model
@@ -50,10 +50,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import load_data
+    from .demo import demo_model
     from .feedback import FeedbackStore
     from .finetune import finetune
     from .models import load
-    from .demo import demo_model
     if not Path(args.feedback).exists():
         raise SystemExit(f"feedback database {args.feedback} does not exist; annotate images in the dashboard "
                          "or write one with xv.FeedbackStore / xv.feedback.simulate(..., store=...)")

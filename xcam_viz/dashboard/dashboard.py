@@ -72,7 +72,7 @@ class StateProbe(param.Parameterized):
     """A hidden element carrying the session's state as JSON (read by the browser tests and tools): the
     selection, the browser's and every tab's `snapshot()`."""
 
-    def __init__(self, dashboard: "Dashboard"):
+    def __init__(self, dashboard: Dashboard):
         super().__init__()
         self.dashboard = dashboard
         self._scheduled = False

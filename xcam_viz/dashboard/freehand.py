@@ -8,7 +8,7 @@ under the user's pen.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import panel as pn

@@ -44,7 +44,7 @@ def thresholded(values: np.ndarray, signed: bool, threshold: float) -> np.ndarra
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def palette(name: str) -> tuple[str, ...]:
     """The colormap as 256 hex colours, converted once."""
     return tuple(process_cmap(name, 256))

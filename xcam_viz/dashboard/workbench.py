@@ -13,9 +13,9 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 import torch
@@ -154,13 +154,13 @@ class Workbench:
         self._embeddings: dict[tuple, xr.Dataset] = {}
 
     @classmethod
-    def demo(cls, feedback=None) -> "Workbench":
+    def demo(cls, feedback=None) -> Workbench:
         """The embedded demo: the demo smallcnn, the train, test and flipped splits, a cached feedback store."""
         from ..demo import demo_model
 
         return cls(demo_model(progress=False), split_rules.demo_splits(), feedback)
 
-    def warm(self) -> "Workbench":
+    def warm(self) -> Workbench:
         """Compute what every new session needs first (the layers and the predictions of every split for the
         version sessions open on), so sessions open quickly. Other versions are computed when first shown:
         a demo cache holding many fine-tuned versions would otherwise cost a pass over every image per version."""

@@ -6,7 +6,8 @@ asked for, within the memory budget.
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ class ImageSet(torch.utils.data.Dataset):
         except KeyError:
             raise KeyError(f"unknown sample id {sample_id!r}; ids look like {self.ids[:3]}") from None
 
-    def subset(self, indices) -> "ImageSet":
+    def subset(self, indices) -> ImageSet:
         """A new ImageSet with the given positions (a list, range, bool or index tensor)."""
         idx = torch.as_tensor(indices)
         if idx.dtype == torch.bool:

@@ -24,7 +24,7 @@ class MarginalSampler:
         self.reference = reference
         self.window = window
 
-    def to(self, device) -> "MarginalSampler":
+    def to(self, device) -> MarginalSampler:
         self.reference = self.reference.to(device)
         return self
 
@@ -75,7 +75,7 @@ class ConditionalSampler:
         self.device = torch.device("cpu")
         self._params: dict[tuple, tuple] = {}
 
-    def to(self, device) -> "ConditionalSampler":
+    def to(self, device) -> ConditionalSampler:
         self.device = torch.device(device)
         self._params = {}
         return self

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from ..models import default_layer, fingerprint
 from .capture import Reshape, Target, capture, is_topk, layer_list
 from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(model: nn.Module) -> str:

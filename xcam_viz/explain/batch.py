@@ -12,8 +12,8 @@ A lazy ImageSet is decoded batch by batch too. The store layout is in `stores.py
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

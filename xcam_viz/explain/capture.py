@@ -6,9 +6,9 @@ graph: a capture costs little more than a plain forward pass.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class LayerHooks:
         self.layouts: dict[str, Reshape] = {}
         self._handles: list = []
 
-    def __enter__(self) -> "LayerHooks":
+    def __enter__(self) -> LayerHooks:
         try:
             for name, module in self.modules.items():
                 self._handles.append(module.register_forward_hook(partial(self._keep, name)))

@@ -63,6 +63,7 @@ def map_batches(client, fn, model, data, tasks: list[tuple], directory: Path, pr
     is its reader: paths, not pixels). When a task fails, the others end first, then its error is raised.
     """
     from dask.distributed import as_completed, wait
+
     from ..models import save
     directory = Path(directory).absolute()
     data = DataSpec(str(Path(data.source).absolute()) if data.source != "demo" else "demo", data.split, data.n) \

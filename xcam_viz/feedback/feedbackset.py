@@ -37,19 +37,19 @@ class FeedbackSet:
                 f"{int(self.has_irrelevant.sum())} irrelevant, {int((self.labels >= 0).sum())} labels)")
 
     @classmethod
-    def empty(cls, shape: tuple[int, int] = (0, 0)) -> "FeedbackSet":
+    def empty(cls, shape: tuple[int, int] = (0, 0)) -> FeedbackSet:
         none = torch.zeros(0, dtype=torch.bool)
         return cls([], torch.zeros(0, *shape, dtype=torch.bool), torch.zeros(0, *shape, dtype=torch.bool),
                    none, none, torch.zeros(0, dtype=torch.long))
 
-    def subset(self, keep) -> "FeedbackSet":
+    def subset(self, keep) -> FeedbackSet:
         """The feedback of the positions `keep` (an index or bool tensor)."""
         keep = torch.as_tensor(keep)
         idx = keep.nonzero().flatten() if keep.dtype == torch.bool else keep.long()
         return FeedbackSet([self.sample_ids[i] for i in idx.tolist()], self.relevant[idx], self.irrelevant[idx],
                            self.has_relevant[idx], self.has_irrelevant[idx], self.labels[idx])
 
-    def align(self, dataset: ImageSet) -> tuple[torch.Tensor, "FeedbackSet"]:
+    def align(self, dataset: ImageSet) -> tuple[torch.Tensor, FeedbackSet]:
         """Positions in `dataset` of the samples with feedback, and the feedback restricted to them.
 
         Samples the data set does not hold are left out with a warning; none in common, or masks

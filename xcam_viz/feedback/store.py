@@ -354,14 +354,14 @@ class FeedbackStore:
             return self.import_xarray(ds.load())
 
     @classmethod
-    def from_xarray(cls, ds: xr.Dataset, path, dataset: ImageSet | None = None) -> "FeedbackStore":
+    def from_xarray(cls, ds: xr.Dataset, path, dataset: ImageSet | None = None) -> FeedbackStore:
         """A store at `path` holding the export `ds` (merged into it if the file already exists)."""
         store = cls(path, dataset=dataset)
         store.import_xarray(ds)
         return store
 
     @classmethod
-    def from_netcdf(cls, nc_path, path, dataset: ImageSet | None = None) -> "FeedbackStore":
+    def from_netcdf(cls, nc_path, path, dataset: ImageSet | None = None) -> FeedbackStore:
         """A store at `path` holding the netCDF export `nc_path`."""
         store = cls(path, dataset=dataset)
         store.import_netcdf(nc_path)

@@ -7,8 +7,8 @@ Adding a strategy means adding one entry here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -15,7 +15,7 @@ from .outputs import run_model
 from .zoo import Normalize
 
 log = logging.getLogger("xcam_viz")
-_DEFAULTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_DEFAULTS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)

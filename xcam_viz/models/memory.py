@@ -9,7 +9,7 @@ from torch import nn
 
 from .modes import eval_mode
 
-_TAKES_CHANNELS_LAST: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+_TAKES_CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def fast_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

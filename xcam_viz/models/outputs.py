@@ -1,8 +1,7 @@
 """What a model returns, reduced to its logits: tensors, tuples and lists, dicts and ModelOutput-like objects."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
