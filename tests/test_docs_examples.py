@@ -66,3 +66,27 @@ def test_markdown_examples_run(path, tmp_path, monkeypatch):
         ran += 1
     assert ran > 0
     assert os.getcwd() == str(tmp_path)
+
+
+ENTRY_POINTS = ["xcam_viz.explain.api:explain", "xcam_viz.evidence.analysis:evidence", "xcam_viz.finetune.core:finetune",
+                "xcam_viz.feedback.store:FeedbackStore", "xcam_viz.dashboard.dashboard:Dashboard",
+                "xcam_viz.concepts.dissect:dissect", "xcam_viz.report.build:report", "xcam_viz.models.zoo:build"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_public_entry_points_document_their_arguments_and_run_their_example(entry, tmp_path, monkeypatch):
+    import doctest
+    import importlib
+
+    module, name = entry.split(":")
+    obj = getattr(importlib.import_module(module), name)
+    doc = obj.__doc__ or ""
+    assert "Args:" in doc and "Example:" in doc, f"{entry} needs an Args: section and an Example:"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tests = doctest.DocTestFinder().find(obj, name, globs={})
+    assert sum(len(t.examples) for t in tests) > 0, f"{entry}'s Example: has no >>> lines"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for t in tests:
+        runner.run(t)
+    assert runner.failures == 0, f"{entry}'s example failed (see the output above)"

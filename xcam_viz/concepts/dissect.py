@@ -161,10 +161,27 @@ def dissect(model: nn.Module, data: ImageSet, layer: str | None = None, quantile
     """Dissect `layer`: per-unit quantile thresholds over `data` in one streaming pass, and per-image stats.
 
     The images are read batch by batch (a lazy ImageSet is never held whole); memory holds one batch's
-    activations and each unit's top (1 - quantile) share of values. labels: a LabelStore or a path for
-    one (e.g. beside the feedback store) to persist concept labels. client: a dask.distributed.Client
-    whose workers compute the batches (the model travels as a checkpoint, the data as its reader).
-    layer: default `xv.models.default_layer`.
+    activations and each unit's top (1 - quantile) share of values.
+
+    Args:
+        model: the network. data: the ImageSet the thresholds come from.
+        layer: the layer whose units (channels) are dissected (default `xv.models.default_layer`).
+        quantile: a unit's mask on an image is where its activation passes this quantile over `data`.
+        batch_size, progress: images per forward pass; a progress bar.
+        labels: a LabelStore or a path for one (e.g. beside the feedback store) to persist concept labels.
+        client: a dask.distributed.Client whose workers compute the batches (the model travels as a
+            checkpoint, the data as its reader).
+
+    Returns:
+        `Units`: thresholds, top images, `match` / `label` of regions, concept tables.
+
+    Example:
+        >>> import xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> units = xv.concepts.dissect(demo_model(progress=False), demo_data("test", n=16), "block3",
+        ...                             progress=False)
+        >>> units.thresholds.shape
+        torch.Size([64])
     """
     layer = layer or default_layer(model, tuple(data.image_shape))
     n = len(data)

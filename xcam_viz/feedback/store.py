@@ -84,8 +84,23 @@ class Annotation:
 class FeedbackStore:
     """Explanation feedback for samples, kept in the SQLite file `path` (created if missing).
 
-    dataset: an optional `ImageSet`; when bound, annotations for ids it does not hold, masks of
-    another size than its images and labels outside its classes are refused.
+    Every `add` is one committed transaction, so nothing reported as saved is lost on a crash; several
+    processes and threads may write at once (WAL mode, `timeout` seconds of waiting for a lock).
+
+    Args:
+        path: the database file (not ":memory:").
+        dataset: an optional `ImageSet`; when bound, annotations for ids it does not hold, masks of
+            another size than its images and labels outside its classes are refused.
+        timeout: seconds to wait for another writer's lock.
+
+    Example:
+        >>> import tempfile, numpy as np, xcam_viz as xv
+        >>> store = xv.FeedbackStore(tempfile.mkdtemp() + "/feedback.db")
+        >>> mask = np.zeros((64, 64), bool); mask[:8, :8] = True
+        >>> store.add("test-0001", irrelevant=mask, author="ana") > 0
+        True
+        >>> len(store), store.sample_ids()
+        (1, ['test-0001'])
     """
 
     def __init__(self, path, dataset: ImageSet | None = None, timeout: float = 60.0):

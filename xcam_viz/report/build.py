@@ -58,15 +58,29 @@ def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hir
            evidence: str | None = "efficient", splits: dict[str, ImageSet] | None = None, feedback=None,
            units=None, history: xr.Dataset | None = None, previous: Report | None = None,
            model_version: str | None = None) -> Report:
-    """Build a report of `model` on `data`.
+    """Build a report of `model` on `data`: per-image CAMs, evidence and scores, and data-set sections.
 
-    samples: how many images (the first n) or a list of sample ids to explain in detail.
-    layers: the layers to explain (default: `xv.models.default_layer` of the model for these images).
-    splits: named data sets for accuracy / confusion / shortcut (default {"data": data}).
-    feedback: a FeedbackStore (annotations per image; user-marked relevant regions for the shortcut
-        indicator). units: a dissected `xcam_viz.concepts.Units` (its labels make the concept
-        dictionary). history: a fine-tuning history Dataset. previous: the report this one refines.
+    Args:
+        model: the classifier to report on. data: the ImageSet whose images are explained in detail.
+        samples: how many images (the first n) or a list of sample ids to explain in detail.
+        methods, layers: the CAM methods and layers (default layers: `xv.models.default_layer`).
+        evidence: the evidence method for the chosen images ("efficient", "pda") or None.
+        splits: named data sets for accuracy / confusion / shortcut (default {"data": data}).
+        feedback: a FeedbackStore (annotations per image; user-marked relevant regions for the shortcut
+            indicator).
+        units: a dissected `xcam_viz.concepts.Units` (its labels make the concept dictionary).
+        history: a fine-tuning history Dataset. previous: the report this one refines.
         model_version: the name of the model's version (e.g. "v1"), which names the report.
+
+    Returns:
+        A `Report` (`.images`, `.overview` xarray Datasets; `.save("x.html" | "x.nc")`).
+
+    Example:
+        >>> import xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> rep = xv.report(demo_model(progress=False), demo_data("test", n=8), samples=2, evidence=None)
+        >>> rep.version, sorted(rep.images.sizes)
+        (1, ['channel', 'layer', 'method', 'sample', 'x', 'y'])
     """
     ids = data.ids[:samples] if isinstance(samples, int) else [str(s) for s in samples]
     chosen = data.subset([data.index_of(s) for s in ids])
