@@ -12,6 +12,7 @@ from torch import nn
 from .layout import Layout, detect, patch_size
 from .modes import eval_mode
 from .outputs import run_model
+from .training import model_device
 from .zoo import Normalize
 
 log = logging.getLogger("xcam_viz")
@@ -67,7 +68,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
     handles = [m.register_forward_hook(record) for m in names]
     try:
         with eval_mode(model), torch.no_grad():
-            logits = run_model(model, torch.zeros(1, *shape, device=_device(model)))
+            logits = run_model(model, torch.zeros(1, *shape, device=model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -126,7 +127,7 @@ def _last_informed_norm(model: nn.Module, tokens: list[SpatialLayer], shape: tup
     handles += [m.register_forward_hook(head_input) for m in leaves]
     try:
         generator = torch.Generator().manual_seed(0)
-        x = torch.rand(1, *shape, generator=generator).to(_device(model))
+        x = torch.rand(1, *shape, generator=generator).to(model_device(model))
         with eval_mode(model), torch.enable_grad():
             model(x)
             head = last[0]
@@ -140,11 +141,6 @@ def _last_informed_norm(model: nn.Module, tokens: list[SpatialLayer], shape: tup
     if not (norms or informed):
         raise ValueError("no token layer of the model reaches its output; pass layer= explicitly")
     return (norms or informed)[-1].name
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
