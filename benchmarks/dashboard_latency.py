@@ -10,7 +10,8 @@ far less than the wall time (the figures are wall times; the load average is pri
 
 Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px.
 Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
-resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new). Prints a table and writes benchmarks/results/dashboard_latency.md.
+resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new).
+Prints a table and writes benchmarks/results/dashboard_latency.md.
 """
 from __future__ import annotations
 
@@ -61,15 +62,15 @@ async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[s
     order = np.random.default_rng(0).permutation(len(ids))
     times = {"image": [], "layer": [], "method": []}
     for i in range(n):                                 # every image new: a model pass per change
-        times["image"].append(clock(lambda: setattr(sel, "sample", ids[order[i % len(ids)]])))
+        times["image"].append(clock(lambda i=i: setattr(sel, "sample", ids[order[i % len(ids)]])))
         await asyncio.sleep(0)
     for i in range(n):                                 # a layer not yet captured for this image
         sel.sample = ids[order[(n + i) % len(ids)]]
-        times["layer"].append(clock(lambda: setattr(sel, "layer", layers[i % len(layers)])))
+        times["layer"].append(clock(lambda i=i: setattr(sel, "layer", layers[i % len(layers)])))
         await asyncio.sleep(0)
     for i in range(n):                                 # capture cached, map not: weighting only
         workbench.maps.clear()
-        times["method"].append(clock(lambda: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
+        times["method"].append(clock(lambda i=i: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
         await asyncio.sleep(0)
     return times
 

@@ -99,7 +99,8 @@ def test_from_arrays_layouts_and_dtypes():
     first = np.moveaxis(last, -1, 1)
     a, b = from_arrays(last, [0, 1] * 3), from_arrays(first, [0, 1] * 3)
     assert a.images.shape == (6, 3, 20, 24) and torch.equal(a.images, b.images)
-    assert a.images.max() <= 1 and torch.allclose(a.images[0, :, 0, 0] * 255, torch.tensor(last[0, 0, 0], dtype=torch.float32))
+    assert a.images.max() <= 1
+    assert torch.allclose(a.images[0, :, 0, 0] * 255, torch.tensor(last[0, 0, 0], dtype=torch.float32))
     gray = from_arrays(rng.random((4, 16, 16)).astype(np.float32), [0, 1, 1, 0], class_names=["a", "b"])
     assert gray.images.shape == (4, 1, 16, 16) and gray.class_names == ["a", "b"]
     u16 = from_arrays(np.full((2, 8, 8), 65535, np.uint16), [0, 0])

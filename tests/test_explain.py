@@ -57,7 +57,8 @@ def test_capture_once_weigh_many(demo_model, demo_test):
     try:
         cap = capture(model, x, ["block2", "block3", "block4"])
         assert len(calls) == 1
-        maps = {(m, layer): weigh(cap, m, layer) for m in list(GRADIENT_METHODS)[:5] + ["eigencam"] for layer in cap.layers}
+        maps = {(m, layer): weigh(cap, m, layer)
+                for m in list(GRADIENT_METHODS)[:5] + ["eigencam"] for layer in cap.layers}
         assert len(calls) == 1
     finally:
         handle.remove()

@@ -128,7 +128,8 @@ def test_segmentation_matches_semantic_segmentation_target(method):
     x = torch.rand(2, 3, 32, 32)
     cap = capture(model, x, ["bottleneck", "dec2"], region="predicted")  # pgc wants execution order
     assert cap.region.flatten(1).any(1).all()
-    targets = [SemanticSegmentationTarget(int(cap.target[i]), cap.region[i].numpy().astype(np.float32)) for i in range(len(x))]
+    targets = [SemanticSegmentationTarget(int(cap.target[i]), cap.region[i].numpy().astype(np.float32))
+               for i in range(len(x))]
     for layer, theirs in zip(cap.layers, lib_cams(method, model, cap.layers, x, targets)):
         assert_maps_close(weigh(cap, method, layer), theirs)
 

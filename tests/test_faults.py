@@ -202,7 +202,7 @@ def test_killed_batch_explain_run_resumes(tmp_path):
     clean, out, rng = tmp_path / "clean.zarr", tmp_path / "resumed.zarr", random.Random(3)
     subprocess.run(explain_cli(data, clean), check=True, capture_output=True, timeout=600)
     done, original = [], None
-    for kill in range(2):
+    for _kill in range(2):
         proc = subprocess.Popen(explain_cli(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         target, deadline = (done[-1] if done else 0) + rng.randint(16, 40), time.monotonic() + 300
         while samples_done(out) < target and proc.poll() is None:      # leaves >= 4 batches to kill in

@@ -28,7 +28,8 @@ def test_round_trip_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     given = [("a", _random_mask(rng), None, None), ("a", None, _random_mask(rng), 1),
              ("b", _random_mask(rng, (17, 33)), _random_mask(rng, (17, 33)), 0), ("c", None, None, 2)]
-    ids = [store.add(s, relevant=r, irrelevant=i, label=lab, author="ana", model_version="v3") for s, r, i, lab in given]
+    ids = [store.add(s, relevant=r, irrelevant=i, label=lab, author="ana", model_version="v3")
+           for s, r, i, lab in given]
     assert len(store) == 4 and len(set(ids)) == 4
     assert store.sample_ids() == ["a", "b", "c"]
     reopened = FeedbackStore(tmp_path / "fb.db")

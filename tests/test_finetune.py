@@ -128,7 +128,8 @@ def test_background_job_reports_cancels_and_stays_consistent(fresh_demo_model, t
     again = xv.models.load(tmp_path / "cancelled.pt")
     assert np.allclose(xv.models.predict(again, data.images[:8]).probability.values,
                        xv.models.predict(result.model, data.images[:8]).probability.values, atol=1e-5)
-    assert [q["step"] for q in seen if q["phase"] == "training"] == sorted(q["step"] for q in seen if q["phase"] == "training")
+    steps = [q["step"] for q in seen if q["phase"] == "training"]
+    assert steps == sorted(steps)
 
 
 def test_background_errors_are_raised_from_result(fresh_demo_model, tiny, tiny_feedback, tmp_path, monkeypatch):

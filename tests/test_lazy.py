@@ -136,7 +136,7 @@ def test_memory_budget_error_names_the_size(pair, monkeypatch):
     monkeypatch.setenv("XCAM_VIZ_MEMORY_BUDGET", "10KB")
     with pytest.raises(MemoryError, match=r"12 images of 3×32×32 pixels as float32 needs 0.00 GB.*memory budget"
                                           r".*XCAM_VIZ_MEMORY_BUDGET"):
-        lazy.images
+        _ = lazy.images
     assert len(list(lazy.batches(4))) == 3 and lazy.lazy                # streaming still works
     assert lazy.materialize(budget="1MB").images.shape == (N, 3, SIZE, SIZE) and not lazy.lazy
     with pytest.raises(ValueError, match="not understood"):

@@ -29,7 +29,8 @@ def test_report_contents(built, demo_model, demo_test, demo_flipped):
     assert int(ov.confusion.sel(split="test").sum()) == len(demo_test)
     # the shortcut model looks outside the lesion more on flipped benign images (which carry the marker)
     outside = ov.cam_mass_outside_relevant
-    assert float(outside.sel(split="flipped", **{"class": "benign"})) > float(outside.sel(split="test", **{"class": "benign"}))
+    benign = {"class": "benign"}
+    assert float(outside.sel(split="flipped", **benign)) > float(outside.sel(split="test", **benign))
     assert "history_loss" in ov and rep.version == 1
 
 

@@ -7,7 +7,7 @@ sub-package is imported, so `xv.explain(...)` is always the function.
 """
 from importlib import import_module
 
-from . import concepts, data, demo, feedback, metrics, models  # noqa: F401
+from . import concepts, data, demo, feedback, metrics, models
 from .evidence import evidence
 from .explain import explain
 from .feedback import FeedbackStore
@@ -17,8 +17,8 @@ from .report import report
 __version__ = "0.1.0"
 
 _LAZY = {"Dashboard": "xcam_viz.dashboard:Dashboard"}
-__all__ = sorted(["FeedbackStore", "concepts", "data", "demo", "evidence", "explain", "feedback", "finetune",
-                  "metrics", "models", "report", *_LAZY])
+__all__ = [*_LAZY, "FeedbackStore", "concepts", "data", "demo", "evidence", "explain", "feedback", "finetune",
+           "metrics", "models", "report"]
 
 
 def __getattr__(name: str):

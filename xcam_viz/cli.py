@@ -39,9 +39,9 @@ def _explain(args: argparse.Namespace) -> int:
     distributed = args.workers is not None or args.scheduler is not None
     with dask_client(args.workers, args.scheduler) if distributed else contextlib.nullcontext() as client:
         path = explain_dataset(checkpoint, DataSpec(args.data, args.split), args.out,
-                               methods=args.methods.split(","), layers=args.layers and args.layers.split(","), target=target,
-                               batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
-                               client=client)
+                               methods=args.methods.split(","), layers=args.layers and args.layers.split(","),
+                               target=target, batch_size=args.batch_size, progress=not args.quiet,
+                               overwrite=args.overwrite, client=client)
     print(f"CAMs written to {path}", flush=True)
     return 0
 
@@ -121,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     cluster.add_argument("--workers", type=int, metavar="N",
                          help="run the batches on a local Dask cluster of N single-threaded worker processes")
     cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="run the batches on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (shared filesystem)")
+                         help="run the batches on the Dask cluster at ADDRESS, e.g. tcp://host:8786 "
+                              "(shared filesystem)")
     explain.set_defaults(run=_explain)
     tune = sub.add_parser("finetune", help="fine-tune a model on saved explanation feedback into a new model version")
     tune.add_argument("--model", default="demo", help="checkpoint written by xv.models.save, or 'demo'")

@@ -20,6 +20,7 @@ from .evidence.analysis import class_probabilities, resolve_targets
 from .models import eval_mode, logits_of, model_device, predict
 
 BASELINES = ("blur", "zero", "mean")
+BEST_IOU_THRESHOLDS = np.linspace(0.05, 0.95, 19)      # fractions of the map's maximum
 
 
 def pointing_game(maps, masks, tolerance: float = 0) -> xr.DataArray:
@@ -53,7 +54,7 @@ def iou(maps, masks, threshold: float = 0.5) -> xr.DataArray:
                         name="iou", attrs={"threshold": threshold})
 
 
-def best_iou(maps, masks, thresholds=np.linspace(0.05, 0.95, 19)) -> xr.DataArray:
+def best_iou(maps, masks, thresholds=BEST_IOU_THRESHOLDS) -> xr.DataArray:
     """Per sample, the highest IoU over `thresholds` (fractions of the map's maximum); coord threshold."""
     values, m, samples = _prepare(maps, masks)
     thresholds = np.asarray(thresholds, float)

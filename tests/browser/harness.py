@@ -45,7 +45,7 @@ class Server:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"server {cmd} did not start:\n{self.log.read_text()[-3000:]}")
+                    raise RuntimeError(f"server {cmd} did not start:\n{self.log.read_text()[-3000:]}") from None
                 time.sleep(0.5)
 
     def rss_mb(self) -> float:

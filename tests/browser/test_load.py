@@ -205,7 +205,8 @@ def test_twenty_concurrent_sessions(tmp_path):
         assert saved == {u.author: u.saved for u in [warm, *done]}         # every session's rows, none lost
         log = server.log.read_text()
         assert not re.search(r"Traceback|Error|Exception", log), log[-3000:]
-        assert after < baseline + RSS_MARGIN, f"server RSS {after:.0f} MB after the sessions closed, {baseline:.0f} before"
+        assert after < baseline + RSS_MARGIN, (
+            f"server RSS {after:.0f} MB after the sessions closed, {baseline:.0f} before")
     finally:
         for user in users:
             user.close()

@@ -21,6 +21,7 @@ SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low f
 METRICS = ("pointing_game", "energy_pointing_game")
 TILE_INFO = ("id", "label", "predicted", "confidence", "feedback")
 HIGHLIGHT = "#ffc400"
+DEFAULT_GRID = Grid()
 
 
 class ImageBrowser(pn.viewable.Viewer):
@@ -37,7 +38,7 @@ class ImageBrowser(pn.viewable.Viewer):
     previous_page = param.Event(label="◀")
     next_page = param.Event(label="▶")
 
-    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, grid: Grid = Grid(), **params):
+    def __init__(self, workbench: Workbench, selection: Selection, runner: Runner, grid: Grid = DEFAULT_GRID, **params):
         self.workbench, self.selection, self.runner, self.grid = workbench, selection, runner, grid
         super().__init__(**params)
         classes = {"any": -1, **{n: i for i, n in enumerate(workbench.class_names())}}

@@ -153,8 +153,8 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
 def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], correct: list[bool | None],
             marked: list[bool], grid: Grid) -> np.ndarray:
     """One H×W×3 uint8 image of thumbnails on a grid, each with a caption strip (green correct, red
-    wrong, grey when unknown: no true label, or not predicted yet) and a yellow dot in the corner when `marked` (e.g. it has
-    feedback). A caption (left, right) puts its second part at the right end of the strip."""
+    wrong, grey when unknown: no true label, or not predicted yet) and a yellow dot in the corner when
+    `marked` (e.g. it has feedback). A caption (left, right) puts its second part at the right end of the strip."""
     h, w = grid.size
     canvas = Image.new("RGB", (w, h), (245, 245, 245))
     draw = ImageDraw.Draw(canvas)

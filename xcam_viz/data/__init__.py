@@ -10,5 +10,5 @@ from .synthetic import synthetic_lesions
 from .transform import check_images, fit
 
 __all__ = ["ImageSet", "Inputs", "Sample", "check_images", "collate", "decoy_digits", "fit", "from_array_store",
-           "from_arrays", "from_dataset", "inputs_of", "load_data", "load_folder", "load_medmnist", "load_splits", "load_zarr",
-           "memory_budget", "synthetic_lesions"]
+           "from_arrays", "from_dataset", "inputs_of", "load_data", "load_folder", "load_medmnist", "load_splits",
+           "load_zarr", "memory_budget", "synthetic_lesions"]

@@ -112,7 +112,6 @@ def _edge_point(side: np.ndarray, along: np.ndarray, depth: np.ndarray) -> np.nd
 
 
 def _render(p: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(p["label"])
     grid = np.linspace(-1, 1, size, dtype=np.float32)
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     pos = np.stack([yy, xx])[None]                                         # 1,2,H,W

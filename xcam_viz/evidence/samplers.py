@@ -60,8 +60,8 @@ class ConditionalSampler:
             raise ValueError(f"window + 2·padding = {m} px exceeds the {h}×{w} images")
         if c * m * m > max_dims:
             raise ValueError(f"the conditional sampler would fit a {c * m * m}-dimensional Gaussian "
-                             f"(C·(window + 2·padding)²); use a window of at most ~{int((max_dims / c) ** 0.5) - 2 * padding} "
-                             "px or sampler='marginal'")
+                             "(C·(window + 2·padding)²); use a window of at most "
+                             f"~{int((max_dims / c) ** 0.5) - 2 * padding} px or sampler='marginal'")
         self.window, self.padding, self.channels = window, padding, c
         gen = torch.Generator().manual_seed(seed)
         ny, nx = h - m + 1, w - m + 1

@@ -9,7 +9,8 @@ from .methods import REGISTRY, check_method, finish
 
 
 def differentiable_cam(model: nn.Module, x: torch.Tensor, layer: str, target: Target = "predicted",
-                       method: str = "gradcam", region=None, eps: float = 1e-8, reshape=None, output=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       method: str = "gradcam", region=None, eps: float = 1e-8, reshape=None,
+                       output=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, cam) from one forward pass, with the CAM differentiable w.r.t. the model's parameters.
 
     The model keeps its mode (train mode is fine: use it inside the training loop). The gradient G is

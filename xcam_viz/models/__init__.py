@@ -9,5 +9,5 @@ from .training import accuracy, model_device, predict, train
 from .zoo import MODEL_NAMES, TIMM_PREFIX, Normalize, build
 
 __all__ = ["Layout", "MODEL_NAMES", "Normalize", "accuracy", "build", "default_layer", "detect", "eval_mode",
-           "fast_input", "find_layers", "fingerprint", "get_layer", "input_shape_of", "load", "logits_of", "model_device",
-           "patch_size", "predict", "run_model", "save", "spatial_layers", "TIMM_PREFIX", "train"]
+           "fast_input", "find_layers", "fingerprint", "get_layer", "input_shape_of", "load", "logits_of",
+           "model_device", "patch_size", "predict", "run_model", "save", "spatial_layers", "TIMM_PREFIX", "train"]

@@ -87,8 +87,9 @@ def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[
 def default_layer(model: nn.Module, input_shape=None) -> str:
     """The layer used when none is given, decided once per model and input shape (and logged).
 
-    The last layer with a grid above 1×1 that is not the model's output (a segmenter's logits). When that layer is a token sequence (a vision transformer), the
-    last normalisation layer whose patch tokens reach the head (the last block's input norm): layers
+    The last layer with a grid above 1×1 that is not the model's output (a segmenter's logits). When
+    that layer is a token sequence (a vision transformer), the last normalisation layer whose patch
+    tokens reach the head (the last block's input norm): layers
     after the last attention see only their own token, so their patch gradients are zero.
     """
     shape = input_shape_of(model, input_shape)

@@ -19,7 +19,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, batch_size: int = 64,
           weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> tuple[nn.Module, xr.Dataset]:
-    """Train with Adam (one-cycle learning rate) and cross-entropy; returns the model and a per-epoch history (loss, accuracy).
+    """Train with Adam (one-cycle learning rate) and cross-entropy; returns the model and a per-epoch
+    history (loss, accuracy).
 
     A model whose output is N×K×H×W is trained on `data.targets` (per-pixel classes).
     """
@@ -84,7 +85,8 @@ def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 1
             probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
     prob = torch.cat(probs).numpy()
     k = prob.shape[1]
-    names = data.class_names if isinstance(data, ImageSet) and len(data.class_names) == k else [str(c) for c in range(k)]
+    named = isinstance(data, ImageSet) and len(data.class_names) == k
+    names = data.class_names if named else [str(c) for c in range(k)]
     ds = xr.Dataset({"probability": (("sample", "class"), prob),
                      "predicted": ("sample", prob.argmax(1)),
                      "confidence": ("sample", prob.max(1))},

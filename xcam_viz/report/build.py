@@ -97,8 +97,8 @@ def report(model: nn.Module, data: ImageSet, samples=4, methods=("gradcam", "hir
 
 def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback, units) -> xr.Dataset:
     pred = predict(model, chosen)
-    cams = xr.concat([xr.concat([explain(model, chosen, method=m, layer=l).drop_vars(
-        ["target_class", "target_name"], errors="ignore") for l in layers], dim=xr.Variable("layer", layers))
+    cams = xr.concat([xr.concat([explain(model, chosen, method=m, layer=layer).drop_vars(
+        ["target_class", "target_name"], errors="ignore") for layer in layers], dim=xr.Variable("layer", layers))
         for m in methods], dim=xr.Variable("method", methods))
     ds = xr.Dataset({
         "image": (("sample", "channel", "y", "x"), chosen.images.numpy()),
@@ -110,7 +110,7 @@ def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback,
                "y": np.arange(chosen.images.shape[2]), "x": np.arange(chosen.images.shape[3])},
         attrs={"class_names": list(chosen.class_names), "labelled": int(chosen.attrs.get("labelled", True))})
     per_map = lambda score: (("method", "layer", "sample"), np.stack(  # noqa: E731
-        [[score(cams.sel({"method": m, "layer": l})).values for l in layers] for m in methods]))
+        [[score(cams.sel({"method": m, "layer": layer})).values for layer in layers] for m in methods]))
     if chosen.masks is not None:
         ds["mask"] = (("sample", "y", "x"), chosen.masks.numpy())
         ds["pointing_game"] = per_map(lambda c: metrics.pointing_game(c, chosen))

@@ -62,7 +62,8 @@ def _summary(rep) -> str:
     ov = rep.overview
     items = "".join(f"<li>{html.escape(c)}</li>" for c in rep.changes)
     return (f"<p>Model fingerprint <code>{ov.attrs.get('model_fingerprint', '?')}</code>; CAMs by "
-            f"{ov.attrs.get('cam_method')} at {ov.attrs.get('cam_layer')}.</p><p>New in this version:</p><ul>{items}</ul>")
+            f"{ov.attrs.get('cam_method')} at {ov.attrs.get('cam_layer')}.</p>"
+            f"<p>New in this version:</p><ul>{items}</ul>")
 
 
 def _rgba(image: np.ndarray) -> np.ndarray:
@@ -104,13 +105,13 @@ def _images(ds) -> list:
     out = []
     for s in ds.sample.values:
         one = ds.sel(sample=s)
-        figs = [_map_figure(f"{m} @ {l}", one.image.values, one.cam.sel({"method": m, "layer": l}).values)
-                for m in ds.method.values for l in ds.layer.values]
+        figs = [_map_figure(f"{m} @ {layer}", one.image.values, one.cam.sel({"method": m, "layer": layer}).values)
+                for m in ds.method.values for layer in ds.layer.values]
         if "evidence" in ds:
             figs.append(_map_figure(f"evidence ({ds.attrs.get('evidence_method')}): red for, blue against",
                                     one.image.values, one.evidence.values, signed=True))
-        scores = [[f"{m} @ {l}"] + [float(one[v].sel({"method": m, "layer": l})) for v in scores_vars]
-                  for m in ds.method.values for l in ds.layer.values]
+        scores = [[f"{m} @ {layer}"] + [float(one[v].sel({"method": m, "layer": layer})) for v in scores_vars]
+                  for m in ds.method.values for layer in ds.layer.values]
         concepts = ""
         if "concept_units" in ds:
             active = [[c, int(one.concept_units.sel(concept=c)), float(one.concept_mean_activation.sel(concept=c)),
@@ -156,7 +157,8 @@ def _class_cams(ov):
 
     rows = [[_map_figure(f"{s}: {c}", None, np.nan_to_num(ov.class_mean_cam.sel(split=s, **{"class": c}).values))
              for c in ov["class"].values] for s in ov.split.values]
-    return gridplot(rows), f"<p>Mean CAM ({ov.attrs.get('cam_method')} at {ov.attrs.get('cam_layer')}) per true class.</p>"
+    caption = f"<p>Mean CAM ({ov.attrs.get('cam_method')} at {ov.attrs.get('cam_layer')}) per true class.</p>"
+    return gridplot(rows), caption
 
 
 def _shortcut(ov):
