@@ -68,9 +68,10 @@ def test_markdown_examples_run(path, tmp_path, monkeypatch):
     assert os.getcwd() == str(tmp_path)
 
 
-ENTRY_POINTS = ["xcam_viz.explain.api:explain", "xcam_viz.evidence.analysis:evidence", "xcam_viz.finetune.core:finetune",
-                "xcam_viz.feedback.store:FeedbackStore", "xcam_viz.dashboard.dashboard:Dashboard",
-                "xcam_viz.concepts.dissect:dissect", "xcam_viz.report.build:report", "xcam_viz.models.zoo:build"]
+ENTRY_POINTS = ["xcam_viz.explain.api:explain", "xcam_viz.evidence.analysis:evidence",
+                "xcam_viz.finetune.core:finetune", "xcam_viz.feedback.store:FeedbackStore",
+                "xcam_viz.dashboard.dashboard:Dashboard", "xcam_viz.concepts.dissect:dissect",
+                "xcam_viz.report.build:report", "xcam_viz.models.zoo:build"]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
