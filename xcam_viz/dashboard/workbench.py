@@ -288,11 +288,13 @@ class Workbench:
         data = self.splits[split]
 
         def predict():
+            images = torch.from_numpy(np.stack([self.image(split, s) for s in ids])).permute(0, 3, 1, 2)
+            page = ImageSet(images, data.labels[[data.index_of(s) for s in ids]], ids=ids, class_names=data.class_names)
             with self.lock:
                 model = self.model(version)
-                out = models.predict(model, data.subset([data.index_of(s) for s in ids]))
+                out = models.predict(model, page)           # the thumbnails' pixels: each image is decoded once
                 with torch.no_grad():
-                    out.attrs["segmenter"] = model(data[data.index_of(ids[0])].image[None]).ndim == 4
+                    out.attrs["segmenter"] = model(images[:1]).ndim == 4
             return out
         return self.thumbnails.get_or_compute(key, predict)
 
