@@ -177,6 +177,7 @@ class ImageBrowser(pn.viewable.Viewer):
         page's predictions are not known yet they are computed in the background and the page is redrawn."""
         wb, sel = self.workbench, self.selection
         ids = self.page_ids()
+        images = [wb.image(sel.split, s) for s in ids]          # decoded once, then cached
         pred = wb.sample_predictions(sel.version, sel.split, ids, compute=False) if ids else None
         if ids and pred is None:
             version, split = sel.version, sel.split
@@ -186,7 +187,6 @@ class ImageBrowser(pn.viewable.Viewer):
                 return
         marked = wb.feedback_ids(sel.split)
         names = wb.class_names(sel.split)
-        images = [wb.image(sel.split, s) for s in ids]
         labels = wb.splits[sel.split].labels[[wb.splits[sel.split].index_of(s) for s in ids]].tolist()
         known = pred is not None
         captions = [(names[p][:10], f"{c:.0%}") for p, c in zip(pred.predicted.values, pred.confidence.values)] \

@@ -305,8 +305,10 @@ class Workbench:
         data = self.splits[split]
 
         def predict():
+            images = torch.from_numpy(np.stack([self.image(split, s) for s in ids])).permute(0, 3, 1, 2)
+            page = ImageSet(images, data.labels[[data.index_of(s) for s in ids]], ids=ids, class_names=data.class_names)
             with self.lock:
-                return models.predict(self.model(version), data.subset([data.index_of(s) for s in ids]))
+                return models.predict(self.model(version), page)   # the thumbnails' pixels: decoded once
         return self.thumbnails.get_or_compute(key, predict)
 
     def add_images(self, split: str, images: torch.Tensor, ids: list[str]) -> list[str]:

@@ -4,9 +4,9 @@ The model travels as a checkpoint path (an in-memory model is saved next to the 
 is loaded once per worker thread (capture hooks make a model single-threaded). Data never travels
 whole: a DataSpec is opened once per worker process, a lazy ImageSet is sent as its reader (paths
 and labels) and each task decodes only its own batch; only an in-memory ImageSet or tensor is
-scattered (once). Workers write their batches straight
-into the zarr store, so the store, the checkpoint and any data folder must be on a filesystem every
-worker sees (any path on one machine; a shared filesystem on a cluster).
+scattered (once). Workers write their batches straight into the zarr store, so the store, the
+checkpoint and any data folder must be on a filesystem every worker sees (any path on one machine;
+a shared filesystem on a cluster). `map_batches` is the one task loop (batch runs and dissection).
 """
 from __future__ import annotations
 
