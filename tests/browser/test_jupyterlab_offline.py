@@ -3,7 +3,8 @@
 JupyterLab runs from the project's environment on a temporary root holding a copy of
 notebooks/dashboard.ipynb; the page runs all cells (the `notebook:run-all-cells` command), and the test
 checks that thumbnails and maps are drawn, that a click on a thumbnail changes the map, that a
-notification shows, that no request left the machine and that the console shows no error.
+notification shows with its icon font, that no request left the machine and that the console shows no
+error.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     page.locator(".jp-Notebook").wait_for(timeout=120_000)
     page.wait_for_function("window.jupyterapp && window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    first = wait_state(page, lambda s: s["left"] != "" and s["page_ids"], timeout=300)
+    page.locator(".xv-state-json").wait_for(state="attached", timeout=300_000)     # the dashboard's output
+    first = wait_state(page, lambda s: s["left"] != "" and s["page_ids"], timeout=120)
     page.wait_for_timeout(1000)
     montage, maps = page.locator(".xv-montage .bk-Canvas"), page.locator(".xv-overlays .bk-Canvas")
     montage.scroll_into_view_if_needed()
@@ -113,6 +115,12 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     shot(page, "jupyterlab-offline-loaded")
     page.mouse.click(*tile_point(page, first, 5))
     wait_state(page, lambda s: s["sample"] == first["page_ids"][5] and s["left"] != first["left"], timeout=60)
-    shot(page, "jupyterlab-offline-selected")
+    page.locator(".bk-tab", has_text="Feedback").click()
+    page.locator(".xv-save button").click()                        # nothing painted: a warning notification
+    toast = page.locator(".notyf__toast", has_text="before saving")
+    toast.wait_for(timeout=10_000)
+    assert page.evaluate("[...document.fonts].some(f => f.family.includes('Font Awesome') && f.status === 'loaded')"), \
+        "the notification's icon font did not load"
+    shot(page, "jupyterlab-offline-notification")
     assert blocked == [], f"the page asked other hosts for: {blocked}"
     assert console.errors == []
