@@ -42,6 +42,9 @@ class JupyterLab:
                "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_DATA_DIR": str(home / "data"),
                "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
                "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "XCAM_VIZ_FEEDBACK": str(root / "feedback.db")}
+        news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        news.parent.mkdir(parents=True)
+        news.write_text('{"fetchNews": "false"}')                  # no "get notified about news?" pop-up
         jupyter = Path(sys.executable).with_name("jupyter")
         self.proc = subprocess.Popen(
             [str(jupyter), "lab", "--no-browser", f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
@@ -103,8 +106,9 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     console = Console(page)
     page.goto(f"{lab.url}lab/tree/dashboard.ipynb?token={TOKEN}", timeout=120_000)
     page.locator(".jp-Notebook").wait_for(timeout=120_000)
-    page.wait_for_function("window.jupyterapp && window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget?.sessionContext")
+    page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.ready")           # the kernel is up
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")   # no waiting for it
     page.locator(".xv-state-json").wait_for(state="attached", timeout=300_000)     # the dashboard's output
     first = wait_state(page, lambda s: s["left"] != "" and s["page_ids"], timeout=120)
     page.wait_for_timeout(1000)
@@ -119,6 +123,7 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     page.locator(".xv-save button").click()                        # nothing painted: a warning notification
     toast = page.locator(".notyf__toast", has_text="before saving")
     toast.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)                                     # its fade-in
     assert page.evaluate("[...document.fonts].some(f => f.family.includes('Font Awesome') && f.status === 'loaded')"), \
         "the notification's icon font did not load"
     shot(page, "jupyterlab-offline-notification")
