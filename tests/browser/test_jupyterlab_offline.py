@@ -36,7 +36,7 @@ class JupyterLab:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = root / "jupyterlab.log"
-        self._log = open(self.log, "w")
+        self._log = open(self.log, "w")          # noqa: SIM115 - open while the server runs
         home = root / ".jupyter-home"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_CONFIG_DIR": str(home / "config"),
                "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_DATA_DIR": str(home / "data"),

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401 - HoloViews draws with Bokeh; configure() sets up the page on display
+import holoviews.plotting.bokeh  # HoloViews draws with Bokeh; configure() sets up the page on display
 import panel as pn
 import param
 from torch import nn
