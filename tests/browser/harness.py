@@ -140,7 +140,11 @@ def publish(path: Path) -> None:
 
 def tile_point(page, state_: dict, index: int) -> tuple[float, float]:
     """Page coordinates of the centre of thumbnail `index` in the montage."""
-    box = page.locator(".xv-montage .bk-Canvas").bounding_box()
+    return tile_at(page.locator(".xv-montage .bk-Canvas").bounding_box(), state_, index)
+
+
+def tile_at(box: dict, state_: dict, index: int) -> tuple[float, float]:
+    """Page coordinates of the centre of thumbnail `index` in a montage canvas of bounding `box`."""
     grid = state_["grid"]
     h, w = grid["size"]
     tile = grid["tile"]
@@ -176,16 +180,20 @@ def drag(page, canvas_css: str, frame: tuple[float, float], image_shape: tuple[i
     """One stroke with the mouse over a drawing canvas through image (col, row) points; the image fills
     the canvas's `frame` (width, height in page pixels) from its top left corner."""
     box = page.locator(f"{canvas_css} .bk-Canvas").bounding_box()
-    h, w = image_shape
-    fw, fh = frame
 
     def to_page(col, row):
-        return box["x"] + col / w * fw, box["y"] + row / h * fh
+        return image_point(box, frame, image_shape, col, row)
     page.mouse.move(*to_page(*points[0]))
     page.mouse.down()
     for col, row in points[1:]:
         page.mouse.move(*to_page(col, row), steps=steps)
     page.mouse.up()
+
+
+def image_point(box: dict, frame: tuple[float, float], image_shape: tuple[int, int], col: float, row: float):
+    """Page coordinates of image pixel (col, row) on a canvas of bounding `box` whose image fills `frame`."""
+    (h, w), (fw, fh) = image_shape, frame
+    return box["x"] + col / w * fw, box["y"] + row / h * fh
 
 
 def open_card(page, css_class: str, shows: str) -> None:

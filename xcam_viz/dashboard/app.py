@@ -2,8 +2,7 @@
 
     panel serve xcam_viz/dashboard/app.py    # the demo; XCAM_VIZ_MODEL / _DATA / _FEEDBACK override it
 """
-from xcam_viz.dashboard.dashboard import Dashboard, configure, serve, session  # noqa: F401 - the public entry points
+from xcam_viz.dashboard.dashboard import Dashboard, serve, session  # noqa: F401 - the public entry points
 
 if __name__.startswith("bokeh_app"):
-    configure()
     session().servable(title="xcam-viz")

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # HoloViews draws with Bokeh; configure() sets up the page on display
 import panel as pn
 import param
 from torch import nn
@@ -21,15 +22,16 @@ from .brush import BrushFeedback
 from .concepts import ConceptsPanel
 from .controls import ExplainControls
 from .overlay import OverlayPair
+from .page import configure
 from .selection import Selection
 from .splits import demo_splits
 from .tab import Session
-from .tasks import Runner, describe, next_tick, notify
+from .tasks import Runner, next_tick
 from .tuning import FinetunePanel
 from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
 from .workbench import Workbench
 
-hv.extension("bokeh", logo=False)
+hv.Store.set_current_backend("bokeh")
 
 TABS = [OverlayPair, BrushFeedback, FinetunePanel, ConceptsPanel]   # adding a tab: one new file and this list
 SIDEBAR_WIDTH = 250
@@ -119,8 +121,8 @@ class Dashboard(pn.viewable.Viewer):
 
     Dashboard() is the demo; give a model (module, checkpoint path or zoo name), data (ImageSet, dict of
     splits or paths) and feedback (FeedbackStore or path) for your own; users may upload images up to
-    max_upload_mb into an "uploads" split. Display it in JupyterLab after
-    pn.extension(notifications=True), or call .servable() in a `panel serve` script. Dashboards given
+    max_upload_mb into an "uploads" split. Display it in JupyterLab (it sets up the page itself, offline),
+    or call .servable() in a `panel serve` script. Dashboards given
     paths (or nothing) share one Workbench per process (pn.state.cache); given objects, they get their own.
     Its tabs are built from `TABS`; each is reachable as the attribute its `attribute` names (`dash.brush`).
     """
@@ -176,26 +178,18 @@ class Dashboard(pn.viewable.Viewer):
         return self.controls.layout
 
     def __panel__(self):
+        configure()
         return pn.Row(pn.Column(self.sidebar, width=SIDEBAR_WIDTH), self.main, sizing_mode="stretch_width")
 
     def template(self, title: str = "xcam-viz") -> pn.template.BootstrapTemplate:
         """The dashboard in a page template: controls in the sidebar, browser and tabs in the main area."""
+        configure()
         return pn.template.BootstrapTemplate(title=title, sidebar=[self.sidebar], main=[self.main],
                                              sidebar_width=SIDEBAR_WIDTH, header_background="#2f5d8a")
 
     def servable(self, title: str = "xcam-viz", **kw):
         """Mark the dashboard's page template to be served by `panel serve`."""
         return self.template(title).servable(title=title, **kw)
-
-
-def configure() -> None:
-    """Page-wide Panel settings: notifications on, callback errors shown as notifications."""
-    from bokeh.core.validation import silence
-    from bokeh.core.validation.warnings import FIXED_SIZING_MODE
-
-    pn.extension(notifications=True)
-    pn.config.exception_handler = lambda err: notify(describe(err))
-    silence(FIXED_SIZING_MODE)             # HoloViews sizes plots by their frames
 
 
 def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
@@ -206,7 +200,6 @@ def serve(model=None, data=None, feedback=None, port: int = 5006, address: str =
     basic_auth: a password, or a JSON file of {user: password}, asked for on Panel's login page.
     max_upload_mb: the largest image a user may upload; the server drops larger websocket messages.
     """
-    configure()
     workbench = build_workbench(model, data, feedback).warm()
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     if basic_auth:
