@@ -119,12 +119,26 @@ class StateProbe(param.Parameterized):
 class Dashboard(pn.viewable.Viewer):
     """The xcam-viz workbench: browse images, compare CAMs, paint feedback, fine-tune.
 
-    Dashboard() is the demo; give a model (module, checkpoint path or zoo name), data (ImageSet, dict of
-    splits or paths) and feedback (FeedbackStore or path) for your own; users may upload images up to
-    max_upload_mb into an "uploads" split. Display it in JupyterLab (it sets up the page itself, offline),
-    or call .servable() in a `panel serve` script. Dashboards given
-    paths (or nothing) share one Workbench per process (pn.state.cache); given objects, they get their own.
-    Its tabs are built from `TABS`; each is reachable as the attribute its `attribute` names (`dash.brush`).
+    Display it in JupyterLab (it sets up the page itself, offline), or call .servable() in a `panel serve`
+    script. Dashboards given paths (or nothing) share one Workbench per process (pn.state.cache); given
+    objects, they get their own. Its tabs are built from `TABS`; each is reachable as the attribute its
+    `attribute` names (`dash.brush`), and `show(title)` brings one on screen.
+
+    Args:
+        model: a module, a checkpoint path or a zoo name ("resnet18", "timm:<name>"); None: the demo.
+        data: an ImageSet, a dict of named splits, or paths (folders, CSV manifests, .npz).
+        feedback: a FeedbackStore or the path of its SQLite file.
+        workbench: a Workbench to share between dashboards (instead of model / data / feedback).
+        background: run model work in a background thread (default: when served or in a notebook).
+        max_upload_mb: the largest image file users may upload into the "uploads" split.
+
+    Example:
+        >>> import tempfile, xcam_viz as xv
+        >>> from xcam_viz.demo import demo_data, demo_model
+        >>> dash = xv.Dashboard(demo_model(progress=False), {"test": demo_data("test", n=8)},
+        ...                     tempfile.mkdtemp() + "/feedback.db", background=False)
+        >>> dash.selection.layer, [tab.title for tab in dash.tab_list]
+        ('block4', ['Explain', 'Feedback', 'Fine-tune', 'Concepts'])
     """
 
     def __init__(self, model=None, data=None, feedback=None, *, workbench: Workbench | None = None,
