@@ -351,12 +351,14 @@ class Workbench:
 
     # --- maps -----------------------------------------------------------------------------------
     def resolve_target(self, request: MapRequest) -> int | str:
-        """The class a request explains: "predicted" becomes the predicted class of a classifier."""
+        """The class a request explains: "predicted" becomes the predicted class of a classifier when its
+        predictions are known already; otherwise the capture's own forward finds it (no extra model pass)."""
         if request.target != "predicted":
             return int(request.target)
         if self.is_segmenter(request.version):
             return "predicted"
-        return int(self.sample_predictions(request.version, request.split, [request.sample]).predicted[0])
+        known = self.sample_predictions(request.version, request.split, [request.sample], compute=False)
+        return "predicted" if known is None else int(known.predicted[0])
 
     def capture(self, request: MapRequest, target: int | str):
         """The cached capture of (version, image, layer, target, region): one forward + gradient pass."""
@@ -366,10 +368,16 @@ class Workbench:
 
         def compute():
             data = self.splits[request.split]
-            x = data[data.index_of(request.sample)].image[None]
+            i = data.index_of(request.sample)
             with self.lock, one_thread():
-                return capture(self.model(request.version), x, [request.layer], target,
-                               _region_value(request.region))
+                cap = capture(self.model(request.version), data[i].image[None], [request.layer], target,
+                              _region_value(request.region))
+            if target == "predicted" and cap.logits.ndim == 2:   # the forward's logits are the prediction too:
+                prob = models.probabilities(cap.logits).cpu().numpy()  # keep it, and the capture under its class
+                self.thumbnails.put(("predictions", request.version, request.split, (request.sample,)),
+                                    models.prediction_dataset(prob, data.subset([i])))
+                self.captures.put((*key[:5], int(cap.target[0]), key[6]), cap)
+            return cap
         return self.captures.get_or_compute(key, compute)
 
     def saliency(self, request: MapRequest) -> MapResult:

@@ -76,14 +76,21 @@ def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 1
     For segmenters, the probabilities are the per-class means over pixels.
     """
     batches = data.batches(batch_size) if isinstance(data, ImageSet) else data.split(batch_size)
-    ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(data))]
     device = model_device(model)
-    probs = []
-    with eval_mode(model):
-        for batch in batches:                               # a lazy ImageSet is decoded batch by batch
-            p = logits_of(model(batch.to(device))).float().softmax(1)
-            probs.append((p.mean((2, 3)) if p.ndim == 4 else p).cpu())
-    prob = torch.cat(probs).numpy()
+    with eval_mode(model):                                  # a lazy ImageSet is decoded batch by batch
+        prob = torch.cat([probabilities(logits_of(model(batch.to(device)))).cpu() for batch in batches])
+    return prediction_dataset(prob.numpy(), data)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities N×K of logits N×K, or of a segmenter's N×K×H×W (the per-class means over pixels)."""
+    p = logits.float().softmax(1)
+    return p.mean((2, 3)) if p.ndim == 4 else p
+
+
+def prediction_dataset(prob: np.ndarray, data: ImageSet | torch.Tensor) -> xr.Dataset:
+    """`predict`'s Dataset of class probabilities N×K for the images of `data` (labels from an ImageSet)."""
+    ids = data.ids if isinstance(data, ImageSet) else [str(i) for i in range(len(data))]
     k = prob.shape[1]
     named = isinstance(data, ImageSet) and len(data.class_names) == k
     names = data.class_names if named else [str(c) for c in range(k)]
