@@ -235,6 +235,8 @@ class OverlayPair(Tab):
         return [(view, ["digest"]) for view in self.views.values()]
 
     def snapshot(self) -> dict:
-        """The digests and titles of the two maps on show."""
+        """The digests and titles of the two maps on show, and which image the left map is of (two blank
+        maps share a digest, so a digest alone cannot say that a new image's map arrived)."""
+        shown = self.left.result
         return {"left": self.left.digest, "right": self.right.digest, "left_title": self.left.title,
-                "right_title": self.right.title}
+                "right_title": self.right.title, "left_sample": shown.request.sample if shown else ""}
