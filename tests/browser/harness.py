@@ -25,6 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(server, url: str, timeout: float, name: str) -> None:
+    """Poll `url` until it answers; if `server.proc` exits or `timeout` passes, stop it and raise with its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if server.proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{name} did not start:\n{server.log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
 class Server:
     """A dashboard server in a subprocess; `url`, its `pid`, and the feedback database it writes."""
 
@@ -37,16 +51,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "static/js/bokeh.min.js", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"server {cmd} did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
+        wait_until_up(self, self.url + "static/js/bokeh.min.js", timeout, f"server {cmd}")
 
     def rss_mb(self) -> float:
         """Resident memory of the server process."""

@@ -13,8 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .harness import ROOT, Console, free_port, shot, tile_point, wait_state
+from .harness import ROOT, Console, free_port, shot, tile_point, wait_state, wait_until_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,16 +51,7 @@ class JupyterLab:
              "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}api/status?token={TOKEN}", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"JupyterLab did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
+        wait_until_up(self, f"{self.url}api/status?token={TOKEN}", timeout, "JupyterLab")
 
     def is_local(self, url: str) -> bool:
         parsed = urlparse(url)
