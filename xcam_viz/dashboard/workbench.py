@@ -275,11 +275,11 @@ class Workbench:
 
     def methods(self, version: str | None = None) -> list[str]:
         """CAM methods that fit the model, then (for classifiers) the evidence methods, by their core names."""
-        from ..explain import METHODS, SEGMENTATION_METHODS
+        from ..explain import methods_for
 
         if self.is_segmenter(version):
-            return [*SEGMENTATION_METHODS, "eigencam"]
-        return [m for m in METHODS if m not in SEGMENTATION_METHODS] + list(EVIDENCE_METHODS)
+            return methods_for(segmenter=True)
+        return methods_for(segmenter=False) + list(EVIDENCE_METHODS)
 
     def class_names(self, split: str | None = None) -> list[str]:
         return list(self.splits[split or next(iter(self.splits))].class_names)
