@@ -58,13 +58,19 @@ def window_label(window, default: str = "min-max") -> str:
 
 def apply_window(values: np.ndarray, window) -> np.ndarray:
     """Values (any shape, e.g. HU) to float32 in [0, 1] through `window` (preset, (level, width), Percentiles,
-    or None for the values' own min..max). A constant image maps to 0."""
-    values = np.asarray(values, dtype=np.float64)
+    or None for the values' own min..max). A constant image maps to 0. Computed in float32, in place where it
+    can (a 256×256×128 volume is 32 MB per copy)."""
+    values = np.asarray(values, dtype=np.float32)
     rule = resolve_window(window)
     if isinstance(rule, Percentiles):
-        low, high = np.percentile(values, [rule.low, rule.high])
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        low, high = (np.percentile(values, [rule.low, rule.high]) if rule != MIN_MAX     # min/max: no partition,
+                     else (values.min(initial=0), values.max(initial=0)))                # 0.1 s instead of 0.7 s
+        offset, scale = low, (1 / (high - low) if high > low else 0.0)
     else:
         centre, width = rule[0] - 0.5, rule[1] - 1                  # DICOM's LINEAR window
-        scaled = (values - centre) / width + 0.5 if width > 0 else (values > centre).astype(np.float64)
-    return np.clip(scaled, 0, 1).astype(np.float32)
+        if width == 0:
+            return (values > centre).astype(np.float32)
+        offset, scale = centre - width / 2, 1 / width
+    scaled = np.subtract(values, np.float32(offset))
+    scaled *= np.float32(scale)
+    return np.clip(scaled, 0, 1, out=scaled)
