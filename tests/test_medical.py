@@ -142,6 +142,7 @@ def test_colour_images_keep_their_channels_and_monochrome1_is_inverted(tmp_path)
 def test_mri_window_scales_percentiles():
     values = np.arange(1000, dtype=np.float32)
     unit = xv.data.apply_window(values, "mri")
+    np.testing.assert_array_equal(xv.data.apply_window([100, 300, 500], None), [0, 0.5, 1])   # min..max
     assert (unit[:10] == 0).all() and (unit[990:] == 1).all() and 0.49 < unit[500] < 0.51 and unit[11] > 0
     assert xv.data.load_nifti([ANATOMICAL], window="mri").attrs["window"] == "mri"
 

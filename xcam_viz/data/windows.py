@@ -64,7 +64,7 @@ def apply_window(values: np.ndarray, window) -> np.ndarray:
     rule = resolve_window(window)
     if isinstance(rule, Percentiles):
         low, high = (np.percentile(values, [rule.low, rule.high]) if rule != MIN_MAX     # min/max: no partition,
-                     else (values.min(initial=0), values.max(initial=0)))                # 0.1 s instead of 0.7 s
+                     else (values.min(), values.max()))                                    # 0.1 s instead of 0.7 s
         offset, scale = low, (1 / (high - low) if high > low else 0.0)
     else:
         centre, width = rule[0] - 0.5, rule[1] - 1                  # DICOM's LINEAR window
