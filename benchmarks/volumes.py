@@ -122,13 +122,14 @@ def memory_rows(size: int = 128, count: int = 100) -> list[str]:
         group.create_array("labels", data=np.arange(count) % 2)
         for n in (10, count):
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(store), str(n), str(Path(tmp) / f"c{n}.zarr")],
-                                  capture_output=True, text=True, check=True)
+            command = [sys.executable, "-c", MEMORY_CHILD, str(store), str(n), str(Path(tmp) / f"c{n}.zarr")]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
             peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
             rows.append((n, peak, time.perf_counter() - start))
             print(rows[-1], flush=True)
     first = rows[0][1]
-    return [f"| {n} volumes of {size}³ | {peak:.0f} MB | {peak / first:.2f}× | {wall:.0f} s |" for n, peak, wall in rows]
+    return [f"| {n} volumes of {size}³ | {peak:.0f} MB | {peak / first:.2f}× | {wall:.0f} s |"
+            for n, peak, wall in rows]
 
 
 def main() -> None:
