@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .imageset import ImageSet
+from .medical import load_medical
 from .sources import MEDMNIST_SPLITS, load_folder, load_medmnist, load_zarr
 from .transform import CHANNELS
 
@@ -27,6 +28,8 @@ def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, 
         data = load_medmnist(path, split=split, size=size, channels=channels)
     elif path.suffix == ".zarr":
         data = load_zarr(path, size=size, channels=channels)
+    elif (medical := load_medical(path, size)) is not None:      # NIfTI or DICOM files, or a folder of them
+        data = medical
     else:
         data = load_folder(path, size=size, channels=channels)
     return data.subset(range(min(n, len(data)))) if n else data
@@ -64,7 +67,7 @@ def load_splits(spec, size: tuple[int, int] | None = None, channels: int | None 
     size = size or takes_size
     splits = load(size)
     first = tuple(next(iter(splits.values())).image_shape[1:])
-    wanted = size or _fitted_down(first)
+    wanted = size or (_fitted_down(first) if len(first) == 2 else first)      # volumes: their own size
     if any(tuple(data.image_shape[1:]) != tuple(wanted) for data in splits.values()):
         splits = load(wanted)
     return splits

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..spatial import batch_for, check_dims
 from .imageset import ImageSet
 from .lazy import ArrayReader, DatasetReader, FileReader, NpzMember, ZarrMember, item_image
 from .transform import check_channels, conversion, to_channels
@@ -38,28 +39,40 @@ def to_unit_float(a: np.ndarray, name: str = "images") -> np.ndarray:
     return a.astype(np.float32)
 
 
-def channels_first(a: np.ndarray) -> np.ndarray:
-    """N×H×W, N×H×W×C or N×C×H×W (C in 1, 3, 4) to N×C×H×W."""
-    if a.ndim == 3:
+def channels_first(a: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
+    """Images N×H×W, N×H×W×C or N×C×H×W (C in 1, 3, 4) to N×C×H×W; with spatial_dims=3, volumes
+    N×D×H×W or N×C×D×H×W to N×C×D×H×W (channels first only: a volume's last axis is always x)."""
+    if a.ndim == spatial_dims + 1:
         return a[:, None]
+    if spatial_dims == 3:
+        if a.ndim != 5:
+            raise ValueError(f"volumes must be N×D×H×W or N×C×D×H×W, got shape {a.shape}")
+        return a
     if a.ndim != 4:
-        raise ValueError(f"images must be N×H×W, N×H×W×C or N×C×H×W, got shape {a.shape}")
+        raise ValueError(f"images must be N×H×W, N×H×W×C or N×C×H×W, got shape {a.shape}; "
+                         "for volumes pass spatial_dims=3")
     if a.shape[1] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         return a
     if a.shape[-1] in (1, 3, 4):
         return np.moveaxis(a, -1, 1)
     raise ValueError(f"cannot tell the channel axis of shape {a.shape}: put 1, 3 or 4 channels "
-                     "first (N×C×H×W) or last (N×H×W×C)")
+                     "first (N×C×H×W) or last (N×H×W×C); for volumes N×D×H×W pass spatial_dims=3")
 
 
 def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = None,
-                ids: Sequence[str] | None = None, channels: int | None = None) -> ImageSet:
-    """An ImageSet from arrays: channels-last or channels-first, uint8/uint16 or float in [0, 1].
-    channels: 1 or 3 to convert grey and colour (default: the arrays' own)."""
+                ids: Sequence[str] | None = None, spatial_dims: int = 2,
+                spacing: Sequence[float] | None = None, channels: int | None = None) -> ImageSet:
+    """An ImageSet from arrays: uint8/uint16 or float in [0, 1].
+
+    Images: N×H×W, N×H×W×C or N×C×H×W; with spatial_dims=3, volumes N×D×H×W or N×C×D×H×W (masks
+    N×D×H×W) and optionally their voxel `spacing` in mm (z, y, x). channels: 1 or 3 to convert grey and
+    colour (default: the arrays' own).
+    """
+    check_dims(spatial_dims, "from_arrays' spatial_dims")
     images = np.asarray(images)
     if images.size == 0:
         raise ValueError("images is empty: give at least one image")
-    imgs = channels_first(to_unit_float(images))
+    imgs = channels_first(to_unit_float(images), spatial_dims)
     stored = min(imgs.shape[1], 3)
     if check_channels(channels) is not None:
         imgs = to_channels(torch.from_numpy(np.ascontiguousarray(imgs)), channels).numpy()
@@ -71,15 +84,15 @@ def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = 
     m = None
     if masks is not None:
         m = np.asarray(masks)
-        if m.ndim == 4 and m.shape[1] == 1:
+        if m.ndim == spatial_dims + 2 and m.shape[1] == 1:
             m = m[:, 0]
-        elif m.ndim == 4 and m.shape[-1] == 1:
+        elif m.ndim == spatial_dims + 2 and m.shape[-1] == 1:
             m = m[..., 0]
         if len(m) != len(imgs):
             raise ValueError(f"{len(imgs)} images but {len(m)} masks: give one mask per image")
         m = torch.from_numpy(m > 0)
     return ImageSet(torch.from_numpy(np.ascontiguousarray(imgs)), torch.from_numpy(labels.astype(np.int64)),
-                    m, ids, class_names, attrs=conversion(stored, channels or stored))
+                    m, ids, class_names, spacing=spacing, attrs=conversion(stored, channels or stored))
 
 
 def read_image(path: Path, mode: str | None = None) -> np.ndarray:
@@ -239,9 +252,10 @@ def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = Non
 
 
 def load_zarr(path, images: str = "images", labels: str = "labels", class_names: Sequence[str] | None = None,
-              size: tuple[int, int] | None = None, crop: bool = False, channels: int | None = None) -> ImageSet:
-    """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W) and a label array
-    (size and channels as in `load_folder`)."""
+              size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2,
+              channels: int | None = None) -> ImageSet:
+    """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W; with spatial_dims=3,
+    volumes N×D×H×W or N×C×D×H×W) and a label array (size and channels as in `load_folder`)."""
     import zarr
     path = Path(path)
     if not path.exists():
@@ -252,26 +266,29 @@ def load_zarr(path, images: str = "images", labels: str = "labels", class_names:
         raise ValueError(f"{path} has no array {missing[0]!r} (it has {sorted(group.array_keys())}); "
                          "name the image and label arrays with images= and labels=")
     ds = from_array_store(ZarrMember(path, images), np.asarray(group[labels][:]).reshape(-1).astype(np.int64),
-                          class_names=class_names, size=size, crop=crop, channels=channels)
+                          class_names=class_names, size=size, crop=crop, spatial_dims=spatial_dims,
+                          channels=channels)
     ds.attrs.update(source=str(path))
     return ds
 
 
 def from_array_store(opener, labels, ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
-                     size: tuple[int, int] | None = None, crop: bool = False,
+                     size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2,
                      channels: int | None = None) -> ImageSet:
     """A lazy ImageSet over an array that `opener()` opens (memory-mapped or chunked), read per batch."""
     array = opener()
-    if array.ndim not in (3, 4) or array.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty N×H×W, N×H×W×C or N×C×H×W array, got shape {array.shape}")
-    c, h, w = channels_first(np.empty((1, *array.shape[1:]), np.uint8)).shape[1:]
+    if array.ndim - spatial_dims not in (1, 2) or array.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty N×H×W, N×H×W×C or N×C×H×W array (volumes: N×D×H×W or "
+                         f"N×C×D×H×W with spatial_dims=3), got shape {array.shape}")
+    c, *grid = channels_first(np.empty((1, *array.shape[1:]), np.uint8), check_dims(spatial_dims)).shape[1:]
     dtype = np.dtype(array.dtype)
     scale = None
     if np.issubdtype(dtype, np.integer):        # one scale for every batch: the whole array's range, as from_arrays
-        scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + 256])) for i in range(0, len(array), 256)) \
+        step = batch_for(array.shape, 256)            # 256 images, fewer volumes, at a time
+        scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + step])) for i in range(0, len(array), step)) \
             <= 255 else 65535
     stored = min(c, 3)
-    reader = ArrayReader(opener, (check_channels(channels) or stored, *(size or (h, w))), scale, crop)
+    reader = ArrayReader(opener, (check_channels(channels) or stored, *(size or grid)), scale, crop)
     return ImageSet(reader, torch.as_tensor(np.asarray(labels)), ids=ids, class_names=class_names,
                     attrs=conversion(stored, channels or stored))
 
