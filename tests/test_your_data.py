@@ -102,8 +102,8 @@ def test_one_unnamed_folder_is_train_and_every_split_gets_one_input_size(tmp_pat
     small = grey_folder(tmp_path / "small", n=1, size=(64, 64))
     assert list(load_splits(str(big))) == ["train"]
     splits = load_splits([f"train={big}", f"test={small}"])
-    assert {name: data.image_shape for name, data in splits.items()} == {
-        "train": (1, LARGEST_INPUT, 400), "test": (1, LARGEST_INPUT, 400)}     # fitted down, aspect kept
+    fitted = (1, LARGEST_INPUT, round(800 * LARGEST_INPUT / 1024))            # fitted down, aspect kept
+    assert {name: data.image_shape for name, data in splits.items()} == {"train": fitted, "test": fitted}
     assert load_splits(str(big), size=(224, 224))["train"].image_shape == (1, 224, 224)
     vit = xv.models.build("vit_b_16", num_classes=2)
     assert load_splits(str(big), model=vit)["train"].image_shape == (3, 224, 224)      # the model's own size

@@ -20,10 +20,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .dashboard.app import serve
-    serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
-          show=args.show, websocket_origin=args.allow_websocket_origin,
-          basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), size=args.size and tuple(args.size),
-          channels=args.channels, max_upload_mb=args.max_upload_mb)
+    try:
+        serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
+              show=args.show, websocket_origin=args.allow_websocket_origin,
+              basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), size=args.size and tuple(args.size),
+              channels=args.channels, max_upload_mb=args.max_upload_mb)
+    except (ValueError, FileNotFoundError) as err:          # the model, data or settings do not fit: say why
+        raise SystemExit(f"xcam-viz serve: {err}") from None
     return 0
 
 
@@ -85,7 +88,7 @@ def _fitting(command: argparse.ArgumentParser) -> None:
     """--size and --channels: what images given as paths are fitted to."""
     command.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                          help="fit the images to this input size (default: the model's own, else the images' "
-                              "own up to 512 px on the longer side)")
+                              "own up to 224 px on the longer side)")
     command.add_argument("--channels", type=int, choices=(1, 3),
                          help="1: grey, 3: colour; grey images are replicated for a colour model, colour ones "
                               "converted to luminance for a grey one (default: what the model takes)")

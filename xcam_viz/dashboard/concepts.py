@@ -113,7 +113,7 @@ class ConceptsPanel(Tab):
         self.preset_select = pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"],
                                                           visible=bool(self.param.preset.objects), **size)
         self.concept_input = pn.widgets.TextInput.from_param(
-            self.param.concept, css_classes=["xv-concept-name"], placeholder="name what the painted region shows",
+            self.param.concept, css_classes=["xv-concept-name"], placeholder="what the painted region shows",
             name="…or a new concept" if self.param.preset.objects else "Concept (type its name)", **size)
         controls = pn.Column(
             pn.widgets.Select.from_param(self.param.layer, css_classes=["xv-concept-layer"], **size),
@@ -306,7 +306,7 @@ class ConceptsPanel(Tab):
 
     def _labelled(self, key, name: str, rule: str, chosen: list[int], thresholds: dict) -> None:
         if not chosen:
-            notify(f"no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region (or "
+            notify(f"'{name}': no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region (or "
                    "each has a better match already): paint the region more tightly or lower the threshold",
                    "warning", 5000)
             return

@@ -226,6 +226,9 @@ def serve(model=None, data=None, feedback=None, port: int = 5006, address: str =
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     if basic_auth:
         kw.update(basic_auth=basic_auth, cookie_secret=kw.get("cookie_secret") or secrets.token_hex(32))
+    notes = {note for data in workbench.splits.values() if (note := data.attrs.get("conversion"))}
+    print(" · ".join([", ".join(f"{name}: {len(data)} images" for name, data in workbench.splits.items()),
+                      "model input " + "×".join(map(str, workbench.input_shape)), *sorted(notes)]), flush=True)
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
     return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},
                     port=port, address=address, show=show, title="xcam-viz", websocket_origin=origins,

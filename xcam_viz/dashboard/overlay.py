@@ -35,8 +35,12 @@ class Display(param.Parameterized):
                              doc="share of the map's maximum (of |value| for evidence) below which it is hidden")
 
 
-def shortened(text: str, length: int = 18) -> str:
-    """`text` cut to `length` characters with an ellipsis (a class name in a 200 px title)."""
+TITLE_CHARS = 36          # a map's title fits its 200 px figure (9 pt); the class name gives way
+
+
+def shortened(text: str, length: int) -> str:
+    """`text` cut to `length` characters (at least 6) with an ellipsis."""
+    length = max(length, 6)
     return text if len(text) <= length else text[:length - 1] + "…"
 
 
@@ -81,7 +85,7 @@ class Picture:
     h). Grey pictures travel as 8-bit values under a grey colour map, a quarter of RGBA's bytes."""
 
     def __init__(self, shape: tuple[int, int]):
-        self.shape, self.key = shape, None
+        self.shape, self.key, self.shown = shape, None, (0, 0)
         self.grey = ColumnDataSource({"image": [np.zeros((1, 1), np.uint8)]})
         self.colour = ColumnDataSource({"image": [rgba(np.zeros((1, 1, 3), np.uint8))]})
         self.renderers: list[tuple] = []
@@ -97,7 +101,7 @@ class Picture:
         """Show `picture` (uint8 H×W grey or H×W×3; row 0 at the top) unless `key` names the one on show."""
         if key == self.key and key is not None:
             return
-        self.key = key
+        self.key, self.shown = key, tuple(picture.shape[:2])
         grey = picture.ndim == 2
         (self.grey if grey else self.colour).data = {"image": [picture[::-1].copy() if grey else rgba(picture)]}
         for grey_renderer, colour_renderer in self.renderers:
@@ -272,7 +276,8 @@ class OverlayPair(Tab):
         else:
             names = self.workbench.class_names(request.split)
             what = f"evidence {request.method}" if result.signed else f"{request.method} · {request.layer}"
-            view.show(result, f"{what} · {request.version} · {shortened(names[result.target_class])}")
+            head = f"{what} · {request.version} · "
+            view.show(result, head + shortened(names[result.target_class], TITLE_CHARS - len(head)))
         if side == "left":
             self._describe(request, result, problem, picture[1])
 
@@ -303,5 +308,5 @@ class OverlayPair(Tab):
         maps share a digest, so a digest alone cannot say that a new image's map arrived)."""
         shown = self.left.result
         return {"left": self.left.digest, "right": self.right.digest, "left_title": self.left.title,
-                "right_title": self.right.title, "left_problem": self.left.problem,
+                "right_title": self.right.title, "left_problem": self.left.problem, "picture": list(self.picture.shown),
                 "left_sample": shown.request.sample if shown else (self.left.digest[5:] if self.left.problem else "")}

@@ -125,7 +125,7 @@ class ImageUpload(pn.viewable.Viewer):
         c, h, w = workbench.input_shape
         self.layout = pn.Column(
             pn.pane.Markdown(f"**Explain your own image** — PNG, JPEG or .npz up to {max_mb:g} MB "
-                             f"(resized to {h}×{w})", margin=(5, 10, 0, 10)),
+                             f"(resized to {w}×{h})", margin=(5, 10, 0, 10)),
             self.input, sizing_mode="stretch_width")
 
     def receive(self, content: bytes | None, filename: str | None) -> list[str]:

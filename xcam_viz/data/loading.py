@@ -8,7 +8,8 @@ from .medical import load_medical
 from .sources import MEDMNIST_SPLITS, load_folder, load_medmnist, load_zarr
 from .transform import CHANNELS
 
-LARGEST_INPUT = 512     # px on the longer side: larger images are fitted down when neither size= nor the model says
+LARGEST_INPUT = 224     # px on the longer side that larger images are fitted down to when neither size= nor the
+                        # model says (the ImageNet convention most CNN checkpoints were trained at; fast on a CPU)
 UNNAMED_SPLIT = "train"  # the split one unnamed folder or manifest becomes
 
 
