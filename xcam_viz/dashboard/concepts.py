@@ -87,7 +87,6 @@ class ConceptsPanel(Tab):
         self.shape = tuple(workbench.input_shape[1:])
         self.report_faithfulness = int(np.prod(self.shape)) <= FAST_SCORES     # 66 model passes per image
         self.sync_layers()
-        self.sync_presets()
         self.report = None
         self._html = b""
         self._ready = self._shown = None              # units prepared (key, split size); (split, sample) shown
@@ -113,11 +112,10 @@ class ConceptsPanel(Tab):
             self.param[f"{name}_event"], width=75, margin=(5, 4), css_classes=[f"xv-concept-{name}"],
             color="primary" if name == "label" else "default") for name in ("undo", "clear", "label", "update")}
         size = {"width": CONTROLS}
-        self.preset_select = pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"],
-                                                          visible=bool(self.param.preset.objects), **size)
-        self.concept_input = pn.widgets.TextInput.from_param(
-            self.param.concept, css_classes=["xv-concept-name"], placeholder="what the painted region shows",
-            name="…or a new concept" if self.param.preset.objects else "Concept (type its name)", **size)
+        self.preset_select = pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"], **size)
+        self.concept_input = pn.widgets.TextInput.from_param(self.param.concept, css_classes=["xv-concept-name"],
+                                                             placeholder="what the painted region shows", **size)
+        self.sync_presets()
         controls = pn.Column(
             pn.widgets.Select.from_param(self.param.layer, css_classes=["xv-concept-layer"], **size),
             pn.widgets.IntSlider.from_param(self.param.width, **size), pn.Row(buttons["undo"], buttons["clear"]),
@@ -157,9 +155,8 @@ class ConceptsPanel(Tab):
         self.param.preset.objects = names
         if names and self.preset not in names:
             self.preset = names[0]
-        if hasattr(self, "preset_select"):
-            self.preset_select.visible = bool(names)
-            self.concept_input.name = "…or a new concept" if names else "Concept (type its name)"
+        self.preset_select.visible = bool(names)
+        self.concept_input.name = "…or a new concept" if names else "Concept (type its name)"
 
     def sync_layers(self) -> None:
         """Offer the spatial layers of the selected model version, keeping the current one if it has it."""
