@@ -140,7 +140,7 @@ def _masks(masks, shape: tuple, samples: list) -> np.ndarray:
         if masks.masks is None:
             raise ValueError("the ImageSet has no masks: pass masks explicitly")
         masks = masks.masks
-    m = _batch(masks, "masks").astype(bool)
+    m = _batch(masks, "masks", like=shape).astype(bool)
     if m.shape != shape:
         raise ValueError(f"maps have shape {shape} but masks {m.shape}: give one mask per map at the "
                          "maps' resolution (upsample the maps to the input size)")
@@ -150,15 +150,17 @@ def _masks(masks, shape: tuple, samples: list) -> np.ndarray:
     return m
 
 
-def _batch(maps, what: str) -> np.ndarray:
+def _batch(maps, what: str, like: tuple | None = None) -> np.ndarray:
     """A DataArray, tensor or array as N×*S: one H×W map becomes 1×H×W and a channel axis of size 1
-    (N×1×H×W, N×1×D×H×W) is dropped, unless the DataArray names it z."""
+    (N×1×H×W, N×1×D×H×W) is dropped, unless the DataArray names it z or the array has shape `like`."""
     named_z = isinstance(maps, xr.DataArray) and "z" in maps.dims
     if isinstance(maps, xr.DataArray):
         maps = maps.values
     elif isinstance(maps, torch.Tensor):
         maps = maps.detach().cpu().numpy()
     values = np.asarray(maps)
+    if values.shape == like:
+        return values
     if values.ndim == 2:
         values = values[None]
     elif values.ndim in (4, 5) and values.shape[1] == 1 and not (named_z and values.ndim == 4):

@@ -78,9 +78,11 @@ class ConditionalSampler:
         if m > min(spatial):
             raise ValueError(f"window + 2·padding = {m} px exceeds the {'×'.join(map(str, spatial))} images")
         if c * m ** d > max_dims:
+            widest = round((max_dims / c) ** (1 / d))
+            widest -= c * widest ** d > max_dims          # the float root may round up
             raise ValueError(f"the conditional sampler would fit a {c * m ** d}-dimensional Gaussian "
                              f"(C·(window + 2·padding)^{d}); use a window of at most "
-                             f"~{int((max_dims / c) ** (1 / d)) - 2 * padding} px or sampler='marginal'")
+                             f"~{widest - 2 * padding} px or sampler='marginal'")
         self.window, self.padding, self.channels, self.spatial_dims = window, padding, c, d
         gen = torch.Generator().manual_seed(seed)
         counts = [size - m + 1 for size in spatial]     # patch positions along each axis
