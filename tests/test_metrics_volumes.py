@@ -109,16 +109,6 @@ def test_curves_cost_steps_plus_one_forwards_per_volume():
     assert model.seen == 3 + 3 * 6     # the prediction, then steps + 1 per volume
 
 
-@pytest.mark.parametrize("baseline", ["blur", "mean", "zero"])
-def test_volume_curves_end_at_the_baseline(baseline):
-    volumes, maps = torch.rand(2, 2, 8, 8, 8), torch.rand(2, 8, 8, 8)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 512, 3))
-    dele = xv.metrics.deletion_curve(model, volumes, maps, baseline=baseline, steps=3)
-    ins = xv.metrics.insertion_curve(model, volumes, maps, baseline=baseline, steps=3)
-    np.testing.assert_allclose(dele.values[:, -1], ins.values[:, 0], rtol=1e-5)
-    np.testing.assert_allclose(dele.values[:, 0], ins.values[:, -1], rtol=1e-5)
-
-
 def test_blur_is_separable_over_every_spatial_axis():
     images = torch.rand(2, 3, 12, 9)
     np.testing.assert_allclose(gaussian_blur(images), torchvision_blur(images, kernel_size=11, sigma=5.0),
