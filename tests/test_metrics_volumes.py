@@ -62,6 +62,11 @@ def test_volume_layouts_dataarray_channel_axis_and_imageset():
     for m in (masks, torch.from_numpy(masks), masks[:, None], xr.DataArray(masks, dims=("sample", "z", "y", "x"))):
         scores = xv.metrics.pointing_game(maps, m)
         assert scores.values.tolist() == [1.0, 0.0] and scores.sample.values.tolist() == ["a", "b"]
+    ds = xv.data.from_arrays(np.zeros((2, 6, 6, 6), np.float32), [0, 1], masks=masks, ids=["a", "b"],
+                             spatial_dims=3, spacing=(2.5, 0.5, 0.5))
+    far = xr.DataArray(np.stack([_peak(4, 1, 1), _peak(0, 0, 0)]), dims=("sample", "z", "y", "x"))
+    assert xv.metrics.pointing_game(far, ds, tolerance=7.6, spacing=ds.spacing).values.tolist() == [1.0, 0.0]
+    assert xv.metrics.pointing_game(far, ds, tolerance=7.4, spacing=ds.spacing).values.tolist() == [0.0, 0.0]
     # a DataArray naming z keeps a one-slice volume a volume
     thin = xr.DataArray(np.ones((1, 1, 4, 4)), dims=("sample", "z", "y", "x"))
     assert xv.metrics.energy_pointing_game(thin, np.ones((1, 1, 4, 4), bool)).item() == 1.0
