@@ -143,7 +143,7 @@ def laplace_log2_odds(p: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Softmax class probabilities N×K of a classifier, batched (call under inference_mode)."""
-    out = torch.cat([logits_of(model(b)) for b in images.split(batch_size)])
+    out = torch.cat([logits_of(model(b)) for b in images.split(batch_limit(images, batch_size))])
     if out.ndim != 2:
         raise ValueError(f"evidence needs a classifier (N×K logits); the model returned {tuple(out.shape)}")
     return out.float().softmax(1)
