@@ -347,10 +347,12 @@ def test_default_layer_of_3d_classifiers(name, input_shape, expected, grid):
 
 
 def test_default_layer_of_a_monai_unet():
-    """A segmenter's default is a layer of the up path at full resolution, never the logits themselves."""
+    """A segmenter's default is the last layer of the up path with more channels than classes, never the logits."""
     model, shape = peer_model("monai-unet"), (1, 32, 32, 32)
     found = {layer.name: layer for layer in xv.models.find_layers(model, shape)}
     default = xv.models.default_layer(model, shape)
     assert not found[default].is_output and found["model"].is_output
-    assert found[default].shape[1:] == shape[1:]
-    assert default.startswith("model.2.")         # after the last skip connection
+    # the last layer with features: model.2's layers carry only the 3 class scores (before a residual add),
+    # whose gradient is one-hot in the class channel
+    assert default == "model.1" and found[default].shape == (16, 16, 16, 16)
+    assert found["model.1"].layout.kind == "nchw"  # 16 channels on a 16³ grid: its conv / norm parts decide
