@@ -11,6 +11,7 @@ The repair table on the 3-D demo is benchmarks/volume_repair.py (results/volume_
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -57,8 +58,10 @@ def contenders(model: torch.nn.Module, x: torch.Tensor, layer: str) -> dict:
                 pred = model(x).argmax(1).tolist()
             cam(x, [ClassifierOutputTarget(c) for c in pred])
 
+    monai_cam = MonaiGradCAM(copy.deepcopy(model), layer)    # MONAI's hooks stay on its model: give it a copy
+
     def monai():
-        MonaiGradCAM(model, layer)(x)
+        monai_cam(x)
 
     def torchcam_():
         with torchcam.GradCAM(model, layer, input_shape=tuple(x.shape[1:])) as cam:
