@@ -76,7 +76,7 @@ def test_fit_and_resize_volumes():
 
 def test_batch_sizes_follow_the_voxel_count():
     assert batch_for((3, 64, 64), 32) == 32
-    assert batch_for((1, 128, 128, 128), 32) == 2
+    assert batch_for((1, 128, 128, 128), 32) == 1
     assert batch_for((1, 512, 512, 512), 32) == 1
 
 

@@ -84,7 +84,9 @@ def detect(out, input_size: tuple[int, ...], module: nn.Module | None = None,
         raise ValueError(f"{name} outputs {shape or type(out).__name__} for a {size} input, not a spatial map "
                          f"(N×C×{'d×' * (spatial - 2)}h×w, channels-last, or for images tokens N×L×C); {hint}")
     if out.ndim == spatial + 2:
-        fits = [kind for kind, grid in (("nchw", shape[2:]), ("nhwc", shape[1:-1])) if _is_grid(grid, input_size)]
+        # a channels-last reading needs channels: N×C×1×1×1 (a pooled vector) is no N×C×1×1 grid of one channel
+        readings = (("nchw", shape[2:]), ("nhwc", shape[1:-1])) if shape[-1] > 1 else (("nchw", shape[2:]),)
+        fits = [kind for kind, grid in readings if _is_grid(grid, input_size)]
         if len(fits) == 2:
             fits = [_channel_side(module, shape)] if _channel_side(module, shape) else fits
         if len(fits) == 1:
