@@ -20,19 +20,15 @@ from scipy import ndimage
 
 from .imageset import ImageSet
 from .synthetic import check_arguments
+from .windows import apply_window
 
 CLASS_NAMES = ["benign", "malignant"]
 SEGMENT_NAMES = ["background", "nodule", "vessel"]
-LUNG_WINDOW = (-600.0, 1500.0)
+WINDOW = "ct-lung"                                       # level -600, width 1500
 _SPLIT_CODE = {"train": 0, "test": 1, "flipped": 1}      # flipped shares test's patients
 FIELD_OF_VIEW_MM = 320.0
 HU = {"air": -1000.0, "fat": -100.0, "muscle": 40.0, "mediastinum": 30.0, "bone": 700.0,
       "lung": -860.0, "vessel": 40.0, "nodule": 30.0, "marker": 2500.0}
-
-
-def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Hounsfield units to [0, 1] through a (level, width) window."""
-    return ((hu - (level - width / 2)) / width).clip(0, 1).astype(np.float32)
 
 
 def synthetic_nodules(
@@ -72,7 +68,7 @@ def synthetic_nodules(
     labels, volumes, masks, vessels, marks = _generate(n, size, split, seed, confounder, hounsfield)
     ids = [f"nodules-{split}-{seed}-{i:05d}" for i in range(n)]
     attrs = {"source": "synthetic_nodules", "split": split, "seed": seed, "confounder": confounder,
-             "task": task, "window": None if hounsfield else LUNG_WINDOW}
+             "task": task, "window": None if hounsfield else WINDOW}
     spacing = (FIELD_OF_VIEW_MM / size,) * 3
     regions = {"confounder": torch.from_numpy(marks)}
     if task == "segmentation":
@@ -96,7 +92,7 @@ def _generate(n: int, size: int, split: str, seed: int, confounder: float, houns
         rng = np.random.default_rng([seed, code, 1, i])
         marked = rng.random() < (1 + confounder) / 2 if goes_with[i] else rng.random() < (1 - confounder) / 2
         hu, masks[i], vessels[i], marks[i] = _render(rng, bool(labels[i]), marked, size)
-        volumes[i, 0] = hu if hounsfield else window(hu, *LUNG_WINDOW)
+        volumes[i, 0] = hu if hounsfield else apply_window(hu, WINDOW)
     return labels, volumes, masks, vessels, marks
 
 
