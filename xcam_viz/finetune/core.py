@@ -142,7 +142,7 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
     start, base = _base(model, base_version, versions)
     if settings["layer"] is None:
-        settings["layer"] = models.default_layer(start, tuple(ds.images.shape[1:]))
+        settings["layer"] = models.default_layer(start, tuple(ds.image_shape))
     models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
     for name, data in [*eval_data.items(), ("validation", validation)]:
@@ -239,9 +239,8 @@ class _Run:
         corrected = self.feedback.labels >= 0
         self.labels[self.positions[corrected]] = self.feedback.labels[corrected]
         fb = self.feedback
-        self.donors = Donors(self.ds.read(self.positions)[0], fb.relevant & fb.has_relevant[:, None, None],
-                             fb.irrelevant & fb.has_irrelevant[:, None, None], fb.has_relevant, fb.has_irrelevant,
-                             self.settings["seed"])
+        self.donors = Donors(self.ds.read(self.positions)[0], fb.painted("relevant"), fb.painted("irrelevant"),
+                             fb.has_relevant, fb.has_irrelevant, self.settings["seed"])
         self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.strategies,
                                                                   self.settings["seed"])
         self.batches = loop.Batches(self.others, len(self.positions), self.settings)
