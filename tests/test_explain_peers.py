@@ -45,7 +45,14 @@ def _raw_lib_maps(monkeypatch):
 
 
 def lib_cams(method, model, layers, x, targets, reshape_transform=None):
-    """pytorch-grad-cam's raw maps (ReLU applied) per layer, one pass for all layers (no averaging)."""
+    """pytorch-grad-cam's raw maps (ReLU applied) per layer, one pass for all layers (no averaging).
+
+    The peer gets the input in the memory layout our capture runs the model in (`fast_input`), so both
+    sides run the same convolution kernels: the comparison measures the CAM, not oneDNN's kernel choice.
+    (NCHW and channels-last kernels round differently; on an AMD EPYC host the random densenet121's
+    Grad-CAM at transition1 moved by up to 0.5 % of its maximum between the two layouts.)
+    """
+    x = xv.models.fast_input(model, x)
     cls = getattr(pgc, LIB_CLASSES[method.removeprefix("seg-")])
     modules = dict(model.named_modules())
     with cls(model=model, target_layers=[modules[n] for n in layers], reshape_transform=reshape_transform) as cam:

@@ -10,7 +10,8 @@ from .imageset import ImageSet
 
 @dataclass(frozen=True)
 class Inputs:
-    """Images to explain: their count, shape C×H×W, ids, class names (None for a tensor) and a reader."""
+    """Images to explain: their count, shape C×H×W (volumes C×D×H×W), ids, class names (None for a tensor)
+    and a reader."""
 
     data: ImageSet | torch.Tensor
     ids: list[str]
@@ -34,13 +35,14 @@ class Inputs:
 
 
 def inputs_of(data, name: str = "data") -> Inputs:
-    """An ImageSet or a tensor N×C×H×W (one image C×H×W becomes N = 1) as `Inputs`; a TypeError otherwise."""
+    """An ImageSet or a tensor N×C×H×W / N×C×D×H×W (one image C×H×W becomes N = 1; a 4-D tensor is always a
+    batch of images, so one volume is given as 1×C×D×H×W) as `Inputs`; a TypeError otherwise."""
     if isinstance(data, ImageSet):
         return Inputs(data, list(data.ids), list(data.class_names))
     if isinstance(data, torch.Tensor) and data.ndim == 3:
         data = data.unsqueeze(0)
-    if isinstance(data, torch.Tensor) and data.ndim == 4:
+    if isinstance(data, torch.Tensor) and data.ndim in (4, 5):
         return Inputs(data, [str(i) for i in range(len(data))], None)
     shape = tuple(data.shape) if hasattr(data, "shape") else ""
-    raise TypeError(f"{name} must be an ImageSet or a float tensor N×C×H×W (or C×H×W), got "
+    raise TypeError(f"{name} must be an ImageSet or a float tensor N×C×H×W (or C×H×W) or volumes N×C×D×H×W, got "
                     f"{type(data).__name__}{shape}; wrap arrays with xv.data.from_arrays or torch.as_tensor")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..spatial import check_dims
 from .imageset import ImageSet
 from .lazy import ArrayReader, DatasetReader, FileReader, NpzMember, ZarrMember, item_image
 
@@ -37,27 +38,39 @@ def to_unit_float(a: np.ndarray, name: str = "images") -> np.ndarray:
     return a.astype(np.float32)
 
 
-def channels_first(a: np.ndarray) -> np.ndarray:
-    """N×H×W, N×H×W×C or N×C×H×W (C in 1, 3, 4) to N×C×H×W."""
-    if a.ndim == 3:
+def channels_first(a: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
+    """Images N×H×W, N×H×W×C or N×C×H×W (C in 1, 3, 4) to N×C×H×W; with spatial_dims=3, volumes
+    N×D×H×W or N×C×D×H×W to N×C×D×H×W (channels first only: a volume's last axis is always x)."""
+    if a.ndim == spatial_dims + 1:
         return a[:, None]
+    if spatial_dims == 3:
+        if a.ndim != 5:
+            raise ValueError(f"volumes must be N×D×H×W or N×C×D×H×W, got shape {a.shape}")
+        return a
     if a.ndim != 4:
-        raise ValueError(f"images must be N×H×W, N×H×W×C or N×C×H×W, got shape {a.shape}")
+        raise ValueError(f"images must be N×H×W, N×H×W×C or N×C×H×W, got shape {a.shape}; "
+                         "for volumes pass spatial_dims=3")
     if a.shape[1] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         return a
     if a.shape[-1] in (1, 3, 4):
         return np.moveaxis(a, -1, 1)
     raise ValueError(f"cannot tell the channel axis of shape {a.shape}: put 1, 3 or 4 channels "
-                     "first (N×C×H×W) or last (N×H×W×C)")
+                     "first (N×C×H×W) or last (N×H×W×C); for volumes N×D×H×W pass spatial_dims=3")
 
 
 def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = None,
-                ids: Sequence[str] | None = None) -> ImageSet:
-    """An ImageSet from arrays: channels-last or channels-first, uint8/uint16 or float in [0, 1]."""
+                ids: Sequence[str] | None = None, spatial_dims: int = 2,
+                spacing: Sequence[float] | None = None) -> ImageSet:
+    """An ImageSet from arrays: uint8/uint16 or float in [0, 1].
+
+    Images: N×H×W, N×H×W×C or N×C×H×W; with spatial_dims=3, volumes N×D×H×W or N×C×D×H×W (masks
+    N×D×H×W) and optionally their voxel `spacing` in mm (z, y, x).
+    """
+    check_dims(spatial_dims, "from_arrays' spatial_dims")
     images = np.asarray(images)
     if images.size == 0:
         raise ValueError("images is empty: give at least one image")
-    imgs = channels_first(to_unit_float(images))
+    imgs = channels_first(to_unit_float(images), spatial_dims)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(imgs):
         raise ValueError(f"{len(imgs)} images but {len(labels)} labels: give one label per image")
@@ -66,15 +79,15 @@ def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = 
     m = None
     if masks is not None:
         m = np.asarray(masks)
-        if m.ndim == 4 and m.shape[1] == 1:
+        if m.ndim == spatial_dims + 2 and m.shape[1] == 1:
             m = m[:, 0]
-        elif m.ndim == 4 and m.shape[-1] == 1:
+        elif m.ndim == spatial_dims + 2 and m.shape[-1] == 1:
             m = m[..., 0]
         if len(m) != len(imgs):
             raise ValueError(f"{len(imgs)} images but {len(m)} masks: give one mask per image")
         m = torch.from_numpy(m > 0)
     return ImageSet(torch.from_numpy(np.ascontiguousarray(imgs)), torch.from_numpy(labels.astype(np.int64)),
-                    m, ids, class_names)
+                    m, ids, class_names, spacing=spacing)
 
 
 def read_image(path: Path, mode: str | None = None) -> np.ndarray:

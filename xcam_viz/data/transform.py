@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..spatial import resize, resize_maps
+
 
 def check_images(images: torch.Tensor, what: str) -> None:
     """Refuse NaN, inf or values outside [0, 1] (they would draw as garbage and break every map)."""
@@ -12,25 +14,29 @@ def check_images(images: torch.Tensor, what: str) -> None:
                          "clean or rescale them first (xv.data.from_arrays checks its input)")
 
 
-def fit(images: torch.Tensor, shape: tuple[int, int, int], crop: bool = False) -> torch.Tensor:
-    """Images N×C×H×W in [0, 1] with the channel count and size of `shape` (C, H, W).
+def fit(images: torch.Tensor, shape: tuple[int, ...], crop: bool = False) -> torch.Tensor:
+    """Images N×C×H×W (or volumes N×C×D×H×W) in [0, 1] with the channel count and size of `shape` (C, *S).
 
     RGBA is composited on white, grey and colour are converted, and other sizes are resized
-    (bilinear, antialiased). crop=True first cuts the centre to the target's aspect ratio (no
-    distortion); crop=False keeps the whole image in view.
+    (bilinear, antialiased; volumes trilinear). crop=True first cuts the centre of the last two axes to
+    the target's aspect ratio (no distortion); crop=False keeps the whole image in view.
     """
-    channels, h, w = shape
+    channels, *grid = shape
     if crop:
-        images = images[..., _centre(images.shape[-2], images.shape[-1] * h / w),
-                        _centre(images.shape[-1], images.shape[-2] * w / h)]
+        images = _crop(images, grid)
     if images.shape[1] == 4:                                    # RGBA: composite on white
         images = images[:, :3] * images[:, 3:] + (1 - images[:, 3:])
     if images.shape[1] != channels:
-        images = images.mean(1, keepdim=True) if channels == 1 else images[:, :1].expand(-1, channels, -1, -1)
-    if images.shape[-2:] != (h, w):
-        images = torch.nn.functional.interpolate(images, size=(h, w), mode="bilinear", antialias=True,
-                                                 align_corners=False)
+        images = images.mean(1, keepdim=True) if channels == 1 else images[:, :1].expand(-1, channels,
+                                                                                         *images.shape[2:])
+    images = resize(images, grid, antialias=True)
     return images.clamp(0, 1).contiguous()
+
+
+def _crop(t: torch.Tensor, grid) -> torch.Tensor:
+    """The centre of t's last two axes cut to the aspect ratio of `grid`'s last two sizes."""
+    h, w = grid[-2:]
+    return t[..., _centre(t.shape[-2], t.shape[-1] * h / w), _centre(t.shape[-1], t.shape[-2] * w / h)]
 
 
 def _centre(length: int, wanted: float) -> slice:
@@ -39,12 +45,8 @@ def _centre(length: int, wanted: float) -> slice:
     return slice((length - keep) // 2, (length - keep) // 2 + keep)
 
 
-def fit_masks(masks: torch.Tensor, size: tuple[int, int], crop: bool = False) -> torch.Tensor:
-    """Bool masks N×H×W cut and resized (nearest) to `size` (H, W), as their images are by `fit`."""
-    h, w = size
+def fit_masks(masks: torch.Tensor, size: tuple[int, ...], crop: bool = False) -> torch.Tensor:
+    """Bool masks N×*S cut and resized (nearest) to `size`, as their images are by `fit`."""
     if crop:
-        masks = masks[..., _centre(masks.shape[-2], masks.shape[-1] * h / w),
-                      _centre(masks.shape[-1], masks.shape[-2] * w / h)]
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks.bool()
-    return torch.nn.functional.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        masks = _crop(masks, size)
+    return resize_maps(masks.bool(), size, mode="nearest")

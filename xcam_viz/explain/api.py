@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet, inputs_of
 from ..models import default_layer, fingerprint
+from ..spatial import axis_names
 from .capture import Reshape, Target, capture, is_topk, layer_list
 from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
@@ -34,7 +35,8 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def per_batch(value, ndim: int, start: int, stop: int):
-    """value[start:stop] for a per-sample array (ndim 1: targets, 3: region masks); shared values as they are."""
+    """value[start:stop] for a per-sample array (ndim 1: targets; region masks: 1 + the spatial axes); shared
+    values as they are."""
     if value is None or callable(value) or isinstance(value, (str, int)) or is_topk(value) or np.ndim(value) != ndim:
         return value
     return value[start:stop]
@@ -67,7 +69,7 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             layer: str | Sequence[str] | None = None, target: Target = "predicted", region=None,
             upsample: bool = True, normalize: bool = True, batch_size: int = 32,
             progress: bool = False, reshape: Reshape | None = None, output=None) -> xr.DataArray:
-    """Class activation maps of every image: an xr.DataArray (sample, y, x).
+    """Class activation maps of every image: an xr.DataArray (sample, y, x), or (sample, z, y, x) for volumes.
 
     The model runs in eval mode (every module's own mode is restored afterwards); requires_grad is not
     touched. Layers of any layout work: N×C×h×w, channels-last N×h×w×C, ViT tokens (see
@@ -75,7 +77,8 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
 
     Args:
         model: any classifier (logits N×K) or segmenter (N×K×H×W) `nn.Module`.
-        data: an ImageSet, or a float tensor N×C×H×W (or one image C×H×W) with values in [0, 1].
+        data: an ImageSet, or a float tensor N×C×H×W (or one image C×H×W) or N×C×D×H×W (volumes) with
+            values in [0, 1].
         method: a name from `xcam_viz.explain.REGISTRY` (gradcam, gradcam++, hirescam, xgradcam,
             layercam, scorecam, eigencam; seg-gradcam, seg-hirescam for segmenters).
         layer: a layer name, a list of names (captured in one pass; adds a leading 'layer' dim, which
@@ -83,8 +86,10 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             (logged once; attrs "layer" and "layer_source" say what was used).
         target: "predicted", a class index, one index per sample, ("topk", k) (adds a 'rank' dim after
             'sample'), or a callable(logits) -> scores (N,).
-        region: segmenters only: "predicted" (default), "all", a point (y, x) or a bool mask H×W / N×H×W.
-        upsample, normalize: bilinear upsampling to the input size and per-map min-max scaling to
+        region: segmenters only: "predicted" (default), "all", a point (y, x) / (z, y, x) or a bool mask
+            *S / N×*S (H×W, or D×H×W for volumes).
+        upsample, normalize: bilinear (volumes: trilinear) upsampling to the input size and per-map min-max
+            scaling to
             [0, 1] (the default); both False give the raw layer-resolution map (ReLU applied).
         batch_size: images per forward pass. progress: show a progress bar.
         reshape: how to read a layer that detection cannot (a `Layout` or any callable to N×C×h×w).
@@ -92,7 +97,7 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             tuple's first element, a dict's or object's `logits`).
 
     Returns:
-        Maps with coords sample (ids), y/x (for layer-resolution maps, the cell centres in input
+        Maps with coords sample (ids), (z/)y/x (for layer-resolution maps, the cell centres in input
         pixels), target_class and target_name; attrs method, layer, layer_resolution, layer_source,
         target, model_fingerprint, input_size.
 
@@ -110,13 +115,13 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     names = layer_list(default_layer(model, inputs.shape) if layer is None else layer)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    size = inputs.shape[-2:]
+    size = inputs.shape[1:]
     maps, targets, shapes, logits = [], [], {}, None
     for start in tqdm(range(0, len(inputs), batch_size), desc=f"explain {method}", disable=not progress):
         stop = start + batch_size
         caps = capture(model, inputs.read(start, stop), names, per_batch(target, 1, start, stop),
-                       per_batch(region, 3, start, stop), gradients=needs_gradients(method), reshape=reshape,
-                       output=output)
+                       per_batch(region, 1 + len(size), start, stop), gradients=needs_gradients(method),
+                       reshape=reshape, output=output)
         caps = caps if isinstance(caps, list) else [caps]
         logits = caps[0].logits
         per_rank = []
@@ -124,13 +129,13 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
             per_layer = []
             for name in names:
                 cam = weigh(cap, method, name)
-                shapes[name] = tuple(cam.shape[-2:])
+                shapes[name] = tuple(cam.shape[1:])
                 per_layer.append(finish(cam, size if upsample else None, normalize).float().cpu().numpy())
             if len({m.shape for m in per_layer}) > 1:
                 raise ValueError(f"layers {names} have different resolutions {[shapes[n] for n in names]}; "
                                  "use upsample=True to stack them, or explain one layer at a time")
             per_rank.append(np.stack(per_layer))
-        maps.append(np.stack(per_rank, axis=2))                     # layer × n × rank × h × w
+        maps.append(np.stack(per_rank, axis=2))                     # layer × n × rank × *s
         targets.append(torch.stack([c.target for c in caps], 1).cpu().numpy())
     result = _dataarray(np.concatenate(maps, 1), np.concatenate(targets), inputs.ids, names, shapes, size, method,
                         target, region, logits, inputs.class_names, model, upsample)
@@ -141,17 +146,18 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
 def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: list[str], shapes: dict,
                size: tuple, method: str, target: Target, region, logits: torch.Tensor,
                class_names: list[str] | None, model: nn.Module, upsample: bool) -> xr.DataArray:
-    """Assemble layer × sample × rank × h × w maps, dropping the layer / rank dims when single."""
-    h, w = maps.shape[-2:]
-    grid = {"y": np.arange(h), "x": np.arange(w)} if upsample else {
-        "y": (np.arange(h) + 0.5) * size[0] / h - 0.5, "x": (np.arange(w) + 0.5) * size[1] / w - 0.5}
+    """Assemble layer × sample × rank × *s maps, dropping the layer / rank dims when single."""
+    cells = maps.shape[3:]
+    names_of_axes = axis_names(len(cells))
+    grid = {axis: np.arange(k) if upsample else (np.arange(k) + 0.5) * full / k - 0.5
+            for axis, k, full in zip(names_of_axes, cells, size)}
     topk = is_topk(target)
     tdims = ("sample", "rank") if topk else ("sample",)
     if not topk:
         maps, targets = maps[:, :, 0], targets[:, 0]
     coords = {"sample": ids, **grid, "target_class": (tdims, targets),
               "target_name": (tdims, class_labels(targets, class_names, logits.shape[1]))}
-    dims = (*tdims, "y", "x")
+    dims = (*tdims, *names_of_axes)
     if topk:
         coords["rank"] = np.arange(maps.shape[2])
     attrs = {"method": method, "target": describe_target(target), "model_fingerprint": model_fingerprint(model),
@@ -161,7 +167,9 @@ def _dataarray(maps: np.ndarray, targets: np.ndarray, ids: list[str], names: lis
     if len(names) == 1:
         attrs |= {"layer": names[0], "layer_resolution": list(shapes[names[0]])}
         return xr.DataArray(maps[0], dims=dims, coords=coords, attrs=attrs, name="cam")
-    coords |= {"layer": names, "layer_height": ("layer", [shapes[n][0] for n in names]),
-               "layer_width": ("layer", [shapes[n][1] for n in names])}
+    coords |= {"layer": names, "layer_height": ("layer", [shapes[n][-2] for n in names]),
+               "layer_width": ("layer", [shapes[n][-1] for n in names])}
+    if len(cells) == 3:
+        coords["layer_depth"] = ("layer", [shapes[n][0] for n in names])
     attrs["layer"] = list(names)
     return xr.DataArray(maps, dims=("layer", *dims), coords=coords, attrs=attrs, name="cam")

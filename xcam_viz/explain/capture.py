@@ -13,7 +13,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..models import detect, eval_mode, fast_input, get_layer, logits_of, patch_size, run_model
+from ..models import detect, eval_mode, fast_input, get_layer, is_dense, logits_of, patch_size, run_model
+from ..spatial import grid_of
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,7 +31,7 @@ class LayerHooks:
     e.g. a `Layout`, applied to every layer) says how to read it; `maps` gives it as N×C×h×w.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], input_size: tuple[int, int],
+    def __init__(self, model: nn.Module, layers: Sequence[str], input_size: tuple[int, ...],
                  enable_grad: bool = True, reshape: Reshape | None = None):
         self.modules = {name: get_layer(model, name) for name in layers}
         self.enable_grad = enable_grad
@@ -67,10 +68,11 @@ class LayerHooks:
             return None
         layout = self.reshape or detect(output, self.input_size, module, self.patch, f"layer {name!r}")
         spatial = layout(output) if isinstance(output, torch.Tensor) else None
-        if spatial is None or spatial.ndim != 4 or spatial.shape[-2] * spatial.shape[-1] <= 1:
+        if spatial is None or spatial.ndim != len(self.input_size) + 2 or torch.Size(grid_of(spatial)).numel() <= 1:
             shape = tuple(spatial.shape) if isinstance(spatial, torch.Tensor) else type(output).__name__
-            raise ValueError(f"layer {name!r} reads as {shape}, not a spatial map N×C×h×w (h·w > 1); pick one "
-                             "of xv.models.spatial_layers(model, input_shape) or fix reshape=")
+            grid = "d×h×w" if len(self.input_size) == 3 else "h×w"
+            raise ValueError(f"layer {name!r} reads as {shape}, not a spatial map N×C×{grid} with more than one "
+                             "cell; pick one of xv.models.spatial_layers(model, input_shape) or fix reshape=")
         if not output.requires_grad:
             output = output.detach().requires_grad_()
         self.outputs[name] = output
@@ -90,27 +92,30 @@ def layer_list(layer: str | Sequence[str]) -> list[str]:
 
 
 def check_input(x, model: nn.Module) -> torch.Tensor:
-    """The input as an N×C×H×W float tensor on the model's device, refusing what cannot be explained."""
+    """The input as an N×C×H×W (volumes N×C×D×H×W) float tensor on the model's device, refusing what cannot be
+    explained."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError("CAMs need gradients, but torch.inference_mode() is active: call xv.explain "
                            "(or capture) outside the inference_mode block (torch.no_grad() is fine)")
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected an ImageSet or a tensor N×C×H×W / C×H×W, got {type(x).__name__}; "
+        raise TypeError(f"expected an ImageSet or a tensor N×C×H×W / C×H×W / N×C×D×H×W, got {type(x).__name__}; "
                         "wrap arrays with xv.data.from_arrays or torch.as_tensor")
     if x.is_inference():
         raise ValueError("the input tensor was created under torch.inference_mode() and cannot take part in "
                          "autograd: create it outside inference_mode (or pass x.clone() made outside it)")
     if x.ndim == 3:
         x = x.unsqueeze(0)
-    if x.ndim != 4 or min(x.shape) == 0:
-        raise ValueError(f"input must be N×C×H×W (or one image C×H×W), got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5) or min(x.shape) == 0:
+        raise ValueError(f"input must be images N×C×H×W (or one image C×H×W) or volumes N×C×D×H×W, got shape "
+                         f"{tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"input must be a float tensor with values in [0, 1], got dtype {x.dtype}; "
                         "divide uint8 images by 255")
     channels = getattr(model, "xcam_arch", {}).get("in_channels")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"the model takes {channels}-channel images, got {x.shape[1]} channels (shape "
-                         f"{tuple(x.shape)}): give images N×C×H×W with the channel count the model was built for")
+                         f"{tuple(x.shape)}): give images N×C×H×W (volumes N×C×D×H×W) with the channel count the "
+                         "model was built for")
     if not torch.isfinite(x).all():
         raise ValueError("input contains NaN or inf values: clean or drop those images first")
     p = next(model.parameters(), None)
@@ -155,28 +160,30 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> list[torch.Tensor |
 
 
 def resolve_region(region, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The region M (N×H×W bool) whose class-c logits a segmentation CAM sums.
+    """The region M (N×*S bool: N×H×W, or N×D×H×W for volumes) whose class-c logits a segmentation CAM sums.
 
-    "predicted" (default): pixels predicted as the target class; "all": every pixel; (y, x): one pixel;
-    a bool mask H×W or N×H×W.
+    "predicted" (default): pixels predicted as the target class; "all": every pixel; a point (y, x), or
+    (z, y, x) for volumes: one pixel; a bool mask *S or N×*S.
     """
-    n, _, h, w = logits.shape
+    n, _, *grid = logits.shape
+    grid = tuple(grid)
+    size = "×".join(map(str, grid))
     if region is None or (isinstance(region, str) and region == "predicted"):
-        return logits.argmax(1) == target.view(-1, 1, 1)
+        return logits.argmax(1) == target.view(-1, *[1] * len(grid))
     if isinstance(region, str) and region == "all":
-        return torch.ones(n, h, w, dtype=torch.bool, device=logits.device)
-    if isinstance(region, tuple) and len(region) == 2 and all(isinstance(v, int) for v in region):
-        y, x = region
-        if not (0 <= y < h and 0 <= x < w):
-            raise ValueError(f"region point {region} lies outside the {h}×{w} output")
-        mask = torch.zeros(n, h, w, dtype=torch.bool, device=logits.device)
-        mask[:, y, x] = True
+        return torch.ones(n, *grid, dtype=torch.bool, device=logits.device)
+    if isinstance(region, tuple) and all(isinstance(v, int) for v in region):
+        if len(region) != len(grid) or not all(0 <= v < s for v, s in zip(region, grid)):
+            point = "(z, y, x)" if len(grid) == 3 else "(y, x)"
+            raise ValueError(f"region point {region} lies outside the {size} output or is not a point {point}")
+        mask = torch.zeros(n, *grid, dtype=torch.bool, device=logits.device)
+        mask[(slice(None), *region)] = True
         return mask
     mask = torch.as_tensor(region, device=logits.device)
-    if mask.dtype != torch.bool or mask.shape not in ((h, w), (n, h, w)):
-        raise ValueError(f"region must be 'predicted', 'all', a point (y, x) or a bool mask {h}×{w} or "
-                         f"{n}×{h}×{w}, got {getattr(mask, 'dtype', type(region).__name__)} {tuple(mask.shape)}")
-    return mask.expand(n, h, w)
+    if mask.dtype != torch.bool or tuple(mask.shape) not in (grid, (n, *grid)):
+        raise ValueError(f"region must be 'predicted', 'all', a point or a bool mask {size} or {n}×{size}, got "
+                         f"{getattr(mask, 'dtype', type(region).__name__)} {tuple(mask.shape)}")
+    return mask.expand(n, *grid)
 
 
 def target_scores(logits: torch.Tensor, target: torch.Tensor | Callable,
@@ -196,9 +203,9 @@ def target_scores(logits: torch.Tensor, target: torch.Tensor | Callable,
 class Capture:
     """What one forward (+ one gradient pass) recorded, enough to weigh any CAM method without the model.
 
-    activations / gradients: layer -> N×C×h×w (detached; gradients empty if not computed);
+    activations / gradients: layer -> N×C×h×w or N×C×d×h×w (detached; gradients empty if not computed);
     logits: the forward's output; target: (N,) class indices (-1 for a callable target);
-    region: N×H×W bool for segmentation targets, else None; input: N×C×H×W (for Score-CAM);
+    region: N×*S bool for segmentation targets, else None; input: N×C×*S (for Score-CAM);
     model, score_fn and output: what Score-CAM needs for its masked forward passes.
     """
 
@@ -224,7 +231,7 @@ class Capture:
 def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], target: Target = "predicted",
             region=None, gradients: bool = True, reshape: Reshape | None = None,
             output: Callable | None = None) -> Capture | list[Capture]:
-    """Record activations A and target gradients G of `layers` for input x (N×C×H×W or C×H×W).
+    """Record activations A and target gradients G of `layers` for input x (N×C×H×W, C×H×W or N×C×D×H×W).
 
     One forward pass in eval mode (every module's mode is restored afterwards), then one `autograd.grad`
     pass to the captured activations per target. A segmenter (N×K×H×W logits) is scored on the target
@@ -237,7 +244,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], targ
     names = layer_list(layers)
     x = fast_input(model, check_input(x, model))
     with (eval_mode(model), torch.no_grad(),
-          LayerHooks(model, names, x.shape[-2:], enable_grad=gradients, reshape=reshape) as hooks):
+          LayerHooks(model, names, grid_of(x), enable_grad=gradients, reshape=reshape) as hooks):
         logits = run_model(model, x, output)
     missing = [n for n in names if n not in hooks.outputs]
     if missing:
@@ -248,7 +255,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], targ
     captures = []
     targets = resolve_targets(target, logits.detach())
     for i, t in enumerate(targets):
-        reg = resolve_region(region, logits.detach(), t) if logits.ndim == 4 and not callable(t) else None
+        reg = resolve_region(region, logits.detach(), t) if is_dense(logits) and not callable(t) else None
         grads = {}
         if gradients:
             with torch.enable_grad():

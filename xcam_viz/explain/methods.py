@@ -1,8 +1,9 @@
 """Weigh many: every CAM method as a weighting of a Capture's activations A and gradients G.
 
 Each gradient method is a function (A, G) -> N×h×w map before the ReLU, following the formulas of
-pytorch-grad-cam (which the tests compare against). Eigen-CAM needs A only; Score-CAM runs masked
-forward passes of the captured model.
+pytorch-grad-cam (which the tests compare against). A and G are N×C×*s: every formula reads the
+spatial axes from the tensor, so the same line serves images (h×w) and volumes (d×h×w). Eigen-CAM
+needs A only; Score-CAM runs masked forward passes of the captured model.
 """
 from __future__ import annotations
 
@@ -10,17 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
-from ..models import eval_mode
+from ..models import eval_mode, is_dense
+from ..spatial import axes, grid_of, per_map, resize
 from .capture import Capture
 from .fold import inference_copy
 
 SCORECAM_PIXELS = 2 ** 17   # masked images per Score-CAM chunk: this many input pixels (32 at 64²), at least 16
 
 
+def weighted_sum(weights: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Σ_c weights[n, c] · A[n, c] for A N×C×*s: the map N×*s."""
+    return torch.einsum("nc,ncs->ns", weights, a.flatten(2)).view(a.shape[0], *grid_of(a))
+
+
 def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("nc,nchw->nhw", g.mean((2, 3)), a)
+    return weighted_sum(g.flatten(2).mean(2), a)
 
 
 def _hirescam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -29,14 +35,14 @@ def _hirescam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _gradcam_pp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     g2 = g * g
-    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g2 * g + 1e-6)
+    alpha = g2 / (2 * g2 + a.sum(axes(a), keepdim=True) * g2 * g + 1e-6)
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    return torch.einsum("nc,nchw->nhw", (g.clamp(min=0) * alpha).sum((2, 3)), a)
+    return weighted_sum((g.clamp(min=0) * alpha).flatten(2).sum(2), a)
 
 
 def _xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    weights = (g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7)
-    return torch.einsum("nc,nchw->nhw", weights, a)
+    weights = (g * a).flatten(2).sum(2) / (a.flatten(2).sum(2) + 1e-7)
+    return weighted_sum(weights, a)
 
 
 def _layercam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -112,21 +118,21 @@ def eigencam(a: torch.Tensor) -> torch.Tensor:
     Sign convention (SVD leaves it open): the map is flipped to correlate positively with the
     channel-summed activation, so it points where the layer is active.
     """
-    n, c, h, w = a.shape
-    x = a.double().flatten(2).transpose(1, 2)            # N × hw × C
+    n = a.shape[0]
+    x = a.double().flatten(2).transpose(1, 2)            # N × cells × C
     x = x - x.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    proj = x @ vh[:, 0, :, None]                          # N × hw × 1
-    total = a.double().sum(1).flatten(1, 2)[..., None]
+    proj = x @ vh[:, 0, :, None]                          # N × cells × 1
+    total = a.double().sum(1).flatten(1)[..., None]
     sign = torch.sign(((total - total.mean(1, keepdim=True)) * proj).sum((1, 2)))
     proj = proj * torch.where(sign == 0, torch.ones_like(sign), sign).view(n, 1, 1)
-    return proj.view(n, h, w).to(a.dtype)
+    return proj.view(n, *grid_of(a)).to(a.dtype)
 
 
 def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torch.Tensor:
     """Score-CAM channel weights N×C as pytorch-grad-cam computes them.
 
-    Each channel's map is upsampled (bilinear, corners aligned) to the input size, min-max normalised,
+    Each channel's map is upsampled (bi/trilinear, corners aligned) to the input size, min-max normalised,
     multiplied with the input, and scored by the target; the scores are softmaxed over channels.
     The masked inputs go through the model in chunks of `chunk` images (default: SCORECAM_PIXELS input
     pixels but at least 16 images; small chunks stay in cache, memory stays bounded), channels-last,
@@ -136,7 +142,7 @@ def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torc
     """
     a, x, model = cap.activations[layer], cap.input, cap.model
     n, c = a.shape[:2]
-    chunk = chunk or max(16, SCORECAM_PIXELS // (x.shape[-2] * x.shape[-1]))
+    chunk = chunk or max(16, SCORECAM_PIXELS // x[0, 0].numel())
     scores = torch.empty(n, c, dtype=torch.float32, device=a.device)
     flat = a.flatten(2)
     dead = (flat == 0).all(-1)
@@ -148,10 +154,10 @@ def scorecam_weights(cap: Capture, layer: str, chunk: int | None = None) -> torc
                 scores[dead] = zero_scores[dead.nonzero()[:, 0]].float()
             rows, chans = (~dead).nonzero(as_tuple=True)
             for r, ch in zip(rows.split(chunk), chans.split(chunk)):
-                up = F.interpolate(a[r, ch][:, None], size=x.shape[-2:], mode="bilinear", align_corners=True)
-                lo = up.amin((2, 3), keepdim=True)
-                up = (up - lo) / (up.amax((2, 3), keepdim=True) - lo + 1e-8)
-                masked = (x[r] * up).contiguous(memory_format=torch.channels_last)
+                up = resize(a[r, ch][:, None], grid_of(x), align_corners=True)
+                lo = up.amin(axes(up), keepdim=True)
+                up = (up - lo) / (up.amax(axes(up), keepdim=True) - lo + 1e-8)
+                masked = (x[r] * up).contiguous(memory_format=_channels_last(x))
                 scores[r, ch] = cap.scores(runner(masked), r).float()
     return scores.softmax(1)
 
@@ -163,7 +169,7 @@ def weigh(cap: Capture, method: str, layer: str | None = None, relu: bool = True
     Gradient methods and Eigen-CAM use the capture alone (no model pass); Score-CAM runs its masked
     forward passes (in chunks of `chunk` images; see `scorecam_weights`).
     """
-    check_method(method, segmentation=cap.logits.ndim == 4)
+    check_method(method, segmentation=is_dense(cap.logits))
     if layer is None:
         if len(cap.layers) != 1:
             raise ValueError(f"the capture holds layers {cap.layers}: say which one with layer=")
@@ -174,7 +180,7 @@ def weigh(cap: Capture, method: str, layer: str | None = None, relu: bool = True
     if method == "eigencam":
         cam = eigencam(a)
     elif method == "scorecam":
-        cam = torch.einsum("nc,nchw->nhw", scorecam_weights(cap, layer, chunk).to(a.dtype), a)
+        cam = weighted_sum(scorecam_weights(cap, layer, chunk).to(a.dtype), a)
     else:
         if layer not in cap.gradients:
             raise ValueError(f"{method} needs gradients, but this capture has none: capture with gradients=True")
@@ -182,12 +188,17 @@ def weigh(cap: Capture, method: str, layer: str | None = None, relu: bool = True
     return cam.clamp(min=0) if relu else cam
 
 
-def finish(cam: torch.Tensor, size: tuple[int, int] | None = None, normalize: bool = True) -> torch.Tensor:
-    """Bilinear upsampling of N×h×w maps to `size` (if given), then per-map min-max scaling to [0, 1]."""
-    if size is not None and tuple(cam.shape[-2:]) != tuple(size):
-        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+def _channels_last(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+
+
+def finish(cam: torch.Tensor, size: tuple[int, ...] | None = None, normalize: bool = True) -> torch.Tensor:
+    """Bilinear (volumes: trilinear) upsampling of N×*s maps to `size` (if given), then per-map min-max scaling
+    to [0, 1]."""
+    if size is not None:
+        cam = resize(cam[:, None], size)[:, 0]
     if normalize:
-        lo = cam.amin((1, 2), keepdim=True)
-        span = cam.amax((1, 2), keepdim=True) - lo
+        lo = per_map(cam, "amin")
+        span = per_map(cam, "amax") - lo
         cam = torch.where(span > 0, (cam - lo) / span.clamp(min=torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
     return cam

@@ -22,15 +22,15 @@ _DEFAULTS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionar
 @dataclass(frozen=True)
 class SpatialLayer:
     name: str
-    shape: tuple[int, int, int]     # C×h×w as a CAM reads it
+    shape: tuple[int, ...]          # C×h×w (volumes C×d×h×w) as a CAM reads it
     layout: Layout
     module: nn.Module
     is_output: bool = False         # its output is the model's own output (a segmenter's logits layer)
 
 
 def input_shape_of(model: nn.Module, input_shape=None) -> tuple[int, int, int]:
-    """`input_shape` (C, H, W), else the one the model declares (timm's pretrained_cfg, torchvision ViT's
-    image_size); a ValueError asking for it otherwise."""
+    """`input_shape` (C, H, W) or (C, D, H, W), else the one the model declares (timm's pretrained_cfg,
+    torchvision ViT's image_size); a ValueError asking for it otherwise."""
     if input_shape is not None:
         return tuple(int(s) for s in input_shape)
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -38,8 +38,8 @@ def input_shape_of(model: nn.Module, input_shape=None) -> tuple[int, int, int]:
         return tuple(cfg["input_size"])
     if isinstance(getattr(model, "image_size", None), int):
         return (3, model.image_size, model.image_size)
-    raise ValueError("the model does not say what input size it takes: pass input_shape=(C, H, W), "
-                     "e.g. the shape of one of your images (data.images.shape[1:])")
+    raise ValueError("the model does not say what input size it takes: pass input_shape=(C, H, W) (volumes "
+                     "(C, D, H, W)), e.g. the shape of one of your images (ds.image_shape)")
 
 
 def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
@@ -76,7 +76,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
 
 
 def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[int, int, int]]]:
-    """(name, C×h×w) of every layer a CAM can use, in execution order (see `find_layers`).
+    """(name, C×h×w or C×d×h×w) of every layer a CAM can use, in execution order (see `find_layers`).
 
     Token and channels-last layers are listed with the grid a CAM reads, e.g. a ViT block's
     ('encoder.layers.encoder_layer_11.ln_1', (768, 14, 14)).

@@ -1,7 +1,7 @@
 """Layer layouts: read any layer's output as a spatial map N×C×h×w, or refuse with the choices.
 
-CNN layers output N×C×h×w; Swin and ConvNeXt block internals are channels-last N×h×w×C; vision
-transformers output token sequences N×(k+h·w)×C with k class or register tokens in front. One
+CNN layers output N×C×h×w (3-D CNNs N×C×d×h×w); Swin and ConvNeXt block internals are channels-last
+N×h×w×C; vision transformers output token sequences N×(k+h·w)×C with k class or register tokens in front. One
 detection (`detect`) serves capture, `spatial_layers` and the dashboard's layer list. It never
 guesses: when two readings fit, it asks for an explicit `reshape=` (a `Layout` or any callable).
 """
@@ -19,6 +19,9 @@ STRIDE_SPREAD = 1.5       # a spatial reading's vertical and horizontal strides 
 @dataclass(frozen=True)
 class Layout:
     """How a layer's output maps to N×C×h×w: "nchw", "nhwc" (channels-last) or "tokens".
+
+    "nchw" and "nhwc" name the channel axis' place for any number of spatial axes: a 3-D CNN's N×C×d×h×w
+    reads as "nchw", a channels-last N×d×h×w×C as "nhwc".
 
     For tokens, `grid` (h, w) is the patch grid and `prefix` the number of leading tokens dropped.
     A Layout is callable: ``Layout("tokens", (14, 14), 1)(out)`` gives the N×C×14×14 map, so it can be
@@ -39,7 +42,7 @@ class Layout:
         if self.kind == "nchw":
             return out
         if self.kind == "nhwc":
-            return out.permute(0, 3, 1, 2)
+            return out.movedim(-1, 1)
         h, w = self.grid
         if out.ndim != 3 or out.shape[1] < self.prefix + h * w:
             raise ValueError(f"a token layout {self} needs N×({self.prefix}+{h}·{w})×C, got {tuple(out.shape)}")
@@ -61,33 +64,36 @@ def patch_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def detect(out, input_size: tuple[int, int], module: nn.Module | None = None,
+def detect(out, input_size: tuple[int, ...], module: nn.Module | None = None,
            patch: tuple[int, int] | None = None, name: str = "the layer") -> Layout:
-    """The layout of one layer output for an input of `input_size` (H, W); ValueError if none or several fit.
+    """The layout of one layer output for an input of `input_size` (H, W) or (D, H, W); ValueError if none or
+    several fit.
 
-    4-D outputs: N×C×h×w or N×h×w×C, whichever has a grid whose strides agree with the input's; when
-    both do (C = h = w), the module's last channel-carrying part decides (a Conv2d / BatchNorm reads
-    N×C×h×w, a LayerNorm / Linear N×h×w×C). 3-D outputs: tokens on the patch grid (from `patch`), else on
-    the one grid that square patches make of the input and that leaves at most MAX_PREFIX leading tokens.
+    Outputs with the input's number of spatial axes plus two: N×C×*s or N×*s×C, whichever has a grid
+    that can be the input seen at some stride (in-plane strides agreeing); when both do (e.g. C = h = w),
+    the module's last channel-carrying part decides (a Conv / BatchNorm reads N×C×*s, a LayerNorm / Linear
+    N×*s×C). 3-D outputs of 2-D inputs: tokens on the patch grid (from `patch`), else on the one grid that
+    square patches make of the input and that leaves at most MAX_PREFIX leading tokens.
     """
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     hint = ("pick a layer from xv.models.spatial_layers(model, input_shape), or pass reshape= (e.g. "
             "xv.models.Layout('tokens', grid=(h, w), prefix=1)) to say how to read it")
-    if shape is None or out.ndim not in (3, 4):
-        raise ValueError(f"{name} outputs {shape or type(out).__name__}, not a spatial map (N×C×h×w, "
-                         f"N×h×w×C or tokens N×L×C); {hint}")
-    if out.ndim == 4:
-        fits = [kind for kind, (h, w) in (("nchw", shape[2:]), ("nhwc", shape[1:3]))
-                if _is_grid(h, w, input_size)]
+    spatial = len(input_size)
+    size = "×".join(map(str, input_size))
+    if shape is None or out.ndim not in (spatial + 2, 3) or (out.ndim == 3 and spatial != 2):
+        raise ValueError(f"{name} outputs {shape or type(out).__name__} for a {size} input, not a spatial map "
+                         f"(N×C×{'d×' * (spatial - 2)}h×w, channels-last, or for images tokens N×L×C); {hint}")
+    if out.ndim == spatial + 2:
+        fits = [kind for kind, grid in (("nchw", shape[2:]), ("nhwc", shape[1:-1])) if _is_grid(grid, input_size)]
         if len(fits) == 2:
             fits = [_channel_side(module, shape)] if _channel_side(module, shape) else fits
         if len(fits) == 1:
             return Layout(fits[0])
         if not fits:
-            raise ValueError(f"{name} outputs {shape} for a {input_size[0]}×{input_size[1]} input: not a spatial "
-                             f"map (no h×w grid with h·w > 1 fits); {hint}")
-        raise ValueError(f"{name} outputs {shape} for a {input_size[0]}×{input_size[1]} input, which reads as "
-                         "N×C×h×w or as N×h×w×C: say which with reshape=xv.models.Layout('nchw') or "
+            raise ValueError(f"{name} outputs {shape} for a {size} input: not a spatial map (no grid with more "
+                             f"than one cell fits); {hint}")
+        raise ValueError(f"{name} outputs {shape} for a {size} input, which reads as channels-first N×C×… or "
+                         "as channels-last N×…×C: say which with reshape=xv.models.Layout('nchw') or "
                          "Layout('nhwc')")
     length = shape[1]
     if patch is not None:
@@ -104,11 +110,13 @@ def detect(out, input_size: tuple[int, int], module: nn.Module | None = None,
                         else f"not a spatial map (no token grid fits); {hint}"))
 
 
-def _is_grid(h: int, w: int, input_size: tuple[int, int]) -> bool:
-    """Whether an h×w map (h·w > 1) can be the input seen at one stride (both strides agree)."""
-    if h * w <= 1 or h > input_size[0] or w > input_size[1]:
+def _is_grid(grid: tuple[int, ...], input_size: tuple[int, ...]) -> bool:
+    """Whether a grid (h×w or d×h×w, more than one cell) can be the input seen at some stride: no axis larger
+    than the input's, and the in-plane (y, x) strides agree (a volume's depth may be strided differently,
+    as video and anisotropic 3-D networks do)."""
+    if torch.Size(grid).numel() <= 1 or any(g > s for g, s in zip(grid, input_size)):
         return False
-    sy, sx = input_size[0] / h, input_size[1] / w
+    sy, sx = input_size[-2] / grid[-2], input_size[-1] / grid[-1]
     return max(sy, sx) / min(sy, sx) <= STRIDE_SPREAD
 
 
@@ -122,7 +130,8 @@ def _grid_of(count: int, input_size: tuple[int, int]) -> tuple[int, int] | None:
     return None
 
 
-CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
+CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
+                  nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, nn.InstanceNorm3d)
 CHANNELS_LAST = (nn.LayerNorm, nn.Linear)
 
 

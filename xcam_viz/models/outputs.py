@@ -21,11 +21,16 @@ def logits_of(out, output: Callable | None = None) -> torch.Tensor:
         out = out["logits"]
     elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
         out = out.logits
-    if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
+    if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4, 5):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits N×K (classifier) or N×K×H×W (segmenter), got {shape}; "
-                         "pass output=callable to pick the logits from what it returns")
+        raise ValueError(f"the model must return logits N×K (classifier) or N×K×H×W / N×K×D×H×W (segmenter), got "
+                         f"{shape}; pass output=callable to pick the logits from what it returns")
     return out
+
+
+def is_dense(logits: torch.Tensor) -> bool:
+    """Whether logits are a segmenter's, one score per class and pixel (N×K×H×W) or voxel (N×K×D×H×W)."""
+    return logits.ndim > 2
 
 
 def run_model(model: nn.Module, x: torch.Tensor, output: Callable | None = None) -> torch.Tensor:
@@ -38,5 +43,6 @@ def run_model(model: nn.Module, x: torch.Tensor, output: Callable | None = None)
             raise RuntimeError("the model holds tensors made under torch.inference_mode(); build or load "
                                "it outside inference_mode to compute CAMs") from err
         raise ValueError(f"the model rejected an input of shape {tuple(x.shape)} ({str(err).splitlines()[0]}); "
-                         "give images N×C×H×W with the channel count and size the model was built for") from err
+                         "give images N×C×H×W (volumes N×C×D×H×W) with the channel count and size the model was "
+                         "built for") from err
     return logits_of(out, output)

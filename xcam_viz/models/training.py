@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from .modes import eval_mode
-from .outputs import logits_of
+from .outputs import is_dense, logits_of
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -61,7 +61,7 @@ def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, b
 
 
 def _targets(data: ImageSet, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    if out.ndim == 4:
+    if is_dense(out):
         if data.targets is None:
             raise ValueError("the model outputs per-pixel logits but the data set has no pixel targets; "
                              "use a segmentation data set (e.g. synthetic_lesions(task='segmentation'))")
@@ -83,9 +83,8 @@ def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 1
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Class probabilities N×K of logits N×K, or of a segmenter's N×K×H×W (the per-class means over pixels)."""
-    p = logits.float().softmax(1)
-    return p.mean((2, 3)) if p.ndim == 4 else p
+    """Class probabilities N×K of logits N×K, or of a segmenter's N×K×*S (the per-class means over pixels)."""
+    return logits.float().softmax(1).flatten(2).mean(2) if is_dense(logits) else logits.float().softmax(1)
 
 
 def prediction_dataset(prob: np.ndarray, data: ImageSet | torch.Tensor) -> xr.Dataset:

@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..spatial import check_dims
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn", "densenet121",
                      "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "swin_t", "vit_b_16")
 TIMM_PREFIX = "timm:"
-MODEL_NAMES = ("smallcnn", "unet", *TORCHVISION_NAMES)
+MODEL_NAMES = ("smallcnn", "unet", "smallcnn3d", "unet3d", *TORCHVISION_NAMES)
 
 
 class Normalize(nn.Module):
@@ -30,63 +32,81 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        shape = (1, -1, *[1] * (x.ndim - 2))        # images N×C×H×W and volumes N×C×D×H×W alike
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
-def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = [nn.MaxPool2d(2)] if pool else []
-    layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+class Layers:
+    """The layer classes for images (spatial_dims=2) or volumes (3): one constructor serves both, as MONAI's."""
+
+    def __init__(self, spatial_dims: int):
+        check_dims(spatial_dims, "a model")
+        self.conv, self.norm, self.up = (getattr(nn, f"{name}{spatial_dims}d") for name in
+                                         ("Conv", "BatchNorm", "ConvTranspose"))
+        self.max_pool = getattr(nn, f"MaxPool{spatial_dims}d")
+        self.avg_pool = getattr(nn, f"AdaptiveAvgPool{spatial_dims}d")
+
+
+def _conv_block(kind: Layers, c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    layers = [kind.max_pool(2)] if pool else []
+    layers += [kind.conv(c_in, c_out, 3, padding=1, bias=False), kind.norm(c_out), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
 class SmallCNN(nn.Sequential):
-    """Four conv blocks (full, 1/2, 1/4, 1/8 resolution), global average pooling, a linear head."""
+    """Four conv blocks (full, 1/2, 1/4, 1/8 resolution), global average pooling, a linear head.
+    spatial_dims=3 makes the same network for volumes ("smallcnn3d")."""
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16):
-        w = width
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16, spatial_dims: int = 2):
+        w, kind = width, Layers(spatial_dims)
         super().__init__(OrderedDict(
             input_norm=Normalize(in_channels=in_channels),
-            block1=_conv_block(in_channels, w, pool=False),
-            block2=_conv_block(w, 2 * w, pool=True),
-            block3=_conv_block(2 * w, 4 * w, pool=True),
-            block4=_conv_block(4 * w, 8 * w, pool=True),
-            pool=nn.AdaptiveAvgPool2d(1),
+            block1=_conv_block(kind, in_channels, w, pool=False),
+            block2=_conv_block(kind, w, 2 * w, pool=True),
+            block3=_conv_block(kind, 2 * w, 4 * w, pool=True),
+            block4=_conv_block(kind, 4 * w, 8 * w, pool=True),
+            pool=kind.avg_pool(1),
             flatten=nn.Flatten(),
             head=nn.Linear(8 * w, num_classes),
         ))
 
 
 class UNet(nn.Module):
-    """A small 2-D U-Net (three levels) producing per-pixel class logits N×K×H×W."""
+    """A small U-Net (three levels) producing per-pixel class logits N×K×H×W; spatial_dims=3 makes the
+    volume version ("unet3d", per-voxel logits N×K×D×H×W)."""
 
-    def __init__(self, num_classes: int = 3, in_channels: int = 3, width: int = 16):
+    def __init__(self, num_classes: int = 3, in_channels: int = 3, width: int = 16, spatial_dims: int = 2):
         super().__init__()
-        w = width
+        w, kind = width, Layers(spatial_dims)
         self.input_norm = Normalize(in_channels=in_channels)
-        self.enc1 = _double_conv(in_channels, w)
-        self.enc2 = _double_conv(w, 2 * w)
-        self.bottleneck = _double_conv(2 * w, 4 * w)
-        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
-        self.dec2 = _double_conv(4 * w, 2 * w)
-        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-        self.dec1 = _double_conv(2 * w, w)
-        self.head = nn.Conv2d(w, num_classes, 1)
+        self.enc1 = _double_conv(kind, in_channels, w)
+        self.enc2 = _double_conv(kind, w, 2 * w)
+        self.bottleneck = _double_conv(kind, 2 * w, 4 * w)
+        self.up2 = kind.up(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _double_conv(kind, 4 * w, 2 * w)
+        self.up1 = kind.up(2 * w, w, 2, stride=2)
+        self.dec1 = _double_conv(kind, 2 * w, w)
+        self.head = kind.conv(w, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"the U-Net needs height and width divisible by 4, got {tuple(x.shape[-2:])}")
+        if any(size % 4 for size in x.shape[2:]):
+            raise ValueError(f"the U-Net needs every spatial size divisible by 4, got {tuple(x.shape[2:])}")
         e1 = self.enc1(self.input_norm(x))
-        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
-        b = self.bottleneck(nn.functional.max_pool2d(e2, 2))
+        pool = getattr(nn.functional, f"max_pool{x.ndim - 2}d")
+        e2 = self.enc2(pool(e1, 2))
+        b = self.bottleneck(pool(e2, 2))
         d2 = self.dec2(torch.cat([self.up2(b), e2], 1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
         return self.head(d1)
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def _double_conv(kind: Layers, c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(kind.conv(c_in, c_out, 3, padding=1, bias=False), kind.norm(c_out),
+                         nn.ReLU(inplace=True), kind.conv(c_out, c_out, 3, padding=1, bias=False),
+                         kind.norm(c_out), nn.ReLU(inplace=True))
+
+
+OWN_MODELS = {"smallcnn": (SmallCNN, 2), "unet": (UNet, 2), "smallcnn3d": (SmallCNN, 3), "unet3d": (UNet, 3)}
 
 
 def _normalize_input(module: nn.Module, args: tuple) -> tuple:
@@ -138,11 +158,12 @@ def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, *
     """A fresh model by name. Nothing is ever downloaded: weights are random unless `weights` is given.
 
     Args:
-        name: one of MODEL_NAMES ("smallcnn", "unet", torchvision classifiers such as "resnet18",
+        name: one of MODEL_NAMES ("smallcnn", "unet", their volume versions "smallcnn3d", "unet3d",
+            torchvision classifiers such as "resnet18",
             "convnext_tiny", "swin_t", "vit_b_16"), or "timm:<name>" for any timm model.
         num_classes, in_channels: the head's classes and the input's channels.
         weights: a local state-dict file (a `torch.save`d dict, or {"state_dict": ...}).
-        **kw: smallcnn / unet: `width`; timm: its create_model arguments (e.g. img_size).
+        **kw: smallcnn / unet (and 3d): `width`; timm: its create_model arguments (e.g. img_size).
 
     Returns:
         The model; it normalises its [0, 1] input in its first step (`input_norm`).
@@ -153,10 +174,9 @@ def build(name: str, num_classes: int = 2, in_channels: int = 3, weights=None, *
         >>> model(torch.rand(1, 3, 224, 224)).shape
         torch.Size([1, 3])
     """
-    if name == "smallcnn":
-        model = SmallCNN(num_classes, in_channels, **kw)
-    elif name == "unet":
-        model = UNet(num_classes, in_channels, **kw)
+    if name in OWN_MODELS:
+        network, spatial_dims = OWN_MODELS[name]
+        model = network(num_classes, in_channels, spatial_dims=spatial_dims, **kw)
     elif name in TORCHVISION_NAMES:
         if kw:
             raise TypeError(f"{name} takes no extra arguments, got {sorted(kw)}")
