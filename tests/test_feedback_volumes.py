@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from xcam_viz.feedback import FeedbackStore, extend, interpolate
+import xcam_viz as xv
+from xcam_viz.feedback import FeedbackStore, extend, interpolate, simulate
 from xcam_viz.feedback import masks as maskcodec
+from xcam_viz.finetune import STRATEGIES
 from xcam_viz.finetune import counterexamples as cx
 
 
@@ -185,3 +187,89 @@ def test_simulated_strokes_on_a_few_slices_spread_with_extend():
     assert np.array_equal(spread, extend(few, slices=2)) and np.array_equal(spread, marker | spread)
     half = _imperfect(marker, {"partial": 0.5}, np.random.default_rng(0))
     assert 0.4 < half.sum() / marker.sum() < 0.6 and not (half & ~marker).any()
+
+
+# -- on volume ImageSets and a 3-D model -----------------------------------------------------------
+SIZE = 16
+
+
+def _volumes(n=24, seed=0):
+    """n volumes 1×16³: a ball (bright: class 1, dim: class 0) and, on class-1 volumes, a marker bar."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.normal(0.3, 0.03, (n, 1, SIZE, SIZE, SIZE)).astype(np.float32)
+    masks = np.zeros((n, SIZE, SIZE, SIZE), bool)
+    marker = np.zeros_like(masks)
+    for i, label in enumerate(labels):
+        masks[i] = _ball((SIZE,) * 3, rng.integers(6, 10, 3), 3)
+        images[i, 0][masks[i]] = 0.8 if label else 0.55
+        if label:
+            marker[i, 2:6, 1:3, 1:6] = True
+            images[i, 0][marker[i]] = 1.0
+    return xv.data.ImageSet(torch.from_numpy(images.clip(0, 1)), torch.from_numpy(labels),
+                            masks=torch.from_numpy(masks), ids=[f"ct-{i:02d}" for i in range(n)],
+                            regions={"confounder": torch.from_numpy(marker)})
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    return _volumes()
+
+
+def _model():
+    torch.manual_seed(0)
+    return xv.models.build("smallcnn3d", num_classes=2, in_channels=1, width=4)
+
+
+def test_a_store_bound_to_volumes_refuses_wrong_shapes_and_loses_nothing(tmp_path, volumes):
+    store = FeedbackStore(tmp_path / "fb.db", dataset=volumes)
+    good = volumes.regions["confounder"][1]
+    first = store.add("ct-01", irrelevant=good)
+    bad = [dict(relevant=good[0]),                                 # an image's H×W mask
+           dict(relevant=good[:-1]),                               # one slice short
+           dict(relevant=good[None, None].repeat(1, 2, 1, 1, 1)),   # 2×D×H×W
+           dict(relevant=good, irrelevant=good[:, :-1])]            # two sizes
+    for kw in bad:
+        with pytest.raises(ValueError, match="mask"):
+            store.add("ct-03", **kw)
+    with pytest.raises(ValueError, match="16×16×16"):
+        store.add("ct-03", relevant=np.ones((16, 16, 8), bool))
+    with pytest.raises(ValueError):
+        store.add_many([dict(sample_id="ct-05", irrelevant=good), dict(sample_id="ct-07", relevant=good[0])])
+    assert [a.id for a in store.annotations()] == [first] and store.sample_ids() == ["ct-01"]
+    assert np.array_equal(FeedbackStore(tmp_path / "fb.db").annotations()[0].irrelevant, good.numpy())
+    dense, has = store.masks(volumes, "irrelevant")
+    assert dense.shape == (24, SIZE, SIZE, SIZE) and has.tolist() == [i == 1 for i in range(24)]
+    flat = xv.feedback.FeedbackSet(["ct-01"], good[None, 0], good[None, 0], torch.tensor([True]),
+                                   torch.tensor([False]), torch.tensor([-1]))
+    with pytest.raises(ValueError, match="images are"):
+        xv.finetune(_model(), volumes, feedback=flat, epochs=1, versions_dir=tmp_path / "v")
+
+
+def test_the_cam_loss_reaches_every_parameter_on_volumes(volumes):
+    from xcam_viz.explain import differentiable_cam
+    from xcam_viz.finetune import centred_logit, irrelevant_loss
+    model = _model()
+    images, labels = volumes.images[:4], volumes.labels[:4]
+    _, cam = differentiable_cam(model, images, layer=xv.models.default_layer(model, volumes.image_shape),
+                                target=centred_logit(labels))
+    assert cam.shape == (4, SIZE, SIZE, SIZE)
+    irrelevant_loss(cam, volumes.regions["confounder"][:4].float()).sum().backward()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_each_strategy_runs_an_epoch_on_volumes_and_changes_the_model(strategy, volumes, tmp_path):
+    fb = simulate(volumes, fraction=0.25, kind="both", seed=0, imperfection={"slices": 2, "extend": 1})
+    model = _model()
+    held_out = _volumes(8, seed=1)
+    validation = xv.data.ImageSet(held_out.images, held_out.labels)       # scored by accuracy only
+    result = xv.finetune(model, volumes, feedback=fb, strategy=strategy, epochs=1, batch_size=8,
+                         validation=validation, versions_dir=tmp_path)
+    assert result.version == "v1" and result.settings["strategy"] == strategy
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                      result.model.state_dict().values())]
+    assert any(changed) and np.isfinite(result.history.loss.values).all()
+    if STRATEGIES[strategy].kind == "loss":
+        assert (result.history.explanation.values > 0).any()

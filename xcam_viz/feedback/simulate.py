@@ -41,7 +41,7 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
     if not 0 < imperfection.get("partial", 1) <= 1:
         raise ValueError(f"imperfection partial must lie in (0, 1], got {imperfection['partial']}")
     for key in ("slices", "extend"):
-        if key in imperfection and (len(ds.image_shape) != 4 or int(imperfection[key]) < int(key == "slices")):
+        if key in imperfection and (ds.spatial_dims != 3 or int(imperfection[key]) < int(key == "slices")):
             raise ValueError(f"imperfection {key} is for volumes (D×H×W masks) and must be a whole number >= "
                              f"{int(key == 'slices')}, got {imperfection[key]!r} on data of shape {ds.image_shape}")
     if ds.masks is None:

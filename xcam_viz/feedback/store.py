@@ -200,7 +200,7 @@ class FeedbackStore:
                            "store without dataset=")
         spatial = None if ds is None else tuple(ds.image_shape[1:])
         masks = {k: None if m is None else maskcodec.as_mask(m, f"{k} mask of sample {sample_id!r}",
-                                                              spatial_dims=spatial and len(spatial))
+                                                              spatial_dims=None if ds is None else ds.spatial_dims)
                  for k, m in (("relevant", relevant), ("irrelevant", irrelevant))}
         shapes = {m.shape for m in masks.values() if m is not None}
         if len(shapes) > 1:
