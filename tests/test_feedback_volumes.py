@@ -273,3 +273,16 @@ def test_each_strategy_runs_an_epoch_on_volumes_and_changes_the_model(strategy, 
     assert any(changed) and np.isfinite(result.history.loss.values).all()
     if STRATEGIES[strategy].kind == "loss":
         assert (result.history.explanation.values > 0).any()
+
+
+def test_rrr_runs_on_the_masked_rows_only_and_gives_their_full_batch_values(volumes):
+    from xcam_viz.finetune import loop, rrr_loss
+    model = _model().eval()
+    batch = _volume_batch(4)
+    batch.images = volumes.images[:4].clone()
+    batch.irrelevant[[1, 2]] = volumes.regions["confounder"][1]
+    ctx = loop.LossContext(model, batch, {})
+    values = STRATEGIES["rrr"].apply(ctx)
+    full, _ = rrr_loss(model, batch.images, batch.irrelevant.float())
+    assert values[[0, 3]].eq(0).all() and values[[1, 2]].gt(0).all()
+    torch.testing.assert_close(values, full, rtol=1e-4, atol=1e-12)
