@@ -19,8 +19,8 @@ import torch
 from scipy import ndimage
 
 from .imageset import ImageSet
+from .synthetic import check_arguments
 
-SPLITS = ("train", "test", "flipped")
 CLASS_NAMES = ["benign", "malignant"]
 SEGMENT_NAMES = ["background", "nodule", "vessel"]
 LUNG_WINDOW = (-600.0, 1500.0)
@@ -68,29 +68,19 @@ def synthetic_nodules(
         >>> tuple(ds.images.shape), ds.class_names, ds.ids[0]
         ((4, 1, 48, 48, 48), ['benign', 'malignant'], 'nodules-flipped-0-00000')
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if not 48 <= size <= 128:
-        raise ValueError(f"size must be between 48 and 128 voxels, got {size}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if not 0 <= confounder <= 1:
-        raise ValueError(f"confounder must lie in [0, 1], got {confounder}")
-    if task not in ("classification", "segmentation"):
-        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
-
+    check_arguments(n, size, split, confounder, task, (48, 128, "voxels"))
     labels, volumes, masks, vessels, marks = _generate(n, size, split, seed, confounder, hounsfield)
     ids = [f"nodules-{split}-{seed}-{i:05d}" for i in range(n)]
     attrs = {"source": "synthetic_nodules", "split": split, "seed": seed, "confounder": confounder,
-             "task": task, "window": None if hounsfield else LUNG_WINDOW,
-             "spacing": (FIELD_OF_VIEW_MM / size,) * 3}
+             "task": task, "window": None if hounsfield else LUNG_WINDOW}
+    spacing = (FIELD_OF_VIEW_MM / size,) * 3
     regions = {"confounder": torch.from_numpy(marks)}
     if task == "segmentation":
         targets = np.where(masks, 1, np.where(vessels, 2, 0))
         return ImageSet(torch.from_numpy(volumes), torch.ones(n, dtype=torch.long), torch.from_numpy(masks), ids,
-                        SEGMENT_NAMES, torch.from_numpy(targets), regions, attrs)
+                        SEGMENT_NAMES, torch.from_numpy(targets), regions, attrs, spacing)
     return ImageSet(torch.from_numpy(volumes), torch.from_numpy(labels), torch.from_numpy(masks), ids,
-                    CLASS_NAMES, None, regions, attrs)
+                    CLASS_NAMES, None, regions, attrs, spacing)
 
 
 def _generate(n: int, size: int, split: str, seed: int, confounder: float, hounsfield: bool):
@@ -156,7 +146,7 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
 
     # The nodule, inside one lung, smooth or lobulated and spiculated.
     centre = _inside_lung(rng, lobes[rng.random() < 0.5], semi_axes, 0.0, 0.35)
-    radius = rng.uniform(3.6, 5.0) * voxel * size / 48
+    radius = (rng.uniform(4.0, 5.5) if malignant else rng.uniform(3.5, 5.0)) * voxel * size / 48
     distance, box = _nodule_distance(rng, malignant, centre, radius, size, grid)
     inside_lung = ndimage.binary_dilation(lung[box], iterations=1)
     alpha = inside_lung / (1 + np.exp(np.clip(distance / (0.5 * voxel), -30, 30)))
@@ -170,12 +160,12 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
     marker = np.zeros(hu.shape, bool)
     theta = rng.uniform(-np.pi + 0.4, -0.4)                               # the front half (negative y)
     normal = np.array([np.sin(theta) / ay, np.cos(theta) / ax])
-    bead_r = rng.uniform(1.6, 2.1) * voxel
+    bead_r = rng.uniform(2.4, 3.0) * voxel
     zyx = np.array([rng.uniform(-0.7, 0.7), cy + ay * np.sin(theta), ax * np.cos(theta)])
-    zyx[1:] += normal / np.linalg.norm(normal) * 0.4 * bead_r
+    zyx[1:] += normal / np.linalg.norm(normal) * 0.8 * bead_r                # resting on the skin
     if marked:
-        index = np.clip(((zyx + 1) / 2 * size).astype(int), 3, size - 4)
-        near = tuple(slice(i - 3, i + 4) for i in index)
+        index = np.clip(((zyx + 1) / 2 * size).astype(int), 4, size - 5)
+        near = tuple(slice(i - 4, i + 5) for i in index)
         marker[near] = (z[near[0]] - zyx[0]) ** 2 + (y[:, near[1]] - zyx[1]) ** 2 + (x[..., near[2]] - zyx[2]) ** 2 \
             < bead_r ** 2
         hu[marker] = HU["marker"]
@@ -244,7 +234,7 @@ def _nodule_distance(rng, malignant: bool, centre, radius: float, size: int, gri
         s = q @ _unit(rng).astype(np.float32)
         t = np.clip(s / length, 0, 1)
         along = np.sqrt(np.maximum(squared - 2 * t * length * s + (t * length) ** 2, 0))
-        distance = np.minimum(distance, along - voxel * (1.0 - 0.6 * t))
+        distance = np.minimum(distance, along - voxel * (1.0 - 0.4 * t))
     return distance, box
 
 
