@@ -9,7 +9,7 @@ import torch
 import xcam_viz as xv
 from xcam_viz.feedback import FeedbackStore, extend, interpolate, simulate
 from xcam_viz.feedback import masks as maskcodec
-from xcam_viz.finetune import STRATEGIES
+from xcam_viz.finetune import DEFAULTS, STRATEGIES, VOLUME_DEFAULTS
 from xcam_viz.finetune import counterexamples as cx
 
 
@@ -268,6 +268,7 @@ def test_each_strategy_runs_an_epoch_on_volumes_and_changes_the_model(strategy, 
     result = xv.finetune(model, volumes, feedback=fb, strategy=strategy, epochs=1, batch_size=8,
                          validation=validation, versions_dir=tmp_path)
     assert result.version == "v1" and result.settings["strategy"] == strategy
+    assert result.settings["patience"] == VOLUME_DEFAULTS["patience"] != DEFAULTS["patience"]    # volumes' own
     changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                       result.model.state_dict().values())]
     assert any(changed) and np.isfinite(result.history.loss.values).all()

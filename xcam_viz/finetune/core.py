@@ -33,7 +33,7 @@ from ..feedback import FeedbackSet, FeedbackStore
 from . import loop
 from .counterexamples import Donors
 from .job import Cancelled, Control, FinetuneJob
-from .strategies import DEFAULTS, resolve
+from .strategies import DEFAULTS, defaults_for, resolve
 from .versions import ModelVersions
 
 FLAG_DROP = 0.02           # validation accuracy may fall this much before a run is flagged
@@ -105,7 +105,8 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
             large as cross-entropy at the start); 0 turns them off.
         epochs, lr, feedback_share, patience: the most epochs, Adam's learning rate, the share of
             each batch drawn from the annotated images, epochs without a better validation score
-            before stopping. None: `DEFAULTS`, the settings the benchmark picked.
+            before stopping. None: `DEFAULTS` (images) or `VOLUME_DEFAULTS` (volumes), the settings the
+            benchmarks picked.
         validation: the images that pick the best epoch; default: a stratified share of the
             training images without feedback, held out of training.
         base_version, versions_dir: the run starts from `base_version` of the registry in
@@ -126,14 +127,14 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
         >>> result.version
         'v1'
     """
+    if not isinstance(ds, ImageSet):
+        raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
     picked = {k: v for k, v in dict(lam=lam, epochs=epochs, lr=lr, feedback_share=feedback_share,
                                     patience=patience).items() if v is not None}
-    settings = {**{k: v for k, v in DEFAULTS.items() if k != "validation_share"}, **picked,
+    settings = {**{k: v for k, v in defaults_for(ds.spatial_dims).items() if k != "validation_share"}, **picked,
                 "layer": layer, "method": method, "batch_size": batch_size, "seed": seed}
     settings = {k: (float(v) if k in ("lam", "lr", "feedback_share") else v) for k, v in settings.items()}
     _check_settings(settings)
-    if not isinstance(ds, ImageSet):
-        raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
     fb = _feedback_set(feedback, ds)
     positions, fb = fb.align(ds)
     strategies = resolve(strategy, {"relevant": bool(fb.has_relevant.any()),
