@@ -7,7 +7,7 @@ from scipy import ndimage
 import xcam_viz as xv
 from xcam_viz.cli import main
 from xcam_viz.data.examples import EXAMPLES
-from xcam_viz.data.nodules import HU, LUNG_WINDOW, window
+from xcam_viz.data.nodules import HU
 from xcam_viz.demo import VOLUMES, cache_dir, demo_volume_model, demo_volumes
 
 
@@ -43,7 +43,7 @@ def test_shapes_spacing_and_hounsfield_units_before_the_lung_window():
     lung = hu[:, 0][(hu[:, 0] < -600) & (hu[:, 0] > -950)]
     assert abs(float(lung.median()) - HU["lung"]) < 40                      # parenchyma
     assert float(hu[:, 0][raw.masks].mean()) > -150                          # the nodule is solid tissue
-    assert torch.allclose(ds.images, torch.from_numpy(window(hu.numpy(), *LUNG_WINDOW)), atol=1e-6)
+    assert torch.allclose(ds.images, torch.from_numpy(xv.data.apply_window(hu.numpy(), "ct-lung")), atol=1e-6)
     assert ds.images.min() >= 0 and ds.images.max() <= 1
 
 

@@ -146,7 +146,7 @@ def test_inputs_and_targets():
     ev = xv.evidence(PatchModel(), ds, method="efficient", target=[0, 1, 0], window=4, padding=1,
                      progress=False)
     assert ev.sample.values.tolist() == ["a", "b", "c"] and ev.target.values.tolist() == [0, 1, 0]
-    assert ev.attrs["target"] == "per-sample" and ev.attrs["samples"] == 3 and ev.attrs["stride"] == 3
+    assert ev.attrs["target"] == "per-sample" and ev.attrs["samples"] == 3 and ev.attrs["stride"] == 2
     pred = xv.evidence(PatchModel(), images, method="efficient", window=4, padding=1, data=ds, progress=False)
     assert pred.attrs["target"] == "predicted" and pred.sample.values.tolist() == ["0", "1", "2"]
 

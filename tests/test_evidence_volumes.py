@@ -61,6 +61,15 @@ def test_volume_evidence_for_and_against_known_cubes(method, sampler):
     assert ev.attrs["forwards"] == per_axis ** 3 * 3     # cubic windows on a grid along each axis
 
 
+def test_volume_imageset_keeps_ids_and_refuses_a_window_larger_than_the_volume():
+    ds = xv.data.from_arrays(_reference(3, seed=2).numpy(), [0, 1, 1], ids=["a", "b", "c"], spatial_dims=3)
+    ev = xv.evidence(CubeModel(), ds, method="efficient", window=4, progress=False)
+    assert ev.dims == ("sample", "z", "y", "x") and ev.sample.values.tolist() == ["a", "b", "c"]
+    assert ev.attrs["stride"] == 2 and ev.attrs["forwards"] == 5 ** 3 * 3    # at most half the window apart
+    with pytest.raises(ValueError, match=r"need 1 <= window <= 12 \(image size\).*window=13"):
+        xv.evidence(CubeModel(), ds, window=13, progress=False)
+
+
 def test_whole_volume_window_gives_the_laplace_bound():
     n = 20
     cube = (slice(2, 4),) * 3

@@ -62,6 +62,11 @@ def test_volume_layouts_dataarray_channel_axis_and_imageset():
     for m in (masks, torch.from_numpy(masks), masks[:, None], xr.DataArray(masks, dims=("sample", "z", "y", "x"))):
         scores = xv.metrics.pointing_game(maps, m)
         assert scores.values.tolist() == [1.0, 0.0] and scores.sample.values.tolist() == ["a", "b"]
+    ds = xv.data.from_arrays(np.zeros((2, 6, 6, 6), np.float32), [0, 1], masks=masks, ids=["a", "b"],
+                             spatial_dims=3, spacing=(2.5, 0.5, 0.5))
+    far = xr.DataArray(np.stack([_peak(4, 1, 1), _peak(0, 0, 0)]), dims=("sample", "z", "y", "x"))
+    assert xv.metrics.pointing_game(far, ds, tolerance=7.6, spacing=ds.spacing).values.tolist() == [1.0, 0.0]
+    assert xv.metrics.pointing_game(far, ds, tolerance=7.4, spacing=ds.spacing).values.tolist() == [0.0, 0.0]
     # a DataArray naming z keeps a one-slice volume a volume
     thin = xr.DataArray(np.ones((1, 1, 4, 4)), dims=("sample", "z", "y", "x"))
     assert xv.metrics.energy_pointing_game(thin, np.ones((1, 1, 4, 4), bool)).item() == 1.0
@@ -76,10 +81,10 @@ class _CubeModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.seen = 0
+        self.batches = []
 
     def forward(self, x):
-        self.seen += len(x)
+        self.batches.append(len(x))
         z = 10 * x[:, :, :2, :2, :2].mean((1, 2, 3, 4)) - 5
         return torch.stack([torch.zeros_like(z), z], 1)
 
@@ -106,7 +111,21 @@ def test_curves_cost_steps_plus_one_forwards_per_volume():
     model = _CubeModel()
     xv.metrics.deletion_curve(model, torch.rand(3, 1, 10, 10, 10), torch.rand(3, 10, 10, 10), steps=5,
                               batch_size=4)
-    assert model.seen == 3 + 3 * 6     # the prediction, then steps + 1 per volume
+    assert sum(model.batches) == 3 + 3 * 6 and max(model.batches) == 4   # the prediction, then steps + 1 each
+
+
+def test_curves_read_volumes_in_blocks_within_the_voxel_budget(monkeypatch):
+    from xcam_viz.evidence import analysis
+    g = torch.Generator().manual_seed(0)
+    volumes, maps = torch.rand(5, 1, 6, 6, 6, generator=g), torch.rand(5, 6, 6, 6, generator=g)
+    ds = xv.data.from_arrays(volumes.numpy(), [0, 1, 0, 1, 0], spatial_dims=3)
+    whole = xv.metrics.insertion_curve(_CubeModel(), ds, maps, baseline="blur", steps=4, target=[1, 0, 1, 0, 1])
+    monkeypatch.setattr(analysis, "VOXEL_BUDGET", 2 * 6 ** 3)
+    model = _CubeModel()
+    blocks = xv.metrics.insertion_curve(model, ds, maps, baseline="blur", steps=4, target=[1, 0, 1, 0, 1])
+    assert max(model.batches) == 2 and sum(model.batches) == 5 + 5 * 5
+    np.testing.assert_allclose(blocks.values, whole.values, rtol=1e-6)
+    assert blocks.target.values.tolist() == [1, 0, 1, 0, 1]
 
 
 def test_blur_is_separable_over_every_spatial_axis():

@@ -214,33 +214,36 @@ def _baseline(images: torch.Tensor, baseline: str) -> torch.Tensor:
 
 def _curve(model, inputs, maps, baseline, steps, target, batch_size, insert: bool) -> xr.DataArray:
     given = inputs_of(inputs, "inputs")
-    images, ids = given.all().float(), given.ids
-    values, samples = _maps(maps, ids)
-    n, _, *spatial = images.shape
+    values, samples = _maps(maps, given.ids)
+    n, (_, *spatial) = len(given), given.shape
     if values.shape != (n, *spatial):
         raise ValueError(f"maps have shape {values.shape} but the inputs need {(n, *spatial)}: one map per "
                          "image at the input resolution")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    base = _baseline(images, baseline)
     device = model_device(model)
-    # rank[i, pixel] = position of the pixel in the order of decreasing map value
-    order = np.argsort(-values.reshape(n, -1), axis=1, kind="stable")
-    rank = torch.from_numpy(np.argsort(order, axis=1).reshape(n, *spatial))
     fraction = np.linspace(0, 1, steps + 1)
     counts = torch.from_numpy(np.round(fraction * math.prod(spatial)).astype(np.int64))
-    items = torch.arange(n * (steps + 1))
-    flat = (-1, *[1] * len(spatial))      # one count per item, broadcast over its spatial axes
-    with eval_mode(model):
-        with torch.inference_mode():
-            targets = resolve_targets(target, class_probabilities(model, images.to(device), batch_size)).cpu()
-            probs = []
-            for chunk in items.split(batch_limit(images, batch_size)):
+    counts = counts.view(-1, *[1] * len(spatial))       # one count per step, broadcast over the spatial axes
+    block = batch_limit(given.read(0, 1), batch_size)   # images read at a time: bounded memory on volumes
+    blocks = [(start, min(n, start + block)) for start in range(0, n, block)]
+    probs = []
+    with eval_mode(model), torch.inference_mode():
+        predicted = torch.cat([class_probabilities(model, given.read(*b).float().to(device), batch_size)
+                               for b in blocks])
+        targets = resolve_targets(target, predicted).cpu()
+        for start, stop in blocks:
+            images = given.read(start, stop).float()
+            base = _baseline(images, baseline)
+            # rank[i, pixel] = position of the pixel in the order of decreasing map value
+            order = np.argsort(-values[start:stop].reshape(stop - start, -1), axis=1, kind="stable")
+            rank = torch.from_numpy(np.argsort(order, axis=1).reshape(stop - start, *spatial))
+            for chunk in torch.arange((stop - start) * (steps + 1)).split(block):
                 i, s = chunk // (steps + 1), chunk % (steps + 1)
-                changed = (rank[i] < counts[s].view(flat))[:, None]
+                changed = (rank[i] < counts[s])[:, None]
                 x = torch.where(changed, images[i], base[i]) if insert else torch.where(changed, base[i], images[i])
                 p = logits_of(model(x.to(device))).float().softmax(1)
-                probs.append(p[torch.arange(len(chunk)), targets[i].to(device)].cpu())
+                probs.append(p[torch.arange(len(chunk)), targets[start + i].to(device)].cpu())
     curve = torch.cat(probs).view(n, steps + 1).numpy()
     return xr.DataArray(curve, dims=("sample", "fraction"), name="insertion" if insert else "deletion",
                         coords={"sample": samples, "fraction": fraction, "target": ("sample", targets.numpy())},

@@ -70,3 +70,15 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int], mode: str = "linear") -
 def per_map(t: torch.Tensor, reduce, first: int = 1) -> torch.Tensor:
     """`reduce` ("amax", "amin", "sum", "mean") of N×*S over its spatial axes, kept as N×1×…×1 for broadcasting."""
     return getattr(t, reduce)(axes(t, first), keepdim=True)
+
+
+BATCH_VOXELS = 2 ** 22      # pixels or voxels per batch by default: 32 images of 362², 2 volumes of 128³
+
+
+def batch_for(image_shape: Sequence[int], most: int) -> int:
+    """A default batch size for images of `image_shape` (C, *S): at most `most`, and at most BATCH_VOXELS
+    pixels or voxels in all (at least 1), so a batch of volumes fits in memory as a batch of images does."""
+    cells = 1
+    for size in image_shape[1:]:
+        cells *= int(size)
+    return max(1, min(most, BATCH_VOXELS // cells))

@@ -120,8 +120,8 @@ class FileReader(Reader):
 
 
 class ArrayReader(Reader):
-    """Images of an array N×H×W[×C] or N×C×H×W (uint8 / uint16 / float in [0, 1]) opened by `open()`,
-    sliced per batch: a memory-mapped MedMNIST .npz member or a zarr array."""
+    """Images of an array N×H×W[×C] or N×C×H×W (volumes N×[C×]D×H×W; uint8 / uint16 / float in [0, 1]) opened
+    by `open()`, sliced per batch: a memory-mapped MedMNIST .npz member or a zarr array."""
 
     def __init__(self, opener, shape: tuple[int, int, int], scale: float | None, crop: bool = False):
         self.opener, self.shape, self.scale, self.crop = opener, tuple(shape), scale, crop
@@ -147,7 +147,8 @@ class ArrayReader(Reader):
         else:
             raw = np.stack([np.asarray(self.array[int(i)]) for i in positions])
         unit = (raw / np.float32(self.scale)).astype(np.float32) if self.scale else to_unit_float(raw)
-        return fit(torch.from_numpy(np.ascontiguousarray(channels_first(unit))), self.shape, self.crop), None
+        images = channels_first(unit, len(self.shape) - 1)
+        return fit(torch.from_numpy(np.ascontiguousarray(images)), self.shape, self.crop), None
 
 
 class NpzMember:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .examples import EXAMPLES, example
 from .imageset import ImageSet
+from .medical import load_medical
 from .sources import load_folder, load_medmnist, load_zarr
 
 
@@ -22,6 +23,8 @@ def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, 
         data = load_medmnist(path, split=split, size=size)
     elif path.suffix == ".zarr":
         data = load_zarr(path, size=size)
+    elif (medical := load_medical(path, size)) is not None:      # NIfTI or DICOM files, or a folder of them
+        data = medical
     else:
         data = load_folder(path, size=size)
     return data.subset(range(min(n, len(data)))) if n else data

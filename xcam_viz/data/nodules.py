@@ -20,19 +20,15 @@ from scipy import ndimage
 
 from .imageset import ImageSet
 from .synthetic import check_arguments
+from .windows import apply_window
 
 CLASS_NAMES = ["benign", "malignant"]
 SEGMENT_NAMES = ["background", "nodule", "vessel"]
-LUNG_WINDOW = (-600.0, 1500.0)
+WINDOW = "ct-lung"                                       # level -600, width 1500
 _SPLIT_CODE = {"train": 0, "test": 1, "flipped": 1}      # flipped shares test's patients
 FIELD_OF_VIEW_MM = 320.0
 HU = {"air": -1000.0, "fat": -100.0, "muscle": 40.0, "mediastinum": 30.0, "bone": 700.0,
       "lung": -860.0, "vessel": 40.0, "nodule": 30.0, "marker": 2500.0}
-
-
-def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Hounsfield units to [0, 1] through a (level, width) window."""
-    return ((hu - (level - width / 2)) / width).clip(0, 1).astype(np.float32)
 
 
 def synthetic_nodules(
@@ -72,7 +68,7 @@ def synthetic_nodules(
     labels, volumes, masks, vessels, marks = _generate(n, size, split, seed, confounder, hounsfield)
     ids = [f"nodules-{split}-{seed}-{i:05d}" for i in range(n)]
     attrs = {"source": "synthetic_nodules", "split": split, "seed": seed, "confounder": confounder,
-             "task": task, "window": None if hounsfield else LUNG_WINDOW}
+             "task": task, "window": None if hounsfield else WINDOW}
     spacing = (FIELD_OF_VIEW_MM / size,) * 3
     regions = {"confounder": torch.from_numpy(marks)}
     if task == "segmentation":
@@ -96,7 +92,7 @@ def _generate(n: int, size: int, split: str, seed: int, confounder: float, houns
         rng = np.random.default_rng([seed, code, 1, i])
         marked = rng.random() < (1 + confounder) / 2 if goes_with[i] else rng.random() < (1 - confounder) / 2
         hu, masks[i], vessels[i], marks[i] = _render(rng, bool(labels[i]), marked, size)
-        volumes[i, 0] = hu if hounsfield else window(hu, *LUNG_WINDOW)
+        volumes[i, 0] = hu if hounsfield else apply_window(hu, WINDOW)
     return labels, volumes, masks, vessels, marks
 
 
@@ -122,7 +118,7 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
     hu[:, band[0], band[1]] = np.where(ribs, HU["bone"], hu[:, band[0], band[1]])
 
     # Lungs: two ellipsoids inside the cavity, textured parenchyma.
-    lz, lx, lax, lay = rng.uniform(-0.1, 0.2), rng.uniform(0.43, 0.47), rng.uniform(0.36, 0.40), 0.78 * ay
+    lz, lx, lax, lay = rng.uniform(-0.1, 0.2), rng.uniform(0.44, 0.47), rng.uniform(0.40, 0.43), 0.8 * ay
     ly = cy - 0.04
     along_z = ((grid - lz) / 1.25)[:, None, None] ** 2
     lung = np.zeros(hu.shape, bool)
@@ -131,9 +127,14 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
         lung |= (across[None] + along_z < 1) & (rho < 0.83)[None]
     hu[lung] = HU["lung"] + 35 * _smooth_noise(rng, size, 6)[lung]
 
-    # Vessels: from each hilum, trunks to the periphery and branches off them (thicker trunks).
+    # The nodule's place and size, inside one lung.
     lobes = ((lz, ly, -lx), (lz, ly, lx))
     semi_axes = (1.25, lay, lax)
+    centre = _inside_lung(rng, lobes[rng.random() < 0.5], semi_axes, 0.0, 0.3)
+    radius = (rng.uniform(4.5, 6.0) if malignant else rng.uniform(4.0, 5.5)) * voxel * size / 48
+
+    # Vessels: from each hilum, trunks to the periphery and branches off them (thicker trunks), kept
+    # clear of the nodule so that spicules are the only lines that touch it.
     segments = []
     for side in (-1, 1):
         hilum = np.array([lz + rng.uniform(-0.1, 0.1), ly, side * (lx - 0.7 * lax)])
@@ -141,12 +142,10 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
             end = _inside_lung(rng, lobes[side > 0], semi_axes, 0.55, 0.9)
             start = hilum + rng.uniform(0.35, 0.7) * (end - hilum)
             segments += [(hilum, end, True), (start, _inside_lung(rng, lobes[side > 0], semi_axes, 0.5, 0.9), False)]
-    vessel = _tubes(segments, size) * lung
+    vessel = _tubes(segments, size, (centre, 3 * radius)) * lung
     hu += (HU["vessel"] - hu) * vessel
 
-    # The nodule, inside one lung, smooth or lobulated and spiculated.
-    centre = _inside_lung(rng, lobes[rng.random() < 0.5], semi_axes, 0.0, 0.35)
-    radius = (rng.uniform(4.0, 5.5) if malignant else rng.uniform(3.5, 5.0)) * voxel * size / 48
+    # The nodule: smooth, or lobulated and spiculated.
     distance, box = _nodule_distance(rng, malignant, centre, radius, size, grid)
     inside_lung = ndimage.binary_dilation(lung[box], iterations=1)
     alpha = inside_lung / (1 + np.exp(np.clip(distance / (0.5 * voxel), -30, 30)))
@@ -193,12 +192,14 @@ def _inside_lung(rng, centre, semi_axes, low: float, high: float) -> np.ndarray:
     return np.asarray(centre) + _unit(rng) * rng.uniform(low, high) * np.asarray(semi_axes)
 
 
-def _tubes(segments, size: int) -> np.ndarray:
+def _tubes(segments, size: int, keep_out) -> np.ndarray:
     """Opacity in [0, 1] of tubes along `segments` ((z, y, x) start, end, thick?): points splatted
-    every half voxel (a thick tube also on its 6 neighbours), then blurred for the partial volume."""
+    every half voxel (a thick tube also on its 6 neighbours), then blurred for the partial volume.
+    keep_out: (centre, radius) of a ball the tubes stop at."""
     points = []
     for a, b, thick in segments:
         line = np.linspace(a, b, max(2, int(np.linalg.norm(b - a) * size)))
+        line = line[np.linalg.norm(line - keep_out[0], axis=1) > keep_out[1]]
         idx = np.clip(((line + 1) / 2 * size).astype(int), 0, size - 1) + 1
         points.append((idx[:, None] + (_CROSS if thick else _CROSS[:1])[None]).reshape(-1, 3))
     splat = np.zeros((size + 2,) * 3, np.float32)
@@ -213,7 +214,7 @@ _CROSS = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 
 def _nodule_distance(rng, malignant: bool, centre, radius: float, size: int, grid: np.ndarray):
     """Signed distance (negative inside) to the nodule's surface in a box around it, and the box."""
     voxel = 2.0 / size
-    reach = int(np.ceil((2.4 if malignant else 1.1) * radius / voxel)) + 2
+    reach = int(np.ceil((2.6 if malignant else 1.1) * radius / voxel)) + 2
     index = np.clip(((centre + 1) / 2 * size).astype(int), reach, size - reach - 1)
     box = tuple(slice(i - reach, i + reach + 1) for i in index)
     centre = centre.astype(np.float32)
@@ -222,19 +223,19 @@ def _nodule_distance(rng, malignant: bool, centre, radius: float, size: int, gri
         # Smooth: an ellipsoid within ±8 % of a sphere (distance approximated in scaled space).
         return np.linalg.norm(q / rng.uniform(0.92, 1.08, 3).astype(np.float32), axis=-1) - radius, box
     # Lobulated: a core and 3-5 lobes bulging out of it.
-    distance = np.linalg.norm(q, axis=-1) - 0.8 * radius
+    distance = np.linalg.norm(q, axis=-1) - 0.75 * radius
     for _ in range(rng.integers(3, 6)):
-        lobe = _unit(rng) * rng.uniform(0.45, 0.7) * radius
+        lobe = _unit(rng) * rng.uniform(0.5, 0.8) * radius
         distance = np.minimum(distance, np.linalg.norm(q - lobe.astype(np.float32), axis=-1)
-                              - rng.uniform(0.45, 0.65) * radius)
-    # Spiculated: 8-14 tapering spikes from the centre out to 1.6-2.4 radii.
+                              - rng.uniform(0.5, 0.7) * radius)
+    # Spiculated: 10-16 tapering spikes from the centre out to 1.8-2.6 radii.
     squared = (q ** 2).sum(-1)
-    for _ in range(rng.integers(8, 15)):
-        length = np.float32(rng.uniform(1.6, 2.4) * radius)
+    for _ in range(rng.integers(10, 17)):
+        length = np.float32(rng.uniform(1.8, 2.6) * radius)
         s = q @ _unit(rng).astype(np.float32)
         t = np.clip(s / length, 0, 1)
         along = np.sqrt(np.maximum(squared - 2 * t * length * s + (t * length) ** 2, 0))
-        distance = np.minimum(distance, along - voxel * (1.0 - 0.4 * t))
+        distance = np.minimum(distance, along - voxel * (1.3 - 0.6 * t))
     return distance, box
 
 

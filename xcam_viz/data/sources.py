@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..spatial import check_dims
+from ..spatial import batch_for, check_dims
 from .imageset import ImageSet
 from .lazy import ArrayReader, DatasetReader, FileReader, NpzMember, ZarrMember, item_image
 
@@ -249,8 +249,9 @@ def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = Non
 
 
 def load_zarr(path, images: str = "images", labels: str = "labels", class_names: Sequence[str] | None = None,
-              size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
-    """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W) and a label array."""
+              size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2) -> ImageSet:
+    """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W; with spatial_dims=3,
+    volumes N×D×H×W or N×C×D×H×W) and a label array."""
     import zarr
     path = Path(path)
     if not path.exists():
@@ -261,24 +262,26 @@ def load_zarr(path, images: str = "images", labels: str = "labels", class_names:
         raise ValueError(f"{path} has no array {missing[0]!r} (it has {sorted(group.array_keys())}); "
                          "name the image and label arrays with images= and labels=")
     ds = from_array_store(ZarrMember(path, images), np.asarray(group[labels][:]).reshape(-1).astype(np.int64),
-                          class_names=class_names, size=size, crop=crop)
+                          class_names=class_names, size=size, crop=crop, spatial_dims=spatial_dims)
     ds.attrs.update(source=str(path))
     return ds
 
 
 def from_array_store(opener, labels, ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
-                     size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+                     size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2) -> ImageSet:
     """A lazy ImageSet over an array that `opener()` opens (memory-mapped or chunked), read per batch."""
     array = opener()
-    if array.ndim not in (3, 4) or array.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty N×H×W, N×H×W×C or N×C×H×W array, got shape {array.shape}")
-    c, h, w = channels_first(np.empty((1, *array.shape[1:]), np.uint8)).shape[1:]
+    if array.ndim - spatial_dims not in (1, 2) or array.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty N×H×W, N×H×W×C or N×C×H×W array (volumes: N×D×H×W or "
+                         f"N×C×D×H×W with spatial_dims=3), got shape {array.shape}")
+    c, *grid = channels_first(np.empty((1, *array.shape[1:]), np.uint8), check_dims(spatial_dims)).shape[1:]
     dtype = np.dtype(array.dtype)
     scale = None
     if np.issubdtype(dtype, np.integer):        # one scale for every batch: the whole array's range, as from_arrays
-        scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + 256])) for i in range(0, len(array), 256)) \
+        step = batch_for(array.shape, 256)            # 256 images, fewer volumes, at a time
+        scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + step])) for i in range(0, len(array), step)) \
             <= 255 else 65535
-    reader = ArrayReader(opener, (min(c, 3), *(size or (h, w))), scale, crop)
+    reader = ArrayReader(opener, (min(c, 3), *(size or grid)), scale, crop)
     return ImageSet(reader, torch.as_tensor(np.asarray(labels)), ids=ids, class_names=class_names)
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet, inputs_of
 from ..models import default_layer, fingerprint
-from ..spatial import axis_names
+from ..spatial import axis_names, batch_for
 from .capture import Reshape, Target, capture, is_topk, layer_list
 from .methods import SEGMENTATION_METHODS, check_method, finish, needs_gradients, weigh
 
@@ -67,7 +67,7 @@ def class_labels(class_index: np.ndarray, names: list[str] | None, k: int) -> np
 
 def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "gradcam",
             layer: str | Sequence[str] | None = None, target: Target = "predicted", region=None,
-            upsample: bool = True, normalize: bool = True, batch_size: int = 32,
+            upsample: bool = True, normalize: bool = True, batch_size: int | None = None,
             progress: bool = False, reshape: Reshape | None = None, output=None) -> xr.DataArray:
     """Class activation maps of every image: an xr.DataArray (sample, y, x), or (sample, z, y, x) for volumes.
 
@@ -91,7 +91,8 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
         upsample, normalize: bilinear (volumes: trilinear) upsampling to the input size and per-map min-max
             scaling to
             [0, 1] (the default); both False give the raw layer-resolution map (ReLU applied).
-        batch_size: images per forward pass. progress: show a progress bar.
+        batch_size: images per forward pass (default: 32, fewer for large images and volumes, see
+            `xcam_viz.spatial.batch_for`). progress: show a progress bar.
         reshape: how to read a layer that detection cannot (a `Layout` or any callable to N×C×h×w).
         output: a callable that picks the logits from what the model returns (default: tensors, a
             tuple's first element, a dict's or object's `logits`).
@@ -113,6 +114,7 @@ def explain(model: nn.Module, data: ImageSet | torch.Tensor, method: str = "grad
     if len(inputs) == 0:
         raise ValueError("no images to explain: data is empty")
     names = layer_list(default_layer(model, inputs.shape) if layer is None else layer)
+    batch_size = batch_size or batch_for(inputs.shape, 32)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     size = inputs.shape[1:]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..models import default_layer
+from ..spatial import axis_names, batch_for
 from .api import describe_region, describe_target, model_fingerprint
 from .capture import Target, is_topk, layer_list
 from .methods import check_method
@@ -33,7 +34,7 @@ __all__ = ["DataSpec", "explain_dataset", "plan_store", "store_for", "write_batc
 
 def plan_store(model: nn.Module, data: ImageSet | torch.Tensor, out, methods: str | Sequence[str] = "gradcam",
                layers: str | Sequence[str] | None = None, target: Target = "predicted", region=None,
-               batch_size: int = 32, overwrite: bool = False) -> tuple[Plan, list[int]]:
+               batch_size: int | None = None, overwrite: bool = False) -> tuple[Plan, list[int]]:
     """Check the arguments, lay out (or reopen) the store at `out`; return the plan and the batches still missing.
 
     layers=None: `xv.models.default_layer` of the model for the data's image shape."""
@@ -44,41 +45,43 @@ def plan_store(model: nn.Module, data: ImageSet | torch.Tensor, out, methods: st
         raise ValueError("batch runs take one target per sample: use 'predicted', 'label', a class or a callable")
     if isinstance(target, str) and target == "label" and not isinstance(data, ImageSet):
         raise ValueError("target='label' needs an ImageSet (a tensor has no labels)")
+    if isinstance(data, ImageSet):
+        ids, class_names = list(data.ids), list(data.class_names)
+    elif isinstance(data, torch.Tensor) and data.ndim in (4, 5) and len(data):
+        ids, class_names = [str(i) for i in range(len(data))], None
+    else:
+        raise ValueError("data must be a non-empty ImageSet or a tensor N×C×H×W (volumes N×C×D×H×W)")
+    shape = data.image_shape if isinstance(data, ImageSet) else tuple(data.shape[1:])
+    grid = tuple(shape[1:])
+    batch_size = batch_for(shape, 32) if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(data, ImageSet):
-        ids, class_names, (h, w) = list(data.ids), list(data.class_names), data.image_shape[1:]
-    elif isinstance(data, torch.Tensor) and data.ndim == 4 and len(data):
-        ids, class_names, (h, w) = [str(i) for i in range(len(data))], None, tuple(data.shape[-2:])
-    else:
-        raise ValueError("data must be a non-empty ImageSet or a tensor N×C×H×W")
-    shape = data.image_shape if isinstance(data, ImageSet) else tuple(data.shape[1:])
     names = layer_list(default_layer(model, shape) if layers is None else layers)
     path, n = Path(out), len(ids)
     store = store_for(path)
-    plan = Plan(path, tuple(methods), tuple(names), target, region, batch_size, n, (h, w))
+    plan = Plan(path, tuple(methods), tuple(names), target, region, batch_size, n, grid)
     run = json.dumps({"model": model_fingerprint(model), "methods": methods, "layers": names,
                       "target": describe_target(target), "region": describe_region(region), "samples": n,
-                      "first_id": ids[0], "last_id": ids[-1], "batch_size": batch_size, "size": [h, w]})
+                      "first_id": ids[0], "last_id": ids[-1], "batch_size": batch_size, "size": list(grid)})
     done = _resume(store, run, overwrite)
     if done is None:
         per_sample = {"target_class": ("sample", np.full(n, -1, dtype=np.int64)),
                       "batch_done": ("batch", np.zeros(plan.batches, dtype=np.int8))}
         if isinstance(data, ImageSet):
             per_sample["label"] = ("sample", data.labels.numpy())
-        template = xr.Dataset(per_sample, coords={"sample": ids, "cam_method": methods, "layer": names,
-                                                  "y": np.arange(h), "x": np.arange(w)},
+        axes = {axis: np.arange(k) for axis, k in zip(axis_names(len(grid)), grid)}
+        template = xr.Dataset(per_sample, coords={"sample": ids, "cam_method": methods, "layer": names, **axes},
                               attrs={"run": run, "model_fingerprint": model_fingerprint(model),
                                      "target": describe_target(target), "class_names": list(class_names or []),
                                      "complete": 0})
-        store.create(template, (len(methods), len(names), n, h, w), batch_size)
+        store.create(template, (len(methods), len(names), n, *grid), batch_size)
         done = np.zeros(plan.batches, dtype=bool)
     return plan, [int(i) for i in np.flatnonzero(~done)]
 
 
 def explain_dataset(model: nn.Module | str | Path, data: ImageSet | torch.Tensor | DataSpec, out,
                     methods: str | Sequence[str] = "gradcam", layers: str | Sequence[str] | None = None,
-                    target: Target = "predicted", region=None, batch_size: int = 32, progress: bool = True,
+                    target: Target = "predicted", region=None, batch_size: int | None = None, progress: bool = True,
                     overwrite: bool = False, client=None) -> Path:
     """Write the CAMs of every image (all methods × layers, upsampled, normalised) to `out` (.zarr or .nc).
 

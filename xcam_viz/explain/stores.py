@@ -2,7 +2,8 @@
 
 `batch.py` plans a run and walks its batches in this process; `distributed.py` runs the same
 `write_batch` as Dask tasks. Both import this module (and neither imports the other's internals).
-Layout (xarray): cam (cam_method, layer, sample, y, x) float32 at input resolution, each map in [0, 1];
+Layout (xarray): cam (cam_method, layer, sample, y, x) — volumes (…, z, y, x) — float32 at input resolution,
+each map in [0, 1];
 target_class (sample); label (sample) for an ImageSet; batch_done (batch) int8;
 attrs run, model_fingerprint, target, class_names, complete.
 """
@@ -17,11 +18,17 @@ import xarray as xr
 from torch import nn
 
 from ..data import ImageSet, load_data
+from ..spatial import axis_names
 from .api import per_batch
 from .capture import Target, capture
 from .methods import finish, needs_gradients, weigh
 
-DIMS = ("cam_method", "layer", "sample", "y", "x")   # not "method": that name clashes with DataArray.sel(method=)
+DIMS = ("cam_method", "layer", "sample")   # not "method": that name clashes with DataArray.sel(method=)
+
+
+def dims_of(shape: tuple) -> list[str]:
+    """The cam array's dimension names for its shape (methods, layers, samples, then 2 or 3 spatial axes)."""
+    return [*DIMS, *axis_names(len(shape) - len(DIMS))]
 
 
 class _ZarrStore:
@@ -38,8 +45,8 @@ class _ZarrStore:
         template.to_zarr(self.path, mode="w", zarr_format=2,
                          encoding={"target_class": {"chunks": (chunk,)}, "batch_done": {"chunks": (1,)}})
         group = zarr.open_group(self.path, mode="a")
-        group.create_array("cam", shape=shape, chunks=(1, 1, chunk, *shape[-2:]), dtype="float32",
-                           fill_value=np.nan, attributes={"_ARRAY_DIMENSIONS": list(DIMS)})
+        group.create_array("cam", shape=shape, chunks=(1, 1, chunk, *shape[len(DIMS):]), dtype="float32",
+                           fill_value=np.nan, attributes={"_ARRAY_DIMENSIONS": dims_of(shape)})
         zarr.consolidate_metadata(self.path)
 
     def attrs(self) -> dict:
@@ -77,8 +84,8 @@ class _NetCDFStore:
         import netCDF4
         template.to_netcdf(self.path, mode="w", format="NETCDF4")
         with netCDF4.Dataset(self.path, "a") as nc:
-            nc.createVariable("cam", "f4", DIMS, fill_value=np.float32(np.nan),
-                              chunksizes=(1, 1, chunk, *shape[-2:]), zlib=True, complevel=1)
+            nc.createVariable("cam", "f4", dims_of(shape), fill_value=np.float32(np.nan),
+                              chunksizes=(1, 1, chunk, *shape[len(DIMS):]), zlib=True, complevel=1)
 
     def attrs(self) -> dict:
         import netCDF4
@@ -124,7 +131,7 @@ class Plan:
     region: object
     batch_size: int
     samples: int
-    size: tuple[int, int]
+    size: tuple[int, ...]
 
     @property
     def batches(self) -> int:
@@ -154,7 +161,7 @@ def write_batch(plan: Plan, model: nn.Module, data: ImageSet | torch.Tensor, bat
     t = data.labels if isinstance(plan.target, str) and plan.target == "label" else plan.target
     grads = any(needs_gradients(m) for m in plan.methods)
     cap = capture(model, images, list(plan.layers), per_batch(t, 1, start, stop),
-                  per_batch(plan.region, 3, start, stop), gradients=grads)
+                  per_batch(plan.region, 1 + len(plan.size), start, stop), gradients=grads)
     cams = np.stack([np.stack([finish(weigh(cap, m, layer), plan.size).float().cpu().numpy()
                                for layer in plan.layers]) for m in plan.methods])
     store_for(plan.path).write(batch, start, cams, cap.target.cpu().numpy())

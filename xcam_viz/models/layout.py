@@ -136,12 +136,18 @@ CHANNELS_LAST = (nn.LayerNorm, nn.Linear)
 
 
 def _channel_side(module: nn.Module | None, shape: tuple) -> str | None:
-    """"nchw" / "nhwc" from the last submodule that carries a channel count, if it matches one side."""
-    for part in reversed(list(module.modules()) if module is not None else []):
+    """"nchw" / "nhwc" from the module's parts: the last part that carries a channel count decides when the count
+    matches one side; a module made of channels-first parts only (convolutions, batch / instance norms, e.g. a
+    U-Net stage that concatenates its skip connection, so no part's count matches) reads channels-first."""
+    parts = list(module.modules()) if module is not None else []
+    for part in reversed(parts):
         if isinstance(part, CHANNELS_FIRST):
             count = getattr(part, "out_channels", None) or getattr(part, "num_features", None) or part.num_channels
-            return "nchw" if count == shape[1] else None
+            if count == shape[1]:
+                return "nchw"
+            break
         if isinstance(part, CHANNELS_LAST):
             count = part.out_features if isinstance(part, nn.Linear) else part.normalized_shape[-1]
             return "nhwc" if count == shape[-1] else None
-    return None
+    channels_first = [part for part in parts if isinstance(part, CHANNELS_FIRST)]
+    return "nchw" if channels_first and not any(isinstance(part, CHANNELS_LAST) for part in parts) else None

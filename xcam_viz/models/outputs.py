@@ -38,7 +38,7 @@ def run_model(model: nn.Module, x: torch.Tensor, output: Callable | None = None)
     error that says what to give."""
     try:
         out = model(x)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:     # torch raises both for inputs of the wrong shape
         if "Inference tensors" in str(err):
             raise RuntimeError("the model holds tensors made under torch.inference_mode(); build or load "
                                "it outside inference_mode to compute CAMs") from err

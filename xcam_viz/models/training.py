@@ -8,6 +8,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
+from ..spatial import batch_for
 from .modes import eval_mode
 from .outputs import is_dense, logits_of
 
@@ -17,7 +18,7 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, batch_size: int = 64,
+def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, batch_size: int | None = None,
           weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> tuple[nn.Module, xr.Dataset]:
     """Train with Adam (one-cycle learning rate) and cross-entropy; returns the model and a per-epoch
     history (loss, accuracy).
@@ -27,6 +28,7 @@ def train(model: nn.Module, data: ImageSet, epochs: int = 5, lr: float = 3e-3, b
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     device = model_device(model)
+    batch_size = batch_size or batch_for(data.image_shape, 64)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -70,11 +72,12 @@ def _targets(data: ImageSet, idx: torch.Tensor, out: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int = 128) -> xr.Dataset:
+def predict(model: nn.Module, data: ImageSet | torch.Tensor, batch_size: int | None = None) -> xr.Dataset:
     """Class probabilities, predictions and confidence per sample as an xr.Dataset.
 
     For segmenters, the probabilities are the per-class means over pixels.
     """
+    batch_size = batch_size or batch_for(data.image_shape if isinstance(data, ImageSet) else data.shape[1:], 128)
     batches = data.batches(batch_size) if isinstance(data, ImageSet) else data.split(batch_size)
     device = model_device(model)
     with eval_mode(model):                                  # a lazy ImageSet is decoded batch by batch
