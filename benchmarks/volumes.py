@@ -96,7 +96,7 @@ def speed_rows(rounds: int) -> list[str]:
 
 
 MEMORY_CHILD = """
-import json, resource, sys, torch
+import json, re, sys, torch
 import xcam_viz as xv
 from xcam_viz.explain.batch import explain_dataset
 torch.set_num_threads(1)
@@ -106,7 +106,9 @@ data = data.subset(range(n))
 torch.manual_seed(0)
 model = xv.models.build("smallcnn3d", num_classes=2, in_channels=1)
 explain_dataset(model, data, out, methods=["gradcam"], progress=False)
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
+peak_kb = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+print(json.dumps({"peak_mb": peak_kb / 1024}))
 """
 
 

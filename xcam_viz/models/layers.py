@@ -51,7 +51,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
     """
     shape = input_shape_of(model, input_shape)
     found: dict[str, SpatialLayer] = {}
-    outputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, weakref.ref] = {}     # weak: holding every layer's output of a 128³ volume costs ~0.4 GB
     names = {m: n for n, m in model.named_modules() if n}
     patch = patch_size(model)
 
@@ -64,7 +64,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
         except ValueError:
             return
         found[name] = SpatialLayer(name, tuple(layout(output).shape[1:]), layout, module)
-        outputs[name] = output
+        outputs[name] = weakref.ref(output)
 
     handles = [m.register_forward_hook(record) for m in names]
     try:
@@ -74,7 +74,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
         for h in handles:
             h.remove()
     classes = logits.shape[1] if is_dense(logits) else 0
-    return [replace(layer, is_output=outputs[layer.name] is logits, is_scores=layer.shape[0] <= classes)
+    return [replace(layer, is_output=outputs[layer.name]() is logits, is_scores=layer.shape[0] <= classes)
             for layer in found.values()]
 
 
