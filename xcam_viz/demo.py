@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from . import models
 from .data import ImageSet
@@ -41,14 +40,12 @@ class Recipe:
     batch_size: int
     checkpoint: str
     what: str                                   # the model in words, for summaries
-    settle: bool = False                        # recompute batch-norm statistics after training
 
 
 LESIONS = Recipe("demo", "smallcnn", {"num_classes": 2}, DEMO_EPOCHS, 64, CHECKPOINT_NAME,
                  f"smallcnn on synthetic lesions ({DEMO_SIZE} px)")
 VOLUMES = Recipe("volumes", "smallcnn3d", {"num_classes": 2, "in_channels": 1, "width": 8}, 5, 16,
-                 "demo_volume_smallcnn3d.pt", "smallcnn3d on synthetic chest CT volumes (48³ voxels, lung window)",
-                 settle=True)
+                 "demo_volume_smallcnn3d.pt", "smallcnn3d on synthetic chest CT volumes (48³ voxels, lung window)")
 
 
 def cache_dir() -> Path:
@@ -83,31 +80,8 @@ def train_recipe(recipe: Recipe, progress: bool = True, **data_kw):
     seed = EXAMPLES[recipe.example].options["seed"]
     torch.manual_seed(seed)
     model = models.build(recipe.model, **recipe.build)
-    data = EXAMPLES[recipe.example].load("train", **data_kw)
-    model, history = models.train(model, data, epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed,
-                                  progress=progress)
-    if recipe.settle:
-        settle_batch_norm(model, data, recipe.batch_size)
-    return model, history
-
-
-def settle_batch_norm(model: nn.Module, data: ImageSet, batch_size: int) -> nn.Module:
-    """Recompute the batch-norm statistics as plain averages over `data` with the final weights.
-
-    Training keeps running averages that lag weights which moved fast; a feature a few voxels wide
-    (the volumes' skin marker) makes the output very sensitive to them: measured on the volume demo,
-    93 % accuracy with batch statistics against 50 % (one class for all) with the running ones.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None                      # a cumulative average
-    with models.eval_mode(model, train=True), torch.no_grad():
-        for images in data.batches(batch_size):
-            model(images)
-    for norm in norms:
-        norm.momentum = 0.1
-    return model
+    return models.train(model, EXAMPLES[recipe.example].load("train", **data_kw), epochs=recipe.epochs,
+                        batch_size=recipe.batch_size, seed=seed, progress=progress)
 
 
 def train_demo_model(progress: bool = True, **data_kw):
