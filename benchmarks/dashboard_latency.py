@@ -8,15 +8,20 @@ Bokeh models (model pass or cached capture, weighting, upsampling, HoloViews' in
 probe); "CPU" the p50 / p95 of the process CPU time of the whole change, which a busy machine inflates
 far less than the wall time (the figures are wall times; the load average is printed with them).
 
-Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px.
+Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px, and resnet18 on
+4096×3328 grey PNG scans served as a user's folder (fitted to 224×182; an image change decodes the file once
+for the full-resolution picture and the model input).
 Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
-resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new).
-Prints a table and writes benchmarks/results/dashboard_latency.md.
+resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new; the scans:
+20 files).
+Prints a table and writes benchmarks/results/dashboard_latency.md. `python dashboard_latency.py scans` measures
+only the named scenarios (demo, resnet18, vit, scans) and replaces their rows in the file, noting the load.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +38,8 @@ from xcam_viz.demo import demo_data, demo_model
 
 N = 100
 VIT_N = 40
+SCANS_N = 20
+SCAN = (3328, 4096)
 GRADIENT_METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"]
 
 
@@ -84,33 +91,92 @@ def row(scenario: str, change: str, ms: list[tuple], goal: float | None) -> str:
             f"{'—' if goal is None else f'<= {goal:.0f}'} | {verdict} |")
 
 
-def run() -> str:
-    folder = Path(tempfile.mkdtemp())
-    demo = Workbench(demo_model(progress=False), {"test": demo_data("test")}, folder / "demo.db")
+def scans(folder: Path, n: int = SCANS_N) -> Path:
+    """n grey 4096×3328 PNG scans (a smooth body, a bright disc, mild noise) in two class folders."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    h, w = SCAN
+    yy, xx = np.mgrid[0:h, 0:w]
+    body = 60 + 110 * np.exp(-(((xx - w * 0.3) / 1500) ** 2 + ((yy - h / 2) / 1300) ** 2))
+    for i in range(n):
+        (folder / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        scan = Image.fromarray((body + rng.normal(0, 2, body.shape)).clip(0, 255).astype(np.uint8), "L")
+        x, y = (int(v) for v in rng.integers(800, 2400, 2))
+        ImageDraw.Draw(scan).ellipse([x, y, x + 300, y + 300], fill=230)
+        scan.save(folder / f"class{i % 2}" / f"scan{i:02d}.png")
+    return folder
+
+
+def scenario(name: str, folder: Path):
+    """(title, workbench, layers, goals, changes) of a scenario, built when measured."""
+    if name == "demo":
+        return ("demo smallcnn 64 px", Workbench(demo_model(progress=False), {"test": demo_data("test")},
+                                                 folder / "demo.db"), ["block3", "block2", "block4", "block1"],
+                (100, 100, 20), N)
     torch.manual_seed(0)
-    resnet = Workbench(xv.models.build("resnet18", num_classes=2),
-                       {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")}, folder / "resnet.db")
-    vit = Workbench(xv.models.build("vit_b_16", num_classes=2),
-                    {"test": xv.data.synthetic_lesions(n=2 * VIT_N + 10, size=224, split="test")}, folder / "vit.db")
-    blocks = [f"encoder.layers.encoder_layer_{i}.ln_1" for i in (8, 9, 10, 11)]
-    rows = []
-    for name, wb, layers, goals, n in (
-            ("demo smallcnn 64 px", demo, ["block3", "block2", "block4", "block1"], (100, 100, 20), N),
-            ("resnet18 224 px", resnet, ["layer3", "layer2", "layer4", "layer1"], (400, 400, None), N),
-            ("vit_b_16 224 px", vit, blocks, (400, 400, None), VIT_N)):
+    if name == "resnet18":
+        return ("resnet18 224 px", Workbench(xv.models.build("resnet18", num_classes=2),
+                                             {"test": xv.data.synthetic_lesions(n=N + 20, size=224, split="test")},
+                                             folder / "resnet.db"), ["layer3", "layer2", "layer4", "layer1"],
+                (400, 400, None), N)
+    if name == "vit":
+        return ("vit_b_16 224 px", Workbench(xv.models.build("vit_b_16", num_classes=2),
+                                             {"test": xv.data.synthetic_lesions(n=2 * VIT_N + 10, size=224,
+                                                                                split="test")}, folder / "vit.db"),
+                [f"encoder.layers.encoder_layer_{i}.ln_1" for i in (8, 9, 10, 11)], (400, 400, None), VIT_N)
+    model = xv.models.build("resnet18", num_classes=2)
+    splits = xv.data.load_splits(str(scans(folder / "scans")), model=model)
+    return ("resnet18, 4096×3328 grey PNG scans at 224×182", Workbench(model, splits, folder / "scans.db"),
+            ["layer3", "layer2", "layer4", "layer1"], (400, 400, None), SCANS_N)
+
+
+SCENARIOS = ("demo", "resnet18", "vit", "scans")
+HEADER = ("| scenario | change | n | p50 ms | p95 ms | whole p95 ms | CPU p50 / p95 ms | goal p95 ms | met |\n"
+          "|---|---|---|---|---|---|---|---|---|\n")
+
+
+def run(names=SCENARIOS) -> dict[str, list[str]]:
+    """Table rows per scenario measured."""
+    folder = Path(tempfile.mkdtemp())
+    rows = {}
+    for name in names:
+        title, wb, layers, goals, n = scenario(name, folder)
         times = asyncio.run(measure(wb, layers, n))
-        rows += [row(name, "image", times["image"], goals[0]),
-                 row(name, "layer", times["layer"], goals[1]),
-                 row(name, "method (cached capture)", times["method"], goals[2])]
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())          # 1, 5 and 15 minutes
+        rows[title] = [row(title, "image", times["image"], goals[0]), row(title, "layer", times["layer"], goals[1]),
+                       row(title, "method (cached capture)", times["method"], goals[2])]
+    return rows
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())          # 1, 5 and 15 minutes
+
+
+def report(rows: dict[str, list[str]], notes: list[str]) -> str:
     return (f"Server-side latency of a selection change, until the new overlay data is in the Bokeh models "
-            f"(ms; {N} changes each; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-            f"load average {load}).\n\n"
-            "| scenario | change | n | p50 ms | p95 ms | whole p95 ms | CPU p50 / p95 ms | goal p95 ms | met |\n"
-            "|---|---|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+            f"(ms; {N} changes each unless n says; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+            f"load average {notes[0]}).\n\n" + HEADER + "\n".join(r for group in rows.values() for r in group)
+            + "\n" + "".join(f"\n{note}\n" for note in notes[1:]))
+
+
+def merged(measured: dict[str, list[str]]) -> str:
+    """The results file with the measured scenarios' rows replaced (or added) and their load noted."""
+    from results_table import RESULTS
+
+    lines = (RESULTS / "dashboard_latency.md").read_text().splitlines()
+    title = lines[0]
+    kept: dict[str, list[str]] = {}
+    for line in lines:
+        if line.startswith("| ") and not line.startswith(("| scenario", "|---")):
+            kept.setdefault(line.split(" | ")[0][2:], []).append(line)
+    notes = [line for line in lines[1:] if line and not line.startswith("|")]
+    notes += [f"Rows of {', '.join(measured)}: measured {time.strftime('%Y-%m-%d')}, load average {load_average()}."]
+    return title + "\n\n" + HEADER + "\n".join(r for group in {**kept, **measured}.values() for r in group) + \
+        "\n" + "".join(f"\n{note}\n" for note in notes)
 
 
 if __name__ == "__main__":
-    out = run()
-    write_result("dashboard_latency", out)
+    chosen = sys.argv[1:]
+    if unknown := set(chosen) - set(SCENARIOS):
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    write_result("dashboard_latency", merged(run(chosen)) if chosen else report(run(), [load_average()]))

@@ -95,7 +95,7 @@ def speed_rows(rounds: int) -> list[str]:
     return rows
 
 
-MEMORY_CHILD = """
+MEMORY_CHILD = r"""
 import json, re, sys, torch
 import xcam_viz as xv
 from xcam_viz.explain.batch import explain_dataset

@@ -97,7 +97,7 @@ def test_labels_persist_with_history(tmp_path, engineered_units):
     assert {u for u, (n, _) in reopened.current("features").items() if n == "top left"} == {0, 1, 2}
     hist = reopened.history()
     assert len(hist.event) == 3 and set(hist.author.values) == {"ana"}
-    assert "top left" in reopened.names() and "lesion" in reopened.names()
+    assert reopened.names() == ["top left"] and reopened.names(("lesion",)) == ["lesion", "top left"]
 
 
 def test_bad_roi_and_names(engineered_units):

@@ -370,9 +370,10 @@ def test_finetune_trains_on_train_compares_and_goes_back_to_the_parent(dash, wor
     assert not result.flagged and not tuning.warning.visible and result.version == new
     assert list(result.metrics.split.values) == ["test", "flipped", "validation"]   # never the training split
     assert result.settings["lam"] == DEFAULTS["lam"] and result.settings["epochs"] == 1
-    assert "| flipped | " in tuning.results.object and "pointing game (block4 Grad-CAM)" in tuning.results.object
-    assert "test pointing game (block4 Grad-CAM)" in tuning.history.object
-    assert f"| **{new}** (selected) | {base} |" in tuning.history.object
+    results, history = tuning.results_table.object, tuning.history.object
+    assert "flipped" in results.split.values and "pointing game (block4 Grad-CAM)" in results.columns
+    assert "test pointing game (block4 Grad-CAM)" in history.columns
+    assert history.iloc[-1][["version", "parent"]].tolist() == [f"{new} (selected)", base]
     assert workbench.parent(new) == base and new in dash.controls.version.options
 
     # the compare view: the new version on the left, its parent on the right, same method and layer
@@ -410,7 +411,8 @@ def test_a_flagged_run_is_saved_but_not_selected(dash, workbench, caplog):
     assert sel.version == base and dash.overlays.compare_version == result.version        # shown, not selected
     assert dash.overlays.right.title.split(" · ")[2] == result.version
     assert tuning.warning.visible and result.warning in tuning.warning.object and "flagged" in tuning.results.object
-    assert f"{result.version} ⚠ flagged" in tuning.history.object and f"{result.version} is flagged" in caplog.text
+    assert f"{result.version} ⚠ flagged" in tuning.history.object.version.values
+    assert f"{result.version} is flagged" in caplog.text
     state = dash.probe.state()["finetune"]
     assert state["flagged"] and state["warning"] == result.warning and state["version"] == result.version
 

@@ -234,6 +234,7 @@ def test_bokeh_server_gets_the_websocket_limit_and_binds_localhost(monkeypatch):
 def test_cli_reads_the_password_from_the_environment(monkeypatch):
     from xcam_viz import cli
     from xcam_viz.dashboard import app
+    from xcam_viz.dashboard.upload import MAX_UPLOAD_MB
 
     seen = {}
     monkeypatch.setattr(app, "serve", lambda **kw: seen.update(kw))
@@ -244,7 +245,8 @@ def test_cli_reads_the_password_from_the_environment(monkeypatch):
     assert seen["basic_auth"] == "users.json"
     monkeypatch.delenv("XCAM_VIZ_PASSWORD")
     cli.main(["serve"])
-    assert seen["basic_auth"] is None and seen["max_upload_mb"] == 10
+    assert seen["basic_auth"] is None and seen["max_upload_mb"] == MAX_UPLOAD_MB         # one default
+    assert seen["size"] is None and seen["channels"] is None
     with pytest.raises(SystemExit):
         cli.main(["serve", "--max-upload-mb", "-1"])
 

@@ -26,9 +26,13 @@ def _examples(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .dashboard.app import serve
-    serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
-          show=args.show, websocket_origin=args.allow_websocket_origin,
-          basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), max_upload_mb=args.max_upload_mb)
+    try:
+        serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
+              show=args.show, websocket_origin=args.allow_websocket_origin,
+              basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), size=args.size and tuple(args.size),
+              channels=args.channels, max_upload_mb=args.max_upload_mb)
+    except (ValueError, FileNotFoundError) as err:          # the model, data or settings do not fit: say why
+        raise SystemExit(f"xcam-viz serve: {err}") from None
     return 0
 
 
@@ -57,6 +61,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from .data import load_data
     from .data.examples import EXAMPLES
+    from .data.loading import model_input
     from .demo import demo_model
     from .feedback import FeedbackStore
     from .finetune import finetune
@@ -65,13 +70,16 @@ def _finetune(args: argparse.Namespace) -> int:
         raise SystemExit(f"feedback database {args.feedback} does not exist; annotate images in the dashboard "
                          "or write one with xv.FeedbackStore / xv.feedback.simulate(..., store=...)")
     model = None if args.base_version else demo_model(progress=False) if args.model == "demo" else load(args.model)
+    channels = args.channels or (model_input(model)[0] if model is not None else None)
+    size = args.size and tuple(args.size)
     store = FeedbackStore(args.feedback)
     evals = args.eval if args.eval is not None else [s for s in EXAMPLES[args.data].splits if s != args.split] \
         if args.data in EXAMPLES else []
     versions = args.versions or Path(args.feedback).with_name(f"{Path(args.feedback).stem}-versions")
-    result = finetune(model, load_data(args.data, args.split), feedback=store, layer=args.layer, lam=args.lam,
-                      epochs=args.epochs, lr=args.lr, strategy=args.strategy, base_version=args.base_version,
-                      versions_dir=versions, eval_data={s: load_data(args.data, s) for s in evals})
+    result = finetune(model, load_data(args.data, args.split, size=size, channels=channels), feedback=store,
+                      layer=args.layer, lam=args.lam, epochs=args.epochs, lr=args.lr, strategy=args.strategy,
+                      base_version=args.base_version, versions_dir=versions,
+                      eval_data={s: load_data(args.data, s, size=size, channels=channels) for s in evals})
     print(result.summary())
     print(f"saved {result.version} (from {result.base_version}) in {result.versions.directory}", flush=True)
     return 0
@@ -82,6 +90,16 @@ def _megabytes(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a size in MB above 0, e.g. 10 (got {text})")
     return value
+
+
+def _fitting(command: argparse.ArgumentParser) -> None:
+    """--size and --channels: what images given as paths are fitted to."""
+    command.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                         help="fit the images to this input size (default: the model's own, else the images' "
+                              "own up to 224 px on the longer side)")
+    command.add_argument("--channels", type=int, choices=(1, 3),
+                         help="1: grey, 3: colour; grey images are replicated for a colour model, colour ones "
+                              "converted to luminance for a grey one (default: what the model takes)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,7 +125,8 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
     serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
     serve.add_argument("--data", action="append", metavar="[NAME=]PATH",
-                       help="image folder, ISIC-style CSV or MedMNIST .npz; repeat for several splits")
+                       help="image folder, ISIC-style CSV or MedMNIST .npz; repeat for several splits (one "
+                            "unnamed folder is the split 'train'; an unnamed .npz gives its train, val, test)")
     serve.add_argument("--feedback", help="feedback database (SQLite); default: a demo store in the cache folder")
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")
@@ -117,8 +136,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--basic-auth", metavar="PASSWORD_OR_FILE",
                        help="ask for a password (or a JSON file of {user: password}) on a login page; "
                             "prefer the environment variable XCAM_VIZ_PASSWORD (not shown in the process list)")
-    serve.add_argument("--max-upload-mb", type=_megabytes, default=10.0,
-                       help="largest image file users may upload (default: 10 MB)")
+    serve.add_argument("--max-upload-mb", type=_megabytes, default=50.0,       # dashboard.upload.MAX_UPLOAD_MB
+                       help="largest image file users may upload (default: 50 MB, room for a 4096×3328 scan)")
+    _fitting(serve)
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
     explain.add_argument("--data", required=True,
@@ -156,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--epochs", type=int, help=f"most epochs; the best is kept (default {DEFAULTS['epochs']})")
     tune.add_argument("--lr", type=float, help=f"learning rate (default {DEFAULTS['lr']})")
     tune.add_argument("--versions", help="model version folder (default: <feedback>-versions next to the database)")
+    _fitting(tune)
     tune.set_defaults(run=_finetune)
     return p
 

@@ -205,3 +205,36 @@ def open_card(page, css_class: str, shows: str) -> None:
     """Expand a collapsed Panel card (click its header) and wait until the element `shows` is visible."""
     page.locator(f".{css_class} .card-header").first.click()
     page.locator(shows).first.wait_for(state="visible")
+
+
+PAGE_TEXT = """(css) => {
+  const parts = [];
+  const walk = (root) => {
+    for (const node of root.childNodes) {
+      if (node.nodeType === Node.TEXT_NODE) parts.push(node.textContent);
+      else if (node.nodeType === Node.ELEMENT_NODE && !["SCRIPT", "STYLE"].includes(node.tagName)) {
+        if (node.shadowRoot) walk(node.shadowRoot);
+        walk(node);
+      }
+    }
+  };
+  const find = (root) => {                       // the first element matching css, through shadow roots
+    for (const el of root.querySelectorAll("*")) {
+      if (el.matches(css)) return el;
+      const inner = el.shadowRoot && find(el.shadowRoot);
+      if (inner) return inner;
+    }
+    return null;
+  };
+  const top = css ? find(document) : document.body;
+  if (!top) return "";
+  if (top.shadowRoot) walk(top.shadowRoot);
+  walk(top);
+  return parts.join(" ");
+}"""
+
+
+def page_text(page, css: str | None = None) -> str:
+    """Every text of the page (or of the first element matching `css`), through Bokeh's shadow roots
+    (innerText stops at them), scripts and styles left out."""
+    return page.evaluate(PAGE_TEXT, css)

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import xarray as xr
 
-PRESET_LABELS = ("lesion", "lesion border", "marker ink", "skin", "dark blotch", "blue-grey veil")
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS unit_labels (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -45,11 +43,11 @@ class LabelStore:
                                     (layer,)).fetchall()
         return {u: (name, iou) for u, name, iou in rows}
 
-    def names(self) -> list[str]:
-        """Preset labels followed by every custom label used so far."""
+    def names(self, presets: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """`presets` (e.g. a data set's attrs["concepts"]) followed by every label used so far."""
         with self._lock:
             used = [r[0] for r in self._db.execute("SELECT DISTINCT name FROM unit_labels ORDER BY name")]
-        return list(dict.fromkeys([*PRESET_LABELS, *used]))
+        return list(dict.fromkeys([*presets, *used]))
 
     def history(self) -> xr.Dataset:
         """Every labelling event, oldest first."""

@@ -15,9 +15,9 @@ from .selection import Selection
 from .tasks import Runner, bokeh_update, notify
 from .workbench import Workbench
 
-SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence",
-         "pointing game, misses first": "pointing_game", "energy in lesion, low first": "energy_pointing_game",
-         "energy in lesion, high first": "-energy_pointing_game"}
+SORTS = {"id": "id", "confidence, high first": "-confidence", "confidence, low first": "confidence"}
+MASK_SORTS = {"pointing game, misses first": "pointing_game", "energy in mask, low first": "energy_pointing_game",
+              "energy in mask, high first": "-energy_pointing_game"}     # offered for splits with masks
 METRICS = ("pointing_game", "energy_pointing_game")
 TILE_INFO = ("id", "label", "predicted", "confidence", "feedback")
 HIGHLIGHT = "#ffc400"
@@ -61,9 +61,18 @@ class ImageBrowser(pn.viewable.Viewer):
                                ("true_class", "predicted_class", "outcome", "feedback", "sort")], ncols=3)
         self.layout = pn.Column(filters, pn.pane.Bokeh(self.figure, margin=(5, 5)),
                                 pn.Row(pager_buttons[0], self.pager, pager_buttons[1], align="center"), name="Images")
+        selection.param.watch(lambda *_: self._sorts(), ["split"])
         selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
+        self._sorts()
         selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
         self.refilter()
+
+    def _sorts(self) -> None:
+        """Localisation sorts only for a split with ground-truth masks."""
+        masks = self.workbench.splits[self.selection.split].has_masks
+        self.param.sort.objects = {**SORTS, **(MASK_SORTS if masks else {})}
+        if self.sort not in self.param.sort.objects.values():
+            self.sort = "id"
 
     # --- filtering and paging ---------------------------------------------------------------------
     def filtered(self) -> list[str]:
@@ -101,7 +110,7 @@ class ImageBrowser(pn.viewable.Viewer):
         return sel.version, sel.split, method, sel.layer
 
     def metric_scores(self, key: tuple) -> dict[str, dict[str, float]]:
-        """Per metric (pointing game, energy in lesion), the score of every image of a (version, split,
+        """Per metric (pointing game, energy in the ground-truth mask), the score of every image of a (version, split,
         method, layer)."""
         from .. import metrics
 
@@ -177,7 +186,7 @@ class ImageBrowser(pn.viewable.Viewer):
         page's predictions are not known yet they are computed in the background and the page is redrawn."""
         wb, sel = self.workbench, self.selection
         ids = self.page_ids()
-        images = [wb.image(sel.split, s) for s in ids]          # decoded once, then cached
+        images = [wb.thumbnail(sel.split, s) for s in ids]      # decoded once, then cached
         pred = wb.sample_predictions(sel.version, sel.split, ids, compute=False) if ids else None
         if ids and pred is None:
             version, split = sel.version, sel.split

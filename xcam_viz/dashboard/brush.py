@@ -157,8 +157,8 @@ class BrushFeedback(Tab):
                  f"**Saved for this image:** {len(saved)} annotation{'s' * (len(saved) != 1)}"]
         lines += [f"- {a.author}: {_px(a.relevant)} px relevant, {_px(a.irrelevant)} px irrelevant"
                   + ("" if a.label is None else f" · class *{self.class_names[a.label]}*") for a in saved[-5:]]
-        lines.append("Green: relevant · red: irrelevant (saved ones paler)")
-        self.summary.object = "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
+        self.summary.object = ("\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
+                               + "\n\nGreen: relevant · red: irrelevant (saved ones paler)")
 
     def snapshot(self) -> dict:
         """The pending strokes and where the image lies on the canvas (page pixels)."""

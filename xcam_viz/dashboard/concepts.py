@@ -84,8 +84,7 @@ class ConceptsPanel(Tab):
         workbench, selection = self.workbench, self.selection
         self.shape = tuple(workbench.input_shape[1:])
         self.sync_layers()
-        self.param.preset.objects = workbench.labels.names()
-        self.preset = self.param.preset.objects[0]
+        self.sync_presets()
         self.report = None
         self._html = b""
         self._ready = self._shown = None              # units prepared (key, split size); (split, sample) shown
@@ -111,11 +110,15 @@ class ConceptsPanel(Tab):
             self.param[f"{name}_event"], width=75, margin=(5, 4), css_classes=[f"xv-concept-{name}"],
             color="primary" if name == "label" else "default") for name in ("undo", "clear", "label", "update")}
         size = {"width": CONTROLS}
+        self.preset_select = pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"],
+                                                          visible=bool(self.param.preset.objects), **size)
+        self.concept_input = pn.widgets.TextInput.from_param(
+            self.param.concept, css_classes=["xv-concept-name"], placeholder="what the painted region shows",
+            name="…or a new concept" if self.param.preset.objects else "Concept (type its name)", **size)
         controls = pn.Column(
             pn.widgets.Select.from_param(self.param.layer, css_classes=["xv-concept-layer"], **size),
             pn.widgets.IntSlider.from_param(self.param.width, **size), pn.Row(buttons["undo"], buttons["clear"]),
-            pn.widgets.Select.from_param(self.param.preset, css_classes=["xv-concept-preset"], **size),
-            pn.widgets.TextInput.from_param(self.param.concept, css_classes=["xv-concept-name"], **size),
+            self.preset_select, self.concept_input,
             pn.widgets.FloatSlider.from_param(self.param.threshold, **size),
             pn.widgets.FloatSlider.from_param(self.param.coverage, **size), buttons["label"], self.status,
             width=CONTROLS + 20)
@@ -143,6 +146,16 @@ class ConceptsPanel(Tab):
     def ready(self) -> bool:
         """Whether the units on show are dissected (a split that grew, e.g. by uploads, needs it again)."""
         return self._ready == (self.key, len(self.workbench.splits[self.selection.split]))
+
+    def sync_presets(self) -> None:
+        """Offer the data sets' concept presets and the names used so far (none: type a name)."""
+        names = self.workbench.concept_names()
+        self.param.preset.objects = names
+        if names and self.preset not in names:
+            self.preset = names[0]
+        if hasattr(self, "preset_select"):
+            self.preset_select.visible = bool(names)
+            self.concept_input.name = "…or a new concept" if names else "Concept (type its name)"
 
     def sync_layers(self) -> None:
         """Offer the spatial layers of the selected model version, keeping the current one if it has it."""
@@ -293,12 +306,12 @@ class ConceptsPanel(Tab):
 
     def _labelled(self, key, name: str, rule: str, chosen: list[int], thresholds: dict) -> None:
         if not chosen:
-            notify(f"no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region (or "
-                   "each has a better match already): paint the region more tightly or lower the threshold",
+            notify(f"'{name}': no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region "
+                   "(or each has a better match already): paint the region more tightly or lower the threshold",
                    "warning", 5000)
             return
         notify(f"{len(chosen)} unit{'s' * (len(chosen) != 1)} of {key[2]} labelled '{name}'", "success", 3000)
-        self.param.preset.objects = self.workbench.labels.names()
+        self.sync_presets()
         self.preset, self.concept = name, ""
         self._show_labels()
         self._fill_table()
@@ -330,7 +343,7 @@ class ConceptsPanel(Tab):
         if embedding is None:
             return {k: [] for k in ("pc1", "pc2", "unit", "concept", "cluster", "colour")}
         self._scatter_labels = [current.get(int(u), (UNLABELLED,))[0] for u in embedding.unit.values]
-        names = self.workbench.labels.names()
+        names = self.workbench.concept_names()
         colours = [UNLABELLED_COLOUR if n == UNLABELLED else PALETTE[names.index(n) % len(PALETTE)]
                    for n in self._scatter_labels]
         return {"pc1": embedding.pc1.values, "pc2": embedding.pc2.values, "unit": embedding.unit.values,

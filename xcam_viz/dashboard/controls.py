@@ -47,7 +47,8 @@ class ExplainControls(pn.viewable.Viewer):
         self.back = pn.widgets.Button.from_param(self.param.back_event, css_classes=["xv-back-to-parent"], **size)
         self.layer = pn.widgets.Select(label="Layer", css_classes=["xv-layer"], **size)
         self.method = pn.widgets.Select(label="Method", css_classes=["xv-method"], **size)
-        self.target = pn.widgets.Select.from_param(selection.param.target, name="Explain class", **size)
+        self.target = pn.widgets.Select.from_param(selection.param.target, name="Explain class",
+                                                   css_classes=["xv-target"], **size)
         self.region = pn.widgets.Select.from_param(selection.param.region, name="Region (segmenter)", **size)
         self._sync()
         self.layer.link(selection, value="layer", bidirectional=True)

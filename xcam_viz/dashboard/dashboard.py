@@ -38,7 +38,7 @@ SIDEBAR_WIDTH = 250
 BROWSER_WIDTH = 460
 
 
-def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.Module | None:
+def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2, in_channels: int = 3) -> nn.Module | None:
     """A model from a checkpoint path (xv.models.load) or a zoo name ("timm:<name>" too; random weights)."""
     from .. import models
 
@@ -47,19 +47,25 @@ def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2) -> nn.
     if Path(spec).exists():
         return models.load(spec)
     if str(spec) in models.MODEL_NAMES or str(spec).startswith(models.TIMM_PREFIX):
-        return models.build(str(spec), num_classes=num_classes)
+        return models.build(str(spec), num_classes=num_classes, in_channels=in_channels)
     raise FileNotFoundError(f"--model {spec!r} is neither a checkpoint file nor one of {models.MODEL_NAMES} "
                             f"or {models.TIMM_PREFIX}<name>")
 
 
-def build_workbench(model=None, data=None, feedback=None) -> Workbench:
-    """A Workbench from the Dashboard's arguments; None everywhere gives the demo."""
+def build_workbench(model=None, data=None, feedback=None, size: tuple[int, int] | None = None,
+                    channels: int | None = None) -> Workbench:
+    """A Workbench from the Dashboard's arguments; None everywhere gives the demo. Data given as paths is
+    fitted to the model: `size` (H, W) or the model's own, `channels` (1 or 3) or what the model takes
+    (`xv.data.load_splits`); a zoo name is built for the data's classes and channels."""
     from ..demo import demo_model
 
-    splits = load_splits(data) or demo_splits()
-    num_classes = len(next(iter(splits.values())).class_names)
-    model = load_model(model, num_classes) or demo_model(progress=False)
-    return Workbench(model, splits, feedback)
+    known = model is None or isinstance(model, nn.Module) or Path(model).exists()
+    model = load_model(model) if known else model
+    splits = load_splits(data, size=size, channels=channels, model=model if known else None) or demo_splits()
+    if not known:
+        first = next(iter(splits.values()))
+        model = load_model(model, len(first.class_names), first.image_shape[0])
+    return Workbench(model or demo_model(progress=False), splits, feedback)
 
 
 def shared_workbench(model=None, data=None, feedback=None) -> Workbench:
@@ -208,16 +214,21 @@ class Dashboard(pn.viewable.Viewer):
 
 def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
           show: bool = False, websocket_origin: list[str] | None = None, basic_auth: str | None = None,
-          max_upload_mb: float = MAX_UPLOAD_MB, **kw):
+          max_upload_mb: float = MAX_UPLOAD_MB, size: tuple[int, int] | None = None, channels: int | None = None,
+          **kw):
     """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks.
 
     basic_auth: a password, or a JSON file of {user: password}, asked for on Panel's login page.
     max_upload_mb: the largest image a user may upload; the server drops larger websocket messages.
+    size, channels: what data given as paths is fitted to (default: what the model takes; `build_workbench`).
     """
-    workbench = build_workbench(model, data, feedback).warm()
+    workbench = build_workbench(model, data, feedback, size, channels).warm()
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     if basic_auth:
         kw.update(basic_auth=basic_auth, cookie_secret=kw.get("cookie_secret") or secrets.token_hex(32))
+    notes = {note for data in workbench.splits.values() if (note := data.attrs.get("conversion"))}
+    print(" · ".join([", ".join(f"{name}: {len(data)} images" for name, data in workbench.splits.items()),
+                      "model input " + "×".join(map(str, workbench.input_shape)), *sorted(notes)]), flush=True)
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
     return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},
                     port=port, address=address, show=show, title="xcam-viz", websocket_origin=origins,

@@ -16,10 +16,10 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.plotting import figure
 from holoviews.plotting.util import process_cmap
 
+from .maps import MapResult, map_problem
 from .raster import plot_to_pixel
 from .tab import Tab
-from .tasks import bokeh_update
-from .workbench import MapResult
+from .tasks import bokeh_update, log, notify
 
 CMAPS = ["inferno", "viridis", "jet", "turbo", "gray"]
 DIVERGING = "RdBu_r"
@@ -33,6 +33,15 @@ class Display(param.Parameterized):
     cmap = param.Selector(objects=CMAPS, default="inferno", label="Colormap")
     threshold = param.Number(default=0.0, bounds=(0, 0.95), step=0.05, label="Hide values below",
                              doc="share of the map's maximum (of |value| for evidence) below which it is hidden")
+
+
+TITLE_CHARS = 36          # a map's title fits its 200 px figure (9 pt); the class name gives way
+
+
+def shortened(text: str, length: int) -> str:
+    """`text` cut to `length` characters (at least 6) with an ellipsis."""
+    length = max(length, 6)
+    return text if len(text) <= length else text[:length - 1] + "…"
 
 
 def thresholded(values: np.ndarray, signed: bool, threshold: float) -> np.ndarray:
@@ -70,31 +79,60 @@ def image_figure(shape: tuple[int, int], width: int, x_range=None, y_range=None,
     return fig
 
 
+class Picture:
+    """The image under the maps, shared by every view of the same image: any resolution (a large scan at
+    up to full resolution, so zooming shows its detail), drawn over the model input's pixel extent (0, 0, w,
+    h). Grey pictures travel as 8-bit values under a grey colour map, a quarter of RGBA's bytes."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape, self.key, self.shown = shape, None, (0, 0)
+        self.grey = ColumnDataSource({"image": [np.zeros((1, 1), np.uint8)]})
+        self.colour = ColumnDataSource({"image": [rgba(np.zeros((1, 1, 3), np.uint8))]})
+        self.renderers: list[tuple] = []
+
+    def draw_on(self, fig) -> None:
+        h, w = self.shape
+        grey = fig.image("image", x=0, y=0, dw=w, dh=h, source=self.grey, visible=False,
+                         color_mapper=LinearColorMapper(palette=palette("gray"), low=0, high=255))
+        self.renderers.append((grey, fig.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self.colour)))
+
+    @bokeh_update
+    def show(self, key, picture: np.ndarray) -> None:
+        """Show `picture` (uint8 H×W grey or H×W×3; row 0 at the top) unless `key` names the one on show."""
+        if key == self.key and key is not None:
+            return
+        self.key, self.shown = key, tuple(picture.shape[:2])
+        grey = picture.ndim == 2
+        (self.grey if grey else self.colour).data = {"image": [picture[::-1].copy() if grey else rgba(picture)]}
+        for grey_renderer, colour_renderer in self.renderers:
+            grey_renderer.visible, colour_renderer.visible = grey, not grey
+
+
 class MapView(param.Parameterized):
-    """One overlay: a Bokeh figure with the image (RGBA) and a map on top (colour-mapped, with a colour bar).
+    """One overlay: a Bokeh figure with the picture and a map on top (colour-mapped, with a colour bar).
 
     Display settings change the glyph and the colour mapper; only a new threshold resends the map.
     """
 
     title = param.String(default="")
     digest = param.String(default="", doc="hash of the map on show (changes whenever the map does)")
+    problem = param.String(default="", doc="why there is no map (an error of model work), or empty")
 
     def __init__(self, display: Display, shape: tuple[int, int], width: int = 250, x_range=None, y_range=None,
-                 **params):
+                 picture: Picture | None = None, **params):
         super().__init__(**params)
         self.display, self.shape = display, shape
         h, w = shape
         self.result: MapResult | None = None
-        self._image_key = None
+        self.picture = picture or Picture(shape)
         self.figure = image_figure(shape, width, x_range, y_range, tools="pan,wheel_zoom,box_zoom,reset",
                                    toolbar_location="below", title="")
         self.figure.toolbar.autohide = True            # shown while the pointer is over the figure
         self.figure.title.text_font_size = "9pt"       # two titles fit side by side on a 1366 px screen
-        self.image_source = ColumnDataSource({"image": [rgba(np.zeros((h, w, 3)))]})
         self.map_source = ColumnDataSource({"value": [np.zeros((h, w), np.float32)]})
         self._palette = palette(display.cmap)
         self.mapper = LinearColorMapper(palette=self._palette, low=0, high=1, nan_color=(0, 0, 0, 0))
-        self.figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self.image_source)
+        self.picture.draw_on(self.figure)
         self.heat = self.figure.image("value", x=0, y=0, dw=w, dh=h, source=self.map_source,
                                       color_mapper=self.mapper, global_alpha=display.opacity)
         self.figure.add_layout(ColorBar(color_mapper=self.mapper, width=10, padding=2), "right")
@@ -121,18 +159,23 @@ class MapView(param.Parameterized):
         self.map_source.data = {"value": [thresholded(r.values, r.signed, self.display.threshold)[::-1]]}
 
     @bokeh_update
-    def show(self, image_key, image: np.ndarray, result: MapResult, title: str) -> None:
-        """Replace the map and title (and the image, if `image_key` names another one) in place."""
-        self.result, self.title = result, title
-        if image_key != self._image_key or image_key is None:
-            self._image_key = image_key
-            self.image_source.data = {"image": [rgba(image)]}
+    def show(self, result: MapResult, title: str) -> None:
+        """Replace the map and title in place."""
+        self.result, self.title, self.problem = result, title, ""
         scale = float(np.abs(result.values).max()) or 1e-6
         self.mapper.update(low=-scale if result.signed else 0.0, high=scale if result.signed else 1.0)
         self._restyle()
         self._send_map()
         self.figure.title.text = title
         self.digest = result.digest
+
+    @bokeh_update
+    def show_none(self, request, problem: str) -> None:
+        """No map for `request` (model work failed): the picture alone, a title that says so."""
+        self.result, self.problem = None, problem
+        self.map_source.data = {"value": [np.full(self.shape, np.nan, np.float32)]}
+        self.title = self.figure.title.text = f"no map · {request.method} · {request.version}"
+        self.digest = f"none-{request.sample}"
 
 
 class OverlayPair(Tab):
@@ -151,8 +194,11 @@ class OverlayPair(Tab):
         workbench, selection = self.workbench, self.selection
         self.display = display or Display()
         shape = tuple(workbench.input_shape[1:])
-        self.left = MapView(self.display, shape, width)               # shared ranges: zoom and pan together
-        self.right = MapView(self.display, shape, width, self.left.figure.x_range, self.left.figure.y_range)
+        self.picture = Picture(shape)                                 # both sides show the selected image
+        self._notified = None
+        self.left = MapView(self.display, shape, width, picture=self.picture)      # shared ranges: zoom and pan
+        self.right = MapView(self.display, shape, width, self.left.figure.x_range, self.left.figure.y_range,
+                             picture=self.picture)
         self.views = {"left": self.left, "right": self.right}
         self.sync_choices()
         methods = self.param.compare_method.objects
@@ -208,28 +254,51 @@ class OverlayPair(Tab):
             self.runner.submit(side, lambda r=request: self._compute(r), lambda out, s=side: self._apply(s, *out))
 
     def _compute(self, request):
+        """The picture and the map (or why there is none: errors of model work become a problem in words)."""
         wb = self.workbench
-        return request, wb.image(request.split, request.sample), wb.saliency(request)
+        picture = wb.picture(request.split, request.sample)
+        try:
+            return request, picture, wb.saliency(request), ""
+        except Exception as err:                       # noqa: BLE001 - shown on the page with its fix
+            log.warning("no map for %s", request, exc_info=True)
+            return request, picture, None, map_problem(err, tuple(wb.input_shape[1:]))
 
-    def _apply(self, side: str, request, image: np.ndarray, result: MapResult) -> None:
+    def _apply(self, side: str, request, picture: tuple, result: MapResult | None, problem: str) -> None:
         if request != self.request(side):           # the selection moved on meanwhile
             return
-        names = self.workbench.class_names(request.split)
-        what = f"evidence {request.method}" if result.signed else f"{request.method} · {request.layer}"
-        title = f"{what} · {request.version} · {names[result.target_class]}"
-        self.views[side].show((request.split, request.sample), image, result, title)
+        self.picture.show((request.split, request.sample), picture[0])
+        view = self.views[side]
+        if result is None:
+            if self._notified != (request.sample, problem):      # once per image and problem, not per side
+                self._notified = (request.sample, problem)
+                notify(problem, "error", 12000)
+            view.show_none(request, problem)
+        else:
+            names = self.workbench.class_names(request.split)
+            what = f"evidence {request.method}" if result.signed else f"{request.method} · {request.layer}"
+            head = f"{what} · {request.version} · "
+            view.show(result, head + shortened(names[result.target_class], TITLE_CHARS - len(head)))
         if side == "left":
-            self._describe(request, result)
+            self._describe(request, result, problem, picture[1])
 
-    def _describe(self, request, result: MapResult) -> None:
+    def _describe(self, request, result: MapResult | None, problem: str, stored: tuple[int, int]) -> None:
         wb = self.workbench
         pred = wb.sample_predictions(request.version, request.split, [request.sample]).isel(sample=0)
         names = wb.class_names(request.split)
-        probs = " · ".join(f"{n} {p:.0%}" for n, p in zip(names, pred.probability.values))
+        top = np.argsort(-pred.probability.values, kind="stable")[:3]
+        probs = " · ".join(f"{names[i]} {pred.probability.values[i]:.0%}" for i in top)
+        c, h, w = wb.input_shape
+        image = f"image {stored[1]}×{stored[0]}" + ("" if tuple(stored) == (h, w) else f", model input {w}×{h}")
+        note = wb.splits[request.split].attrs.get("conversion")
+        head = (f"**{request.sample}** · label **{wb.true_label(request.split, pred.label)}** · predicted "
+                f"**{names[int(pred.predicted)]}** ({'top: ' if len(names) > 3 else ''}{probs}) · "
+                + image + (f" · {note}" if note else ""))
+        if result is None:
+            self.info.object = f"{head} · **{problem}**"
+            return
         unit = "weight of evidence in bits: red for, blue against" if result.signed else "map scaled to [0, 1]"
-        self.info.object = (f"**{request.sample}** · label **{wb.true_label(request.split, pred.label)}** · predicted "
-                            f"**{names[int(pred.predicted)]}** ({probs}) · explaining "
-                            f"**{names[result.target_class]}** · {unit} · {result.seconds * 1000:.0f} ms")
+        self.info.object = (f"{head} · explaining **{names[result.target_class]}** · {unit} · "
+                            f"{result.seconds * 1000:.0f} ms")
 
     def watched(self):
         return [(view, ["digest"]) for view in self.views.values()]
@@ -239,4 +308,5 @@ class OverlayPair(Tab):
         maps share a digest, so a digest alone cannot say that a new image's map arrived)."""
         shown = self.left.result
         return {"left": self.left.digest, "right": self.right.digest, "left_title": self.left.title,
-                "right_title": self.right.title, "left_sample": shown.request.sample if shown else ""}
+                "right_title": self.right.title, "left_problem": self.left.problem, "picture": list(self.picture.shown),
+                "left_sample": shown.request.sample if shown else (self.left.digest[5:] if self.left.problem else "")}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import param
 
 from ..evidence import METHODS as EVIDENCE_METHODS
-from .workbench import MapRequest, Workbench, mask_region
+from .maps import MapRequest, mask_region
+from .workbench import Workbench
 
 
 class Selection(param.Parameterized):

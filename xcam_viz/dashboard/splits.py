@@ -2,6 +2,8 @@
 what it is scored on. The rules live here once; the Workbench applies them to its splits."""
 from __future__ import annotations
 
+import torch
+
 from ..data import ImageSet
 
 TRAIN_SPLIT = "train"          # the split users paint on and fine-tuning trains on, when there is one
@@ -38,3 +40,19 @@ def training_splits(splits: dict[str, ImageSet]) -> list[str]:
 def evaluation_splits(splits: dict[str, ImageSet], train: str | None) -> list[str]:
     """The splits a run on `train` is scored on before and after: the other labelled splits."""
     return [name for name in labelled_splits(splits) if name != train]
+
+
+HELD_OUT = "held-out"          # the evaluation split carved from the training split when there is no other
+
+
+def held_out_positions(splits: dict[str, ImageSet], train: str, exclude: set[str]) -> torch.Tensor | None:
+    """Positions in `train` to hold out for scoring when no other labelled split can score a run on it: a
+    stratified share of its images outside `exclude` (those with feedback), by the rule of fine-tuning's
+    validation split (`finetune.core.held_out`); None when another split scores it."""
+    from ..finetune.core import held_out
+
+    if evaluation_splits(splits, train):
+        return None
+    data = splits[train]
+    pool = torch.tensor([sid not in exclude for sid in data.ids], dtype=torch.bool)
+    return held_out(data.labels, pool, seed=0)

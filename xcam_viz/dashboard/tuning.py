@@ -10,11 +10,13 @@ import math
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import panel as pn
 import param
 
 from ..finetune import AUTO, DEFAULTS, STRATEGIES
 from .controls import cam_name, scored_with
+from .splits import HELD_OUT
 from .tab import Tab
 from .tasks import describe, notify
 
@@ -33,24 +35,67 @@ def strategy_help(name: str) -> str:
     return f"**{s.name}** ({s.kind}, learns from {s.learns_from} regions): {s.summary}."
 
 
-def _cell(before: float, after: float, percent: bool) -> str:
-    if not (np.isfinite(before) or np.isfinite(after)):
+def _score(value: float | None, percent: bool) -> str:
+    if value is None or not np.isfinite(value):
         return "—"
-    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
-    return f"{show(before)} → **{show(after)}**"
+    return f"{value:.1%}" if percent else f"{value:.3f}"
 
 
-def results_table(result) -> str:
-    """Before → after per split (the validation split included), each localisation score named with its CAM."""
+def split_title(split: str, held_out: int | None = None) -> str:
+    """A scored split in words: the validation and held-out splits say where they come from."""
+    if split == "validation":
+        return "validation (held out of training)"
+    if split == HELD_OUT:
+        return f"{HELD_OUT} ({held_out} training images, never trained on)" if held_out else split
+    return split
+
+
+def results_table(result, held_out: int | None = None) -> pd.DataFrame:
+    """Before → after per split (the validation split included), each localisation score named with its CAM;
+    columns no split has a value for are left out."""
     layer, method, m = result.settings["layer"], result.settings["method"], result.metrics
-    header = [scored_with(label, layer, method) if key != "accuracy" else label for key, label in SCORES]
-    rows = ["| split | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-    for split in m.split.values:
-        cells = [_cell(float(m[key].sel(stage="before", split=split)), float(m[key].sel(stage="after", split=split)),
-                       key == "accuracy") for key, _ in SCORES]
-        name = "validation (held out of training)" if split == "validation" else split
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    rows = {split_title(str(split), held_out): {
+        scored_with(label, layer, method) if key != "accuracy" else label:
+            "—" if not (np.isfinite(before) or np.isfinite(after)) else
+            f"{_score(before, key == 'accuracy')} → {_score(after, key == 'accuracy')}"
+        for key, label in SCORES
+        for before, after in [(float(m[key].sel(stage="before", split=split)),
+                               float(m[key].sel(stage="after", split=split)))]}
+        for split in m.split.values}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("split").reset_index()
+    return table.loc[:, (table != "—").any()]
+
+
+def versions_table(versions: list[tuple[str, dict, dict]], selected: str, splits: list[str]) -> pd.DataFrame:
+    """The model versions as a table: one row per (name, saved metadata, scores) — its parent, strategy and
+    flag — and per scored split its accuracy and, where any version has one, its pointing game (named with
+    the CAM it was computed with: in the header when every version shares it, else in each cell)."""
+    cams = {(sc["layer"], sc["method"]) for _, _, sc in versions if sc["metrics"]}
+    shared = next(iter(cams)) if len(cams) == 1 else None
+    columns = [(f"{split}/accuracy", f"{split} accuracy") for split in splits]
+    columns += [(f"{split}/pointing_game", f"{split} " + scored_with("pointing game", *(shared or (None, None))))
+                for split in splits]
+    rows = []
+    for name, meta, sc in versions:
+        row = {"version": name + (" (selected)" if name == selected else "") + (" ⚠ flagged" if meta.get("flagged")
+                                                                             else ""),
+               "parent": meta.get("parent") or "—", "strategy": meta.get("strategy") or "—"}
+        for key, label in columns:
+            cell = _score(sc["metrics"].get(key), key.endswith("/accuracy"))
+            row[label] = cell + (f" ({cam_name(sc['layer'], sc['method'])})" if shared is None and cell != "—"
+                                 and not key.endswith("/accuracy") else "")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["version", "parent", "strategy", *[label for _, label in columns]])
+    keep = [c for c in table.columns if c in ("version", "parent", "strategy") or "accuracy" in c
+            or (table[c] != "—").any()]
+    return table[keep]
+
+
+def table_pane(css_class: str) -> pn.pane.DataFrame:
+    """A table the tab fills with a DataFrame: an HTML table (its cells escaped), scrolling sideways when wide."""
+    return pn.pane.DataFrame(pd.DataFrame(), index=False, escape=True, css_classes=[css_class],
+                             sizing_mode="stretch_width", margin=(0, 10),
+                             styles={"font-size": "0.85em", "overflow-x": "auto"})
 
 
 def _plain(markdown: str) -> str:
@@ -106,10 +151,11 @@ class FinetunePanel(Tab):
                                      css_classes=["xv-strategy-help"], styles={"font-size": "0.85em"})
         self.warning = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["xv-finetune-warning"],
                                      sizing_mode="stretch_width", margin=(5, 10))
-        table = {"sizing_mode": "stretch_width", "margin": (0, 10),
-                 "styles": {"font-size": "0.85em", "overflow-x": "auto"}}     # a wide table scrolls, visibly
-        self.results = pn.pane.Markdown("", css_classes=["xv-finetune-results"], **table)
-        self.history = pn.pane.Markdown("", css_classes=["xv-versions"], **table)
+        self.results = pn.pane.Markdown("", css_classes=["xv-finetune-summary"], sizing_mode="stretch_width",
+                                        margin=(0, 10), styles={"font-size": "0.85em"})
+        self.results_table = table_pane("xv-finetune-results")
+        self.results_table.visible = False
+        self.history = table_pane("xv-versions")
         size = {"width": WIDGET}
         self.strategy_select = pn.widgets.Select.from_param(self.param.strategy, css_classes=["xv-strategy"],
                                                             description=_plain(self.help.object), **size)
@@ -131,7 +177,10 @@ class FinetunePanel(Tab):
                                              xlabel="step", ylabel="loss", toolbar=None), linked_axes=False)
         self.layout = pn.Column(pn.FlexBox(form, pn.Column(self.bar, self.status, plot, width=WIDGET + 10),
                                            flex_wrap="wrap", sizing_mode="stretch_width"),
-                                self.warning, self.results, self.history, name=self.title, sizing_mode="stretch_width")
+                                self.warning, self.results, self.results_table,
+                                pn.pane.Markdown("**Model versions** (choose one, or go back to a parent, in the "
+                                                 "sidebar)", margin=(10, 10, 0, 10)),
+                                self.history, name=self.title, sizing_mode="stretch_width")
         selection.param.watch(lambda *_: self.show_history(), ["version"])
         selection.param.watch(lambda *_: self.show_history(), ["version"], what="objects")    # a new version
         selection.param.watch(lambda *_: self._hint(), ["revision"])
@@ -162,7 +211,14 @@ class FinetunePanel(Tab):
         count = len(self.workbench.feedback_ids(self.split))
         todo = ("Launch to fine-tune on them." if count else
                 f"Paint feedback on a few images of {self.split} (Feedback tab), save it, then launch.")
-        self.status.object = f"{count} image{'s' * (count != 1)} of **{self.split}** have saved feedback. {todo}"
+        scored = self.workbench.evaluation_data(self.split)
+        held = self._held_out()
+        where = (f"No other split to score on: {held} {self.split} images are held out as **{HELD_OUT}**, never "
+                 "trained on, and every version is scored on them." if held else
+                 f"Versions are scored on {', '.join(scored)}." if scored else
+                 "No split to score versions on (too few images to hold any out).")
+        self.status.object = (f"{count} image{'s' * (count != 1)} of **{self.split}** have saved feedback. {todo} "
+                              + where)
 
     def settings(self) -> dict:
         """What launch passes to the core: the strategy and layer, and each advanced setting the user
@@ -259,7 +315,9 @@ class FinetunePanel(Tab):
             f"**{result.base_version} → {result.version}**" + (" ⚠ **flagged**" if result.flagged else "")
             + f" · {result.seconds:.0f} s · strategy *{s['strategy']}* on {s['feedback_samples']} annotated images "
             f"· best epoch {result.best_epoch} of {epochs_run} run (at most {s['epochs']}) · λ {s['lam']:g} · "
-            f"learning rate {s['lr']:g}\n\n" + results_table(result))
+            f"learning rate {s['lr']:g}")
+        self.results_table.object = results_table(result, self._held_out())
+        self.results_table.visible = True
         self.warning.object = (f"**{result.version} is flagged:** {result.warning}. It is saved, but the dashboard "
                                f"stays on {self.selection.version}; the right-hand view of the Explain tab shows "
                                f"{result.version}. Select it in the sidebar only if you accept it.")
@@ -271,31 +329,13 @@ class FinetunePanel(Tab):
     def show_history(self) -> None:
         """The registry's versions with their parents, strategies, flags and the metrics saved with them."""
         wb = self.workbench
-        splits = wb.evaluation_splits(self.split)                 # all labelled ones without a training split
         versions = [(name, wb.version_meta(name), wb.scores(name)) for name in wb.versions]
-        cams = {(sc["layer"], sc["method"]) for _, _, sc in versions if sc["metrics"]}
-        shared = next(iter(cams)) if len(cams) == 1 else None
-        cols = [(f"{split}/accuracy", f"{split} acc.", None) for split in splits]
-        cols += [(f"{split}/pointing_game", f"{split} " + scored_with("pointing game", *(shared or (None, None))),
-                  shared is None) for split in splits]
-        rows = ["| version | parent | strategy | " + " | ".join(label for _, label, _ in cols) + " |",
-                "|---" * (len(cols) + 3) + "|"]
-        for name, meta, sc in versions:
-            shown = f"**{name}** (selected)" if name == self.selection.version else name
-            flag = " ⚠ flagged" if meta.get("flagged") else ""
-            cells = []
-            for key, _, per_cell in cols:
-                value = sc["metrics"].get(key)
-                if value is None or not np.isfinite(value):
-                    cells.append("—")
-                elif key.endswith("/accuracy"):
-                    cells.append(f"{value:.1%}")
-                else:
-                    cells.append(f"{value:.3f}" + (f" ({cam_name(sc['layer'], sc['method'])})" if per_cell else ""))
-            rows.append(f"| {shown}{flag} | {meta.get('parent') or '—'} | {meta.get('strategy') or '—'} | "
-                        + " | ".join(cells) + " |")
-        self.history.object = ("**Model versions** (choose one, or go back to a parent, in the sidebar)\n\n"
-                               + "\n".join(rows))
+        self.history.object = versions_table(versions, self.selection.version, list(wb.evaluation_data(self.split)))
+
+    def _held_out(self) -> int | None:
+        """How many training images are held out for scoring (None: another split scores runs)."""
+        held = self.workbench.held_out.get(self.split)
+        return None if held is None else len(held)
 
     def snapshot(self) -> dict:
         """What the tab shows, for the state probe (browser tests)."""

@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from ..data import fit
+from ..data.sources import read_image, unit_image
 from .selection import Selection
 from .tasks import notify
 from .workbench import Workbench
 
-MAX_UPLOAD_MB = 10.0
+MAX_UPLOAD_MB = 50.0            # a 4096×3328 scan as a 16-bit PNG is about 20-30 MB
 UPLOAD_SPLIT = "uploads"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 MAX_PIXELS = 40_000_000          # decoded pixels of one image (decompression bombs)
@@ -46,8 +47,9 @@ def decode_upload(content: bytes, filename: str, shape: tuple[int, int, int],
     if not name.lower().endswith(SUFFIXES):
         raise UploadError(f"{name}: upload a PNG, JPEG or .npz file (got another file type)")
     if len(content) > max_mb * 2**20:
-        raise UploadError(f"{name} is {len(content) / 2**20:.1f} MB, more than the {max_mb:g} MB limit; "
-                          "upload a smaller image (the server sets the limit with --max-upload-mb)")
+        raise UploadError(f"{name} is {len(content) / 2**20:.1f} MB, more than the {max_mb:g} MB limit of this "
+                          "server: upload a smaller or more compressed file (PNG or JPEG), or serve with a higher "
+                          "limit (xcam-viz serve --max-upload-mb 100)")
     if content[:4] == b"PK\x03\x04":
         images = _npz_images(content, name, max_mb)
     else:
@@ -62,15 +64,15 @@ def _picture(content: bytes, name: str) -> torch.Tensor:
             if im.format not in ("PNG", "JPEG"):
                 raise UploadError(f"{name} is a {im.format} image; upload a PNG or JPEG")
             if im.width * im.height > MAX_PIXELS:
-                raise UploadError(f"{name} is {im.width}×{im.height} pixels, more than {MAX_PIXELS:,}; "
-                                  "upload a smaller image")
-            rgb = np.asarray(im.convert("RGB"))
+                raise UploadError(f"{name} is {im.width}×{im.height} pixels, more than {MAX_PIXELS:,} (e.g. "
+                                  "6000×6000); upload a smaller image")
+            stored = read_image(io.BytesIO(content))         # grey, colour or 16-bit as stored; fit converts
     except UploadError:
         raise
     except Exception as err:                     # noqa: BLE001 - Pillow raises many kinds for broken files
         raise UploadError(f"{name} is not a readable PNG or JPEG image ({type(err).__name__}); "
                           "upload an image file or an .npz of arrays") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(unit_image(stored))[None]
 
 
 def _npz_images(content: bytes, name: str, max_mb: float) -> torch.Tensor:
@@ -123,7 +125,7 @@ class ImageUpload(pn.viewable.Viewer):
         c, h, w = workbench.input_shape
         self.layout = pn.Column(
             pn.pane.Markdown(f"**Explain your own image** — PNG, JPEG or .npz up to {max_mb:g} MB "
-                             f"(resized to {h}×{w})", margin=(5, 10, 0, 10)),
+                             f"(resized to {w}×{h})", margin=(5, 10, 0, 10)),
             self.input, sizing_mode="stretch_width")
 
     def receive(self, content: bytes | None, filename: str | None) -> list[str]:

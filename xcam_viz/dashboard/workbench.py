@@ -9,12 +9,8 @@ without a browser.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import threading
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,56 +21,17 @@ from torch import nn
 from .. import models
 from ..concepts.labels import LabelStore
 from ..data import ImageSet, check_images
+from ..data.loading import check_channels
+from ..data.views import decode
 from ..evidence import METHODS as EVIDENCE_METHODS
 from ..models.kind import is_segmenter
 from . import splits as split_rules
 from .cache import LRUCache
+from .maps import MapRequest, MapResult, NotFinite, region_value
+from .stores import default_feedback_path, default_labels_path, default_versions_dir, versions_registry
 
 NO_LABEL = "no label"
 
-
-
-@dataclass(frozen=True)
-class MapRequest:
-    """What one overlay shows. target: "predicted" or a class index; region (segmenters):
-    "predicted", "all", a point (y, x) or a painted mask as ("mask", packed bits, shape)."""
-
-    version: str
-    split: str
-    sample: str
-    method: str
-    layer: str
-    target: str | int = "predicted"
-    region: Hashable = None
-
-
-@dataclass
-class MapResult:
-    """A map at input resolution (H×W float32; [0, 1], or signed bits for evidence) and its provenance."""
-
-    request: MapRequest
-    values: np.ndarray
-    signed: bool
-    target_class: int
-    seconds: float
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha1(self.values.tobytes()).hexdigest()[:12]
-
-
-def mask_region(mask: np.ndarray) -> tuple:
-    """A painted bool mask as a hashable region for a `MapRequest`."""
-    mask = np.asarray(mask, bool)
-    return ("mask", np.packbits(mask).tobytes(), mask.shape)
-
-
-def _region_value(region):
-    if isinstance(region, tuple) and region and region[0] == "mask":
-        _, bits, shape = region
-        return torch.from_numpy(np.unpackbits(np.frombuffer(bits, np.uint8))[:int(np.prod(shape))]
-                                .reshape(shape).astype(bool))
-    return region
 
 
 @contextlib.contextmanager
@@ -93,34 +50,6 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def default_versions_dir(feedback) -> Path:
-    """Model versions live next to the feedback database: <name>-versions/."""
-    path = Path(feedback.path)
-    return path.with_name(f"{path.stem}-versions")
-
-
-def versions_registry(model: nn.Module, directory):
-    """A ModelVersions registry in `directory`, or None for a model that cannot be saved (not built by xv)."""
-    from ..finetune import ModelVersions
-
-    return ModelVersions(directory) if getattr(model, "xcam_arch", None) else None
-
-
-def default_labels_path(feedback) -> Path:
-    """Concept labels of units live next to the feedback database: <name>-concepts.db."""
-    path = Path(feedback.path)
-    return path.with_name(f"{path.stem}-concepts.db")
-
-
-def default_feedback_path() -> Path:
-    """Where feedback goes when no store is given: $XCAM_VIZ_FEEDBACK, else demo-feedback.db in
-    $XCAM_VIZ_CACHE or ~/.cache/xcam-viz."""
-    if os.environ.get("XCAM_VIZ_FEEDBACK"):
-        return Path(os.environ["XCAM_VIZ_FEEDBACK"])
-    root = os.environ.get("XCAM_VIZ_CACHE") or Path.home() / ".cache" / "xcam-viz"
-    return Path(root) / "demo-feedback.db"
-
-
 class Workbench:
     """Data splits, model versions and the feedback store shared by all sessions, with caches."""
 
@@ -132,6 +61,7 @@ class Workbench:
         for name, data in self.splits.items():
             if not data.lazy:                               # lazy readers check each image as they decode it
                 check_images(data.images, f"images of split {name!r}")
+        check_channels(model, self.splits)
         if feedback is None or isinstance(feedback, (str, Path)):
             from ..feedback import FeedbackStore
 
@@ -144,12 +74,15 @@ class Workbench:
         self.captures = LRUCache(capture_bytes)
         self.maps = LRUCache(64 * 2**20)
         self.thumbnails = LRUCache(64 * 2**20)              # decoded images of the pages shown (lazy splits)
+        self.pictures = LRUCache(64 * 2**20)                # full-resolution pictures of the images selected
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
         self._kinds: dict[str, bool] = {}
         self.measured: dict[str, dict] = {}     # versions saved without metrics: {"metrics", "layer", "method"}
         self.labels = LabelStore(default_labels_path(feedback))   # concept labels, shared by every layer
+        self.held_out = {train: split_rules.held_out_positions(self.splits, train, self.feedback_ids(train))
+                         for train in self.training_splits()}       # None where another split scores runs
         self._units: dict[tuple, object] = {}
         self._embeddings: dict[tuple, xr.Dataset] = {}
 
@@ -233,8 +166,9 @@ class Workbench:
         """Start xv.finetune in the background from `version` on the feedback saved for the training split
         `split`; returns the job. Settings left out (or None) are the core's defaults.
 
-        Before/after metrics are measured on the other labelled splits (`evaluation_splits`); the core holds
-        its validation images out of `split`. The new model becomes the registry's next version.
+        Before/after metrics are measured on the other labelled splits, or on the held-out share of `split`
+        when there is none (`evaluation_data`); the core holds its validation images out of the rest. The new
+        model becomes the registry's next version.
         """
         from ..finetune import finetune
 
@@ -245,9 +179,25 @@ class Workbench:
             raise ValueError(f"fine-tuning trains on {' or '.join(self.training_splits()) or 'a training split'}, "
                              f"not on {split!r}" + ("" if self.training_splits() else
                                                    ": give the dashboard a labelled split named 'train'"))
-        eval_data = {name: self.splits[name] for name in self.evaluation_splits(split)}
-        return finetune(None, self.splits[split], feedback=self.feedback, base_version=version,
-                        versions_dir=self.registry.directory, eval_data=eval_data, background=True, **settings)
+        return finetune(None, self.training_data(split), feedback=self.feedback, base_version=version,
+                        versions_dir=self.registry.directory, eval_data=self.evaluation_data(split),
+                        background=True, **settings)
+
+    def evaluation_data(self, train: str | None) -> dict[str, ImageSet]:
+        """What a run on `train` is scored on: the other labelled splits, else its held-out share (HELD_OUT)."""
+        held = self.held_out.get(train)
+        if held is None:
+            return {name: self.splits[name] for name in self.evaluation_splits(train)}
+        return {split_rules.HELD_OUT: self.splits[train].subset(held)} if len(held) else {}
+
+    def training_data(self, train: str) -> ImageSet:
+        """The images of `train` a run may train on (all but its held-out share)."""
+        held = self.held_out.get(train)
+        if held is None or not len(held):
+            return self.splits[train]
+        keep = torch.ones(len(self.splits[train]), dtype=torch.bool)
+        keep[held] = False
+        return self.splits[train].subset(keep)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -280,6 +230,11 @@ class Workbench:
         if self.is_segmenter(version):
             return methods_for(segmenter=True)
         return methods_for(segmenter=False) + list(EVIDENCE_METHODS)
+
+    def concept_names(self) -> list[str]:
+        """Concept names to offer: the data sets' presets (attrs["concepts"]), then every label used so far."""
+        presets = [name for data in self.splits.values() for name in data.attrs.get("concepts", ())]
+        return self.labels.names(list(dict.fromkeys(presets)))
 
     def class_names(self, split: str | None = None) -> list[str]:
         return list(self.splits[split or next(iter(self.splits))].class_names)
@@ -334,12 +289,33 @@ class Workbench:
         return ids
 
     def image(self, split: str, sample: str) -> np.ndarray:
-        """The sample's image as H×W×C float32 in [0, 1]."""
+        """The sample's image as the model takes it, H×W×C float32 in [0, 1]."""
         data = self.splits[split]
         if not data.lazy:
             return data.images[data.index_of(sample)].permute(1, 2, 0).numpy()
-        return self.thumbnails.get_or_compute(("image", split, sample),
-                                              lambda: data[data.index_of(sample)].image.permute(1, 2, 0).numpy())
+        return self.thumbnails.get_or_compute(("image", split, sample), lambda: self._decode(split, sample)[0])
+
+    def model_input(self, split: str, sample: str) -> torch.Tensor:
+        """The sample's image as a 1×C×H×W batch for the model."""
+        return torch.from_numpy(self.image(split, sample)).permute(2, 0, 1)[None]
+
+    def thumbnail(self, split: str, sample: str) -> np.ndarray:
+        """A small uint8 picture of the sample (at most `views.THUMBNAIL` px), decoded once."""
+        return self.thumbnails.get_or_compute(("thumbnail", split, sample), lambda: self._decode(split, sample)[1])
+
+    def picture(self, split: str, sample: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """The sample at up to full resolution (uint8 H×W grey or H×W×3) and the stored file's (height, width)."""
+        return self.pictures.get_or_compute(("picture", split, sample), lambda: self._decode(split, sample)[2:])
+
+    def _decode(self, split: str, sample: str) -> tuple:
+        """One decode of the sample's file gives its model input, thumbnail and picture; the first two are cached."""
+        data = self.splits[split]
+        view = decode(data, data.index_of(sample))
+        image = view.image.permute(1, 2, 0).numpy()
+        if data.lazy:
+            self.thumbnails.put(("image", split, sample), image)
+        self.thumbnails.put(("thumbnail", split, sample), view.thumbnail)
+        return image, view.thumbnail, view.picture, view.stored
 
     def ground_truth(self, split: str, sample: str) -> np.ndarray | None:
         data = self.splits[split]
@@ -369,9 +345,9 @@ class Workbench:
         def compute():
             data = self.splits[request.split]
             i = data.index_of(request.sample)
+            x = self.model_input(request.split, request.sample)
             with self.lock, one_thread():
-                cap = capture(self.model(request.version), data[i].image[None], [request.layer], target,
-                              _region_value(request.region))
+                cap = capture(self.model(request.version), x, [request.layer], target, region_value(request.region))
             if target == "predicted" and cap.logits.ndim == 2:   # the forward's logits are the prediction too:
                 prob = models.probabilities(cap.logits).cpu().numpy()  # keep it, and the capture under its class
                 self.thumbnails.put(("predictions", request.version, request.split, (request.sample,)),
@@ -393,7 +369,7 @@ class Workbench:
         if request.method in EVIDENCE_METHODS:
             from ..evidence import evidence
 
-            x = data[data.index_of(request.sample)].image[None]
+            x = self.model_input(request.split, request.sample)
             with self.lock, one_thread():
                 ev = evidence(self.model(request.version), x, method=request.method,
                               target=target, data=data, progress=False)
@@ -403,6 +379,8 @@ class Workbench:
         with self.lock, one_thread():                     # Score-CAM runs the model
             cam = weigh(cap, request.method, request.layer)
         values = finish(cam, tuple(data.image_shape[-2:])).float()[0].numpy()
+        if not (torch.isfinite(cap.logits).all() and np.isfinite(values).all()):     # finish would hide NaN
+            raise NotFinite(f"the model's outputs for {request.sample} are NaN or infinite, so its map is meaningless")
         return MapResult(request, values, False, int(cap.target[0]), time.perf_counter() - start)
 
     def explain_split(self, version: str, split: str, method: str, layer: str) -> xr.DataArray:

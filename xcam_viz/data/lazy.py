@@ -63,6 +63,14 @@ class Reader:
     def has_masks(self) -> bool:
         return False
 
+    def decode(self, position: int) -> np.ndarray | None:
+        """The image at `position` as stored in its file (H×W or H×W×C, uint8 / uint16); None without files."""
+        return None
+
+    def fit(self, stored: np.ndarray) -> torch.Tensor:
+        """A decoded image (`decode`) as `read` gives it: 1×C×H×W float32 fitted to `shape`."""
+        raise NotImplementedError
+
 
 class Subset(Reader):
     """Some positions of another reader."""
@@ -84,6 +92,12 @@ class Subset(Reader):
     def has_masks(self) -> bool:
         return self.base.has_masks
 
+    def decode(self, position):
+        return self.base.decode(int(self.positions[position]))
+
+    def fit(self, stored):
+        return self.base.fit(stored)
+
 
 class FileReader(Reader):
     """Image files (any size or mode; fitted to `shape`), with optional mask files, decoded with Pillow."""
@@ -101,13 +115,20 @@ class FileReader(Reader):
     def has_masks(self) -> bool:
         return self.masks is not None
 
+    def decode(self, position):
+        from .sources import read_image
+        return read_image(Path(self.paths[position]))
+
+    def fit(self, stored):
+        from .sources import unit_image
+        return fit(torch.from_numpy(unit_image(stored))[None], self.shape, self.crop)
+
     def read(self, positions):
-        from .sources import read_image, unit_image
+        from .sources import read_image
         images, masks = [], []
         for i in positions:
             try:
-                arr = unit_image(read_image(Path(self.paths[i])), self.shape[0])
-                img = fit(torch.from_numpy(arr)[None], self.shape, self.crop)
+                img = self.fit(self.decode(i))
             except (OSError, SyntaxError, ValueError) as err:      # Pillow: truncated or damaged pixel data
                 warnings.warn(f"image {self.paths[i]} cannot be decoded ({err}); it is shown as a black image",
                               stacklevel=2)
@@ -212,5 +233,4 @@ def item_image(item) -> torch.Tensor:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    channels = 1 if arr.ndim == 2 else min(arr.shape[-1], 3)
-    return torch.from_numpy(unit_image(arr, channels))
+    return torch.from_numpy(unit_image(arr))

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from ..spatial import batch_for, check_dims
 from .imageset import ImageSet
 from .lazy import ArrayReader, DatasetReader, FileReader, NpzMember, ZarrMember, item_image
+from .transform import check_channels, conversion, to_channels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -60,17 +61,21 @@ def channels_first(a: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
 
 def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = None,
                 ids: Sequence[str] | None = None, spatial_dims: int = 2,
-                spacing: Sequence[float] | None = None) -> ImageSet:
+                spacing: Sequence[float] | None = None, channels: int | None = None) -> ImageSet:
     """An ImageSet from arrays: uint8/uint16 or float in [0, 1].
 
     Images: N×H×W, N×H×W×C or N×C×H×W; with spatial_dims=3, volumes N×D×H×W or N×C×D×H×W (masks
-    N×D×H×W) and optionally their voxel `spacing` in mm (z, y, x).
+    N×D×H×W) and optionally their voxel `spacing` in mm (z, y, x). channels: 1 or 3 to convert grey and
+    colour (default: the arrays' own).
     """
     check_dims(spatial_dims, "from_arrays' spatial_dims")
     images = np.asarray(images)
     if images.size == 0:
         raise ValueError("images is empty: give at least one image")
     imgs = channels_first(to_unit_float(images), spatial_dims)
+    stored = min(imgs.shape[1], 3)
+    if check_channels(channels) is not None:
+        imgs = to_channels(torch.from_numpy(np.ascontiguousarray(imgs)), channels).numpy()
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(imgs):
         raise ValueError(f"{len(imgs)} images but {len(labels)} labels: give one label per image")
@@ -87,7 +92,7 @@ def from_arrays(images, labels, masks=None, class_names: Sequence[str] | None = 
             raise ValueError(f"{len(imgs)} images but {len(m)} masks: give one mask per image")
         m = torch.from_numpy(m > 0)
     return ImageSet(torch.from_numpy(np.ascontiguousarray(imgs)), torch.from_numpy(labels.astype(np.int64)),
-                    m, ids, class_names, spacing=spacing)
+                    m, ids, class_names, spacing=spacing, attrs=conversion(stored, channels or stored))
 
 
 def read_image(path: Path, mode: str | None = None) -> np.ndarray:
@@ -100,19 +105,10 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
                                      else ("L" if im.mode in ("L", "1") else "RGB")))
 
 
-def unit_image(arr: np.ndarray, channels: int) -> np.ndarray:
-    """One image array (H×W or H×W×C) to C×H×W float in [0, 1] with the wanted channel count."""
+def unit_image(arr: np.ndarray) -> np.ndarray:
+    """One image array (H×W or H×W×C) as C×H×W float in [0, 1], its channels as stored (`fit` converts them)."""
     img = to_unit_float(arr, "image")
-    img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
-    if img.shape[0] == 4:                  # RGBA: composite on white
-        img = img[:3] * img[3:] + (1 - img[3:])
-    if img.shape[0] == channels:
-        return img
-    if img.shape[0] == 1 and channels == 3:
-        return np.repeat(img, 3, 0)
-    if img.shape[0] == 3 and channels == 1:
-        return img.mean(0, keepdims=True)
-    raise ValueError(f"cannot turn {img.shape[0]} channels into {channels}")
+    return img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
 
 
 GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")
@@ -129,7 +125,7 @@ def _header(path: Path) -> tuple[int, int, str] | None:
 
 
 def _load_items(items: list[tuple[Path, int, Path | None]], class_names: list[str], root: Path,
-                size: tuple[int, int] | None, crop: bool) -> ImageSet:
+                size: tuple[int, int] | None, crop: bool, channels: int | None) -> ImageSet:
     """A lazy ImageSet of image files: only headers are read here; pixels are decoded batch by batch."""
     kept, headers, skipped = [], [], 0
     for path, label, mask_path in items:
@@ -153,15 +149,17 @@ def _load_items(items: list[tuple[Path, int, Path | None]], class_names: list[st
     masks = [m for _, _, m in kept]
     if any(m is not None for m in masks) and any(m is None for m in masks):
         raise ValueError("some images have masks and some do not; give a mask for every image or none")
-    channels = 1 if all(mode in GREY_MODES for *_, mode in headers) else 3
+    stored = 1 if all(mode in GREY_MODES for *_, mode in headers) else 3
+    channels = channels or stored
     h, w = size or headers[0][:2]
     ids = [p.relative_to(root).with_suffix("").as_posix() if p.is_relative_to(root) else p.stem for p, _, _ in kept]
     reader = FileReader([p for p, _, _ in kept], (channels, h, w), None if masks[0] is None else masks, crop)
     return ImageSet(reader, torch.tensor([label for _, label, _ in kept]), ids=ids, class_names=class_names,
-                    attrs={"source": str(root)})
+                    attrs={"source": str(root), **conversion(stored, channels)})
 
 
-def load_folder(root, masks=None, size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+def load_folder(root, masks=None, size: tuple[int, int] | None = None, crop: bool = False,
+                channels: int | None = None) -> ImageSet:
     """A lazy ImageSet of an ImageFolder tree (`root/<class>/<image>`) or an ISIC-style CSV manifest.
 
     masks: for a tree, a folder with the same layout (same relative paths, any image suffix).
@@ -169,13 +167,16 @@ def load_folder(root, masks=None, size: tuple[int, int] | None = None, crop: boo
     labels are class names or integer indices. Only file headers are read on opening (files that
     are no image are skipped with a warning); pixels are decoded batch by batch. size: (H, W) to fit
     every image to (default: the first image's size; images of other sizes are resized, or cut to
-    the aspect ratio first with crop=True).
+    the aspect ratio first with crop=True). channels: 1 or 3, the channel count the model takes:
+    grey images are replicated for a colour model, colour ones converted to luminance for a grey
+    one (default: 1 when every image is grey, else 3); the set's attrs record the conversion.
     """
     root = Path(root)
+    check_channels(channels)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist; give an image folder or a CSV manifest")
     if root.is_file():
-        return _load_manifest(root, size, crop)
+        return _load_manifest(root, size, crop, channels)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.png")
@@ -187,7 +188,7 @@ def load_folder(root, masks=None, size: tuple[int, int] | None = None, crop: boo
         for path in sorted((root / cls).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 items.append((path, label, None if mask_root is None else _mask_for(mask_root / cls, path)))
-    return _load_items(items, classes, root, size, crop)
+    return _load_items(items, classes, root, size, crop, channels)
 
 
 def _mask_for(folder: Path, image: Path) -> Path:
@@ -195,7 +196,7 @@ def _mask_for(folder: Path, image: Path) -> Path:
     return found[0] if found else folder / (image.stem + ".png")
 
 
-def _load_manifest(path: Path, size, crop: bool) -> ImageSet:
+def _load_manifest(path: Path, size, crop: bool, channels: int | None) -> ImageSet:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "image" not in rows[0] or "label" not in rows[0]:
@@ -216,14 +217,15 @@ def _load_manifest(path: Path, size, crop: bool) -> ImageSet:
         if not img.exists():
             raise FileNotFoundError(f"{path}: image {img} listed in the manifest does not exist")
         items.append((img, label, base / r["mask"] if r.get("mask") else None))
-    return _load_items(items, names, base, size, crop)
+    return _load_items(items, names, base, size, crop, channels)
 
 
-def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = None, crop: bool = False,
+                  channels: int | None = None) -> ImageSet:
     """A lazy split of a MedMNIST `.npz` file (`{split}_images`, `{split}_labels`), gray or RGB, any size.
 
     The images are memory-mapped (np.savez stores them uncompressed; a compressed file is loaded) and
-    decoded batch by batch; size: (H, W) to fit them to, as in `load_folder`.
+    decoded batch by batch; size: (H, W) to fit them to and channels (1 or 3), as in `load_folder`.
     """
     path = Path(path)
     if split not in MEDMNIST_SPLITS:
@@ -243,15 +245,17 @@ def load_medmnist(path, split: str = "train", size: tuple[int, int] | None = Non
         raise ValueError(f"{path} has multi-label targets {labels.shape}; xcam-viz explains "
                          "single-label classifiers: pick one column")
     ds = from_array_store(NpzMember(path, f"{split}_images"), labels.reshape(-1).astype(np.int64),
-                          ids=[f"{split}-{i:05d}" for i in range(len(labels))], size=size, crop=crop)
+                          ids=[f"{split}-{i:05d}" for i in range(len(labels))], size=size, crop=crop,
+                          channels=channels)
     ds.attrs.update(source=str(path), split=split)
     return ds
 
 
 def load_zarr(path, images: str = "images", labels: str = "labels", class_names: Sequence[str] | None = None,
-              size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2) -> ImageSet:
+              size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2,
+              channels: int | None = None) -> ImageSet:
     """A lazy ImageSet of a zarr store holding an image array (N×H×W[×C] or N×C×H×W; with spatial_dims=3,
-    volumes N×D×H×W or N×C×D×H×W) and a label array."""
+    volumes N×D×H×W or N×C×D×H×W) and a label array (size and channels as in `load_folder`)."""
     import zarr
     path = Path(path)
     if not path.exists():
@@ -262,13 +266,15 @@ def load_zarr(path, images: str = "images", labels: str = "labels", class_names:
         raise ValueError(f"{path} has no array {missing[0]!r} (it has {sorted(group.array_keys())}); "
                          "name the image and label arrays with images= and labels=")
     ds = from_array_store(ZarrMember(path, images), np.asarray(group[labels][:]).reshape(-1).astype(np.int64),
-                          class_names=class_names, size=size, crop=crop, spatial_dims=spatial_dims)
+                          class_names=class_names, size=size, crop=crop, spatial_dims=spatial_dims,
+                          channels=channels)
     ds.attrs.update(source=str(path))
     return ds
 
 
 def from_array_store(opener, labels, ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
-                     size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2) -> ImageSet:
+                     size: tuple[int, ...] | None = None, crop: bool = False, spatial_dims: int = 2,
+                     channels: int | None = None) -> ImageSet:
     """A lazy ImageSet over an array that `opener()` opens (memory-mapped or chunked), read per batch."""
     array = opener()
     if array.ndim - spatial_dims not in (1, 2) or array.shape[0] == 0:
@@ -281,12 +287,14 @@ def from_array_store(opener, labels, ids: Sequence[str] | None = None, class_nam
         step = batch_for(array.shape, 256)            # 256 images, fewer volumes, at a time
         scale = 255 if dtype == np.uint8 or max(int(np.max(array[i:i + step])) for i in range(0, len(array), step)) \
             <= 255 else 65535
-    reader = ArrayReader(opener, (min(c, 3), *(size or grid)), scale, crop)
-    return ImageSet(reader, torch.as_tensor(np.asarray(labels)), ids=ids, class_names=class_names)
+    stored = min(c, 3)
+    reader = ArrayReader(opener, (check_channels(channels) or stored, *(size or grid)), scale, crop)
+    return ImageSet(reader, torch.as_tensor(np.asarray(labels)), ids=ids, class_names=class_names,
+                    attrs=conversion(stored, channels or stored))
 
 
 def from_dataset(dataset, labels=None, class_names: Sequence[str] | None = None, ids: Sequence[str] | None = None,
-                 size: tuple[int, int] | None = None, crop: bool = False) -> ImageSet:
+                 size: tuple[int, int] | None = None, crop: bool = False, channels: int | None = None) -> ImageSet:
     """A lazy ImageSet over any torch Dataset whose items are (image, label, ...) or images.
 
     Images may be tensors C×H×W, arrays or PIL images of any size (fitted to `size`, default the first
@@ -300,6 +308,8 @@ def from_dataset(dataset, labels=None, class_names: Sequence[str] | None = None,
     if labels is None:
         items = (dataset[i] for i in range(len(dataset)))
         labels = [int(item[1]) if isinstance(item, (tuple, list)) and len(item) > 1 else 0 for item in items]
-    shape = (min(first.shape[0], 3), *(size or first.shape[1:]))
+    stored = min(first.shape[0], 3)
+    shape = (check_channels(channels) or stored, *(size or first.shape[1:]))
     return ImageSet(DatasetReader(dataset, shape, crop), torch.as_tensor(np.asarray(labels)).reshape(-1),
-                    ids=ids, class_names=class_names, attrs={"source": type(dataset).__name__})
+                    ids=ids, class_names=class_names,
+                    attrs={"source": type(dataset).__name__, **conversion(stored, shape[0])})

@@ -15,6 +15,7 @@ from .imageset import ImageSet
 
 SPLITS = ("train", "test", "flipped")
 CLASS_NAMES = ["benign", "malignant"]
+CONCEPTS = ("lesion", "lesion border", "marker ink", "skin", "dark blotch", "blue-grey veil")   # presets to name units
 _SPLIT_CODE = {"train": 0, "test": 1, "flipped": 2}
 _CHUNK = 256
 _HARMONICS = np.arange(1, 15, dtype=np.float32)
@@ -52,7 +53,7 @@ def synthetic_lesions(
 
     ids = [f"{split}-{seed}-{i:05d}" for i in range(n)]
     attrs = {"source": "synthetic_lesions", "split": split, "seed": seed, "confounder": confounder,
-             "task": task}
+             "task": task, "concepts": CONCEPTS}
     regions = {"confounder": torch.from_numpy(marks)}
     lab = torch.from_numpy(labels)
     if task == "segmentation":

@@ -195,23 +195,32 @@ def _split_validation(ds: ImageSet, positions: torch.Tensor, validation: ImageSe
     """The training positions without feedback that train, and the validation images.
 
     Without `validation`, a stratified `validation_share` of the images without feedback is held
-    out (at least one per class where the class has two or more such images)."""
+    out (`held_out`)."""
     others = torch.ones(len(ds), dtype=torch.bool)
     others[positions] = False
     if validation is not None:
         return others.nonzero().flatten(), validation
-    gen = torch.Generator().manual_seed(seed + 3)
-    held = []
-    for c in ds.labels[others].unique().tolist():
-        pool = (others & (ds.labels == c)).nonzero().flatten()
-        k = min(len(pool) - 1, max(1, round(DEFAULTS["validation_share"] * len(pool))))
-        held.append(pool[torch.randperm(len(pool), generator=gen)[:k]])
-    held = torch.cat(held) if held else torch.empty(0, dtype=torch.long)
+    held = held_out(ds.labels, others, seed + 3)
     if len(held) == 0:
         raise ValueError(f"the training data has too few images without feedback ({int(others.sum())}) to hold "
                          "out a validation split; give validation= or more training images")
     others[held] = False
-    return others.nonzero().flatten(), ds.subset(held.sort().values)
+    return others.nonzero().flatten(), ds.subset(held)
+
+
+def held_out(labels: torch.Tensor, pool: torch.Tensor, seed: int = 0, share: float | None = None) -> torch.Tensor:
+    """Sorted positions of a stratified `share` (default DEFAULTS["validation_share"]) of the positions where
+    the bool mask `pool` is set: round(share × n) of each class's n, at least one, never the last one (a
+    class with one image keeps it). The rule of the validation split, also used to carve a held-out
+    evaluation split from data that has no test split."""
+    share = DEFAULTS["validation_share"] if share is None else share
+    gen = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels[pool].unique().tolist():
+        members = (pool & (labels == c)).nonzero().flatten()
+        k = min(len(members) - 1, max(1, round(share * len(members))))
+        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(held).sort().values if held else torch.empty(0, dtype=torch.long)
 
 
 def _base(model: nn.Module | None, base_version: str | None, versions: ModelVersions) -> tuple[nn.Module, str]:
