@@ -237,4 +237,4 @@ PAGE_TEXT = """(css) => {
 def page_text(page, css: str | None = None) -> str:
     """Every text of the page (or of the first element matching `css`), through Bokeh's shadow roots
     (innerText stops at them), scripts and styles left out."""
-    return page.evaluate(PAGE_TEXT, css)
+    return " ".join(page.evaluate(PAGE_TEXT, css).split())

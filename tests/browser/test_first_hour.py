@@ -74,6 +74,9 @@ def check_page(page, tab: str) -> None:
     text = page_text(page)
     leftovers = [word for word in DEMO_WORDS if word.lower() in text.lower()]
     assert not leftovers and "|---|" not in text and "**" not in text, (tab, leftovers)
+    for button in page.locator(".notyf__dismiss-btn").all():      # a toast is no control of the page
+        button.click()
+    page.locator(".notyf__toast").first.wait_for(state="detached")
     assert page.evaluate(MEASURE, CONTAINERS) == [], tab
     shot(page, f"first-hour-{tab}")
 
@@ -90,7 +93,7 @@ def test_the_first_hour(first_hour, browser):
     page.mouse.click(*tile_point(page, s, 1))
     s = wait_state(page, lambda now: now["sample"] == s["page_ids"][1] and now["left_sample"] == now["sample"], 120)
     select_option(page, "xv-layer", next(o for o in page.locator(".xv-layer option").all_text_contents()
-                                         if o.startswith("layer3")))
+                                         if o.startswith("layer3 · ")))
     wait_state(page, lambda now: now["left_title"].startswith("gradcam · layer3"), timeout=120)
     select_option(page, "xv-method", "layercam")
     wait_state(page, lambda now: now["left_title"].startswith("layercam · layer3"), timeout=60)
@@ -109,7 +112,7 @@ def test_the_first_hour(first_hour, browser):
     # Fine-tune: one epoch, scored on the held-out share of train
     page.locator(".bk-tab", has_text="Fine-tune").click()
     status = page_text(page, ".xv-finetune-status")
-    assert "held out as held-out, never trained on" in status
+    assert "5 train images are held out as held-out" in status and "never trained on" in status
     open_card(page, "xv-finetune-advanced", ".xv-finetune-epochs input")
     page.locator(".xv-finetune-epochs input").fill("1")
     page.locator(".xv-finetune-epochs input").press("Enter")
@@ -122,6 +125,8 @@ def test_the_first_hour(first_hour, browser):
     page.locator(".xv-versions").scroll_into_view_if_needed()
     assert "held-out accuracy" in page.locator(".xv-versions table").text_content()
     check_page(page, "3-finetune")
+    page.locator(".xv-versions").scroll_into_view_if_needed()
+    shot(page, "first-hour-3-finetune-results")
 
     # Concepts: paint a region, name it, build the report
     page.locator(".bk-tab", has_text="Concepts").click()

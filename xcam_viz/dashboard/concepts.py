@@ -41,6 +41,7 @@ CONTROLS = 250
 RULE_NAMES = {"iou": "IoU", "coverage": "share of the unit's mask inside"}
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
 UNLABELLED = "(unlabelled)"
+FAST_SCORES = 128 * 128       # input pixels up to which the report scores deletion / insertion by default
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 UNIT_COLOUR = (1.0, 0.78, 0.0)
 UNLABELLED_COLOUR = "#c8c8c8"
@@ -68,6 +69,7 @@ class ConceptsPanel(Tab):
     coverage = param.Number(default=THRESHOLDS["coverage"], bounds=(0, 1), step=0.05,
                             label="…large regions: share of the unit's mask inside above")
     report_evidence = param.Boolean(default=False, label="Evidence maps in the report (slow)")
+    report_faithfulness = param.Boolean(default=True, label="Deletion / insertion scores in the report (slow)")
     strokes = param.List(default=[], item_type=Stroke, doc="the strokes painting the region, oldest first")
     phase = param.String(default="idle", doc="idle | dissecting | ready")
     rule = param.String(default="iou", doc="the matching rule of the ranking on show (iou | coverage)")
@@ -83,6 +85,7 @@ class ConceptsPanel(Tab):
         super().__init__(session, **params)
         workbench, selection = self.workbench, self.selection
         self.shape = tuple(workbench.input_shape[1:])
+        self.report_faithfulness = int(np.prod(self.shape)) <= FAST_SCORES     # 66 model passes per image
         self.sync_layers()
         self.sync_presets()
         self.report = None
@@ -132,6 +135,7 @@ class ConceptsPanel(Tab):
                       pn.pane.Bokeh(montage_figure), width=w + 20),
             pn.pane.Bokeh(self._scatter_figure()),
             pn.Column("### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
+                      pn.widgets.Checkbox.from_param(self.param.report_faithfulness),
                       pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60),
             name=self.title, **wrap)
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
@@ -306,8 +310,8 @@ class ConceptsPanel(Tab):
 
     def _labelled(self, key, name: str, rule: str, chosen: list[int], thresholds: dict) -> None:
         if not chosen:
-            notify(f"'{name}': no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this region "
-                   "(or each has a better match already): paint the region more tightly or lower the threshold",
+            notify(f"'{name}': no unit of {key[2]} passes {RULE_NAMES[rule]} {thresholds[rule]:.2f} with this "
+                   "region (or each has a better match already): paint the region more tightly or lower the threshold",
                    "warning", 5000)
             return
         notify(f"{len(chosen)} unit{'s' * (len(chosen) != 1)} of {key[2]} labelled '{name}'", "success", 3000)
@@ -382,7 +386,8 @@ class ConceptsPanel(Tab):
             samples = list(dict.fromkeys([sample, *labelled, *data.ids]))[:REPORT_IMAGES]
             rep = report(model, data, samples=samples, methods=(wb.methods(key[0])[0],), layers=(key[2],),
                          evidence=evidence, splits=wb.splits, feedback=wb.feedback, units=wb.units(*key),
-                         previous=self.report, model_version=key[0])
+                         previous=self.report, model_version=key[0],
+                         faithfulness=self.report_faithfulness)
             with tempfile.TemporaryDirectory() as tmp:
                 html = rep.save(Path(tmp) / "report.html").read_bytes()
             return rep, html, time.perf_counter() - start

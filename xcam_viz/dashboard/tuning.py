@@ -217,7 +217,8 @@ class FinetunePanel(Tab):
                  "trained on, and every version is scored on them." if held else
                  f"Versions are scored on {', '.join(scored)}." if scored else
                  "No split to score versions on (too few images to hold any out).")
-        self.status.object = (f"{count} image{'s' * (count != 1)} of **{self.split}** have saved feedback. {todo} "
+        self.status.object = (f"{count} image{'s' * (count != 1)} of **{self.split}** "
+                              f"{'has' if count == 1 else 'have'} saved feedback. {todo} "
                               + where)
 
     def settings(self) -> dict:
