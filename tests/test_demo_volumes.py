@@ -118,6 +118,7 @@ def test_the_example_sets_come_from_one_registry(capsys):
     assert all(name in listing for name in EXAMPLES) and "train 400" in listing
 
 
+@pytest.mark.slow                                   # generates and scores 400 volumes: 20-60 s
 def test_demo_volumes_prints_what_the_model_learned_without_serving(capsys, monkeypatch):
     monkeypatch.setattr("xcam_viz.dashboard.app.serve", lambda *a, **k: pytest.fail("--volumes must not serve"))
     assert main(["demo", "--volumes", "--quiet"]) == 0

@@ -154,7 +154,9 @@ def _render(rng: np.random.Generator, malignant: bool, marked: bool, size: int):
     nodule_hu = HU["nodule"] + 20 * _smooth_noise(rng, size, 8)[box]
     hu[box] = hu[box] * (1 - alpha) + nodule_hu * alpha
     nodule = np.zeros(hu.shape, bool)
-    nodule[box] = (distance < 0) & inside_lung
+    # The mask is the lesion connected to its core (a spicule cut by the pleura can leave a speck).
+    parts = ndimage.label((distance < 0) & inside_lung, np.ones((3, 3, 3)))[0]
+    nodule[box] = parts == parts[tuple(int((c + 1) / 2 * size) - b.start for c, b in zip(centre, box))]
 
     # The marker: a metal bead on the skin at the front of the body (drawn always, so that test and
     # flipped volumes differ in their markers only).
