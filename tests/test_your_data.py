@@ -217,3 +217,40 @@ def test_tables_are_real_tables(one_split):
     dash = Dashboard(workbench=one_split, background=False)
     assert isinstance(dash.tuning.history.object, pd.DataFrame)
     assert isinstance(dash.tuning.history, pn.pane.DataFrame) and dash.tuning.history.escape
+
+
+def test_twenty_classes_with_long_names_fit_the_texts(tmp_path):
+    names = [f"class {i:02d} with a name of forty characters"[:40] for i in range(20)]
+    assert all(len(n) == 40 for n in names)
+    rng = np.random.default_rng(0)
+    data = xv.data.from_arrays(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 20,
+                               class_names=names)
+    torch.manual_seed(0)
+    dash = Dashboard(xv.models.build("smallcnn", num_classes=20), {"test": data}, tmp_path / "fb.db",
+                     background=False)
+    info, title = dash.overlays.info.object, dash.overlays.left.title
+    assert info.count("%") == 3 and "top: " in info                        # the three likeliest classes only
+    assert len(title) <= 36 and title.endswith("…")                        # the class name gives way
+    assert len(dash.browser.param.true_class.objects) == 21 and len(dash.selection.param.target.objects) == 21
+    assert list(dash.tuning.history.object.columns) == ["version", "parent", "strategy", "test accuracy"]
+    assert "No training split" in dash.tuning.status.object                 # "test" is never trained on
+
+
+def test_cli_serve_and_finetune_take_size_and_channels(monkeypatch):
+    from xcam_viz import cli
+    from xcam_viz.dashboard import app
+
+    seen = {}
+    monkeypatch.setattr(app, "serve", lambda **kw: seen.update(kw))
+    cli.main(["serve", "--model", "m.pt", "--data", "my_images/", "--size", "512", "416", "--channels", "1"])
+    assert seen["data"] == ["my_images/"] and seen["size"] == (512, 416) and seen["channels"] == 1
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["serve", "--channels", "4"])
+    args = cli.parser().parse_args(["finetune", "--feedback", "fb.db", "--size", "224", "224"])
+    assert args.size == [224, 224] and args.channels is None
+
+    def refuse(**kw):
+        raise ValueError("the model takes 4-channel images but split 'train' has 1")
+    monkeypatch.setattr(app, "serve", refuse)
+    with pytest.raises(SystemExit, match="xcam-viz serve: the model takes 4-channel"):
+        cli.main(["serve"])

@@ -70,7 +70,8 @@ def _finetune(args: argparse.Namespace) -> int:
         raise SystemExit(f"feedback database {args.feedback} does not exist; annotate images in the dashboard "
                          "or write one with xv.FeedbackStore / xv.feedback.simulate(..., store=...)")
     model = None if args.base_version else demo_model(progress=False) if args.model == "demo" else load(args.model)
-    channels = args.channels or (model_input(model)[0] if model is not None else None)
+    takes = model_input(model)[0] if model is not None else None
+    channels = args.channels or (takes if takes in (1, 3) else None)
     size = args.size and tuple(args.size)
     store = FeedbackStore(args.feedback)
     evals = args.eval if args.eval is not None else [s for s in EXAMPLES[args.data].splits if s != args.split] \
