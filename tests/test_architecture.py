@@ -53,6 +53,17 @@ def test_the_core_never_imports_the_dashboard_or_a_ui_library():
     assert not offenders, offenders
 
 
+def test_the_core_never_imports_the_demo_or_the_cli():
+    """The demo and the CLI sit on top of the core; the example data sets live in data/examples.py."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name.split(".")[1:2] and name.split(".")[1] in CORE:
+            bad = {m for m in imports(path, False) if m.split(".")[:2] in (["xcam_viz", "demo"], ["xcam_viz", "cli"])}
+            offenders += [f"{name} imports {m}" for m in sorted(bad)]
+    assert not offenders, offenders
+
+
 def cycles_of(graph: dict[str, set[str]]) -> list[list[str]]:
     """Import loops between modules (a package's __init__ importing its own submodules is not one)."""
     found, done = [], set()

@@ -70,6 +70,7 @@ def test_markdown_examples_run(path, tmp_path, monkeypatch):
 
 ENTRY_POINTS = ["xcam_viz.explain.api:explain", "xcam_viz.evidence.analysis:evidence",
                 "xcam_viz.finetune.core:finetune", "xcam_viz.feedback.store:FeedbackStore",
+                "xcam_viz.feedback.slices:extend", "xcam_viz.feedback.slices:interpolate",
                 "xcam_viz.dashboard.dashboard:Dashboard", "xcam_viz.concepts.dissect:dissect",
                 "xcam_viz.report.build:report", "xcam_viz.models.zoo:build",
                 "xcam_viz.data.nifti:load_nifti", "xcam_viz.data.dicom:load_dicom", "xcam_viz.data.medical:save_nifti"]

@@ -94,7 +94,7 @@ def test_conditional_samples_match_the_fitted_gaussian(where):
     image = ref[:1]
     y, x = where
     gen = torch.Generator().manual_seed(0)
-    draws = sampler.sample(image, torch.tensor([0]), torch.tensor([y]), torch.tensor([x]), 40000, gen)
+    draws = sampler.sample(image, torch.tensor([0]), torch.tensor([[y, x]]), 40000, gen)
     draws = draws[0].reshape(40000, -1).double().numpy()
 
     # the same conditional, written out independently from the fitted μ and Σ
@@ -131,7 +131,7 @@ def test_marginal_sampler_copies_reference_windows():
     ref = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 2, 8, 8).clone()
     ref[:, 1] += 10
     sampler = MarginalSampler(ref, window=3)
-    draws = sampler.sample(ref[:1], torch.tensor([0, 0]), torch.tensor([0, 5]), torch.tensor([2, 5]), 50,
+    draws = sampler.sample(ref[:1], torch.tensor([0, 0]), torch.tensor([[0, 2], [5, 5]]), 50,
                            torch.Generator().manual_seed(0))
     assert draws.shape == (2, 50, 2, 3, 3)
     first = draws[:, :, 0, 0, 0]
@@ -146,7 +146,7 @@ def test_inputs_and_targets():
     ev = xv.evidence(PatchModel(), ds, method="efficient", target=[0, 1, 0], window=4, padding=1,
                      progress=False)
     assert ev.sample.values.tolist() == ["a", "b", "c"] and ev.target.values.tolist() == [0, 1, 0]
-    assert ev.attrs["target"] == "per-sample" and ev.attrs["samples"] == 3 and ev.attrs["stride"] == 3
+    assert ev.attrs["target"] == "per-sample" and ev.attrs["samples"] == 3 and ev.attrs["stride"] == 2
     pred = xv.evidence(PatchModel(), images, method="efficient", window=4, padding=1, data=ds, progress=False)
     assert pred.attrs["target"] == "predicted" and pred.sample.values.tolist() == ["0", "1", "2"]
 

@@ -93,11 +93,12 @@ def test_deletion_and_insertion_follow_the_map():
     assert ins.values[0, 1] == pytest.approx(p, rel=1e-4) and ins.values[0, 0] == pytest.approx(1 - p, rel=1e-4)
 
 
+@pytest.mark.parametrize("grid", [(16, 16), (8, 8, 8)], ids=["image", "volume"])
 @pytest.mark.parametrize("baseline", ["blur", "mean", "zero"])
-def test_curves_end_at_the_baseline(baseline):
-    images = torch.rand(2, 3, 16, 16)
-    maps = torch.rand(2, 16, 16)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 256, 3))
+def test_curves_end_at_the_baseline(baseline, grid):
+    images = torch.rand(2, 3, *grid)
+    maps = torch.rand(2, *grid)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * images[0, 0].numel(), 3))
     dele = xv.metrics.deletion_curve(model, images, maps, baseline=baseline, steps=3)
     ins = xv.metrics.insertion_curve(model, images, maps, baseline=baseline, steps=3)
     np.testing.assert_allclose(dele.values[:, -1], ins.values[:, 0], rtol=1e-5)

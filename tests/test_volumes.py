@@ -76,7 +76,7 @@ def test_fit_and_resize_volumes():
 
 def test_batch_sizes_follow_the_voxel_count():
     assert batch_for((3, 64, 64), 32) == 32
-    assert batch_for((1, 128, 128, 128), 32) == 2
+    assert batch_for((1, 128, 128, 128), 32) == 1
     assert batch_for((1, 512, 512, 512), 32) == 1
 
 
@@ -96,6 +96,8 @@ def test_anisotropic_depth_stride_reads_as_a_grid():
         xv.models.detect(torch.zeros(1, 64, 9, 2, 2), (8, 16, 16))
     with pytest.raises(ValueError, match="tokens"):
         xv.models.detect(torch.zeros(1, 65, 16), (8, 16, 16))
+    with pytest.raises(ValueError, match="not a spatial map"):     # a pooled vector, not 128 slices of 1 channel
+        xv.models.detect(torch.zeros(1, 128, 1, 1, 1), (128, 128, 128))
 
 
 def test_explain_volumes_gives_z_y_x_maps(model3d, volumes):

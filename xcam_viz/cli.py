@@ -7,14 +7,20 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import summary
-    print(summary(progress=not args.quiet), flush=True)
-    if args.no_serve:
+    from .demo import summary, volume_summary
+    print((volume_summary if args.volumes else summary)(progress=not args.quiet), flush=True)
+    if args.no_serve or args.volumes:
         return 0
     from .dashboard.app import serve
     print(f"serving the demo dashboard at http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
     serve(model=None, data=None, feedback=None, port=args.port, address=args.address, show=args.show,
           websocket_origin=None)
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from .data.examples import listing
+    print(listing(), flush=True)
     return 0
 
 
@@ -54,6 +60,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import load_data
+    from .data.examples import EXAMPLES
     from .data.loading import model_input
     from .demo import demo_model
     from .feedback import FeedbackStore
@@ -67,7 +74,8 @@ def _finetune(args: argparse.Namespace) -> int:
     channels = args.channels or (takes if takes in (1, 3) else None)
     size = args.size and tuple(args.size)
     store = FeedbackStore(args.feedback)
-    evals = args.eval if args.eval is not None else (["test", "flipped"] if args.data == "demo" else [])
+    evals = args.eval if args.eval is not None else [s for s in EXAMPLES[args.data].splits if s != args.split] \
+        if args.data in EXAMPLES else []
     versions = args.versions or Path(args.feedback).with_name(f"{Path(args.feedback).stem}-versions")
     result = finetune(model, load_data(args.data, args.split, size=size, channels=channels), feedback=store,
                       layer=args.layer, lam=args.lam, epochs=args.epochs, lr=args.lr, strategy=args.strategy,
@@ -96,17 +104,25 @@ def _fitting(command: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .data.examples import EXAMPLES
     from .finetune.strategies import DEFAULTS, STRATEGIES
+
+    named = "a named example set (" + ", ".join(EXAMPLES) + "; see `xcam-viz examples`)"
 
     p = argparse.ArgumentParser(prog="xcam-viz", description="Explain, correct and fine-tune image CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="load (or train) the demo model, show what it learned, serve the dashboard")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--no-serve", action="store_true", help="only print what the demo model learned")
+    demo.add_argument("--volumes", action="store_true",
+                      help="the 3-D demo (smallcnn3d on synthetic chest CT volumes): prints what its model learned; "
+                           "it is not served (the 3-D dashboard comes in a later release)")
     demo.add_argument("--port", type=int, default=5006)
     demo.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")
     demo.add_argument("--show", action="store_true", help="open a browser tab")
     demo.set_defaults(run=_demo)
+    examples = sub.add_parser("examples", help="list the named example data sets (usable as --data NAME)")
+    examples.set_defaults(run=_examples)
     serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
     serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
     serve.add_argument("--data", action="append", metavar="[NAME=]PATH",
@@ -127,8 +143,8 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")
     explain.add_argument("--data", required=True,
-                         help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
-    explain.add_argument("--split", default="test", help="split of the demo / MedMNIST data (default: test)")
+                         help=f"{named}, an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
+    explain.add_argument("--split", default="test", help="split of the example set / MedMNIST data (default: test)")
     explain.add_argument("--model", required=True, help="checkpoint written by xv.models.save, or 'demo'")
     explain.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,hirescam")
     explain.add_argument("--layers", default=None,
@@ -150,10 +166,10 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--base-version", help="start from this version of the registry instead of --model")
     tune.add_argument("--feedback", required=True, help="feedback database (SQLite) written by xv.FeedbackStore")
     tune.add_argument("--data", default="demo",
-                      help="'demo', an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
-    tune.add_argument("--split", default="train", help="split fine-tuned on (demo / MedMNIST; default: train)")
+                      help=f"{named}, an image folder, an ISIC-style CSV, a MedMNIST .npz or a zarr store (lazy)")
+    tune.add_argument("--split", default="train", help="split fine-tuned on (example set / MedMNIST; default: train)")
     tune.add_argument("--eval", action="append", metavar="SPLIT",
-                      help="split scored before and after; repeat (default for demo: test and flipped)")
+                      help="split scored before and after; repeat (default for an example set: its other splits)")
     tune.add_argument("--layer", help="layer whose Grad-CAM is corrected (default: the last spatial layer)")
     tune.add_argument("--strategy", default="auto",
                       help=f"auto, or names joined by + from {', '.join(STRATEGIES)} (see docs/methods.md)")

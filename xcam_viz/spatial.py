@@ -72,7 +72,8 @@ def per_map(t: torch.Tensor, reduce, first: int = 1) -> torch.Tensor:
     return getattr(t, reduce)(axes(t, first), keepdim=True)
 
 
-BATCH_VOXELS = 2 ** 22      # pixels or voxels per batch by default: 32 images of 362², 2 volumes of 128³
+BATCH_VOXELS = 2 ** 21      # pixels or voxels per batch by default: 32 images of 256², 1 volume of 128³ (measured:
+#                             2 volumes of 128³ through smallcnn3d peaked at 1.48 GB RSS, 0.83 GB of it torch)
 
 
 def batch_for(image_shape: Sequence[int], most: int) -> int:

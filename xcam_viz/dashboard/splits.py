@@ -13,9 +13,9 @@ DEMO_SPLITS = (TRAIN_SPLIT, TEST_SPLIT, "flipped")
 
 def demo_splits() -> dict[str, ImageSet]:
     """The demo's splits: 2,000 training images (to browse and paint on), 400 test and 400 flipped."""
-    from ..demo import demo_data
+    from ..data.examples import EXAMPLES
 
-    return {split: demo_data(split) for split in DEMO_SPLITS}
+    return {split: EXAMPLES["demo"].load(split) for split in DEMO_SPLITS}
 
 
 def opening_split(splits: dict[str, ImageSet]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .examples import EXAMPLES, example
 from .imageset import ImageSet
 from .medical import load_medical
 from .sources import MEDMNIST_SPLITS, load_folder, load_medmnist, load_zarr
@@ -15,16 +16,16 @@ UNNAMED_SPLIT = "train"  # the split one unnamed folder or manifest becomes
 
 def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, int] | None = None,
               channels: int | None = None) -> ImageSet:
-    """'demo' (the demo's split, n images), a MedMNIST .npz, a zarr store (arrays images, labels), an image
-    folder or a CSV manifest; every file source is lazy. n: the first n images; size: (H, W) to fit to;
-    channels: 1 or 3 to convert grey and colour (see `load_folder`)."""
-    if str(spec) == "demo":
-        from ..demo import demo_data
-        return demo_data(split, n)
+    """A named example set (`EXAMPLES`: 'demo', 'volumes', 'decoy-digits'; its split, n samples), a MedMNIST
+    .npz, a zarr store (arrays images, labels), NIfTI / DICOM files, an image folder or a CSV manifest; every
+    file source is lazy. n: the first n images; size: (H, W) to fit to; channels: 1 or 3 to convert grey and
+    colour (see `load_folder`)."""
+    if str(spec) in EXAMPLES:
+        return example(str(spec), split, n)
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"data {str(spec)!r} not found: give 'demo', a MedMNIST .npz file, a zarr store, "
-                                "an image folder or a CSV manifest")
+        raise FileNotFoundError(f"data {str(spec)!r} not found: give an example set ({', '.join(EXAMPLES)}), "
+                                "a MedMNIST .npz file, a zarr store, an image folder or a CSV manifest")
     if path.suffix == ".npz":
         data = load_medmnist(path, split=split, size=size, channels=channels)
     elif path.suffix == ".zarr":

@@ -37,17 +37,7 @@ def synthetic_lesions(
     task: "classification" (labels benign/malignant, lesion masks) or "segmentation"
         (per-pixel targets 0 background, 1 benign, 2 malignant; labels in that space).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if not 32 <= size <= 224:
-        raise ValueError(f"size must be between 32 and 224 pixels, got {size}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if not 0 <= confounder <= 1:
-        raise ValueError(f"confounder must lie in [0, 1], got {confounder}")
-    if task not in ("classification", "segmentation"):
-        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
-
+    check_arguments(n, size, split, confounder, task, (32, 224, "pixels"))
     rng = np.random.default_rng([seed, _SPLIT_CODE[split]])
     labels = rng.permutation(np.arange(n) % 2)
     goes_with = labels == (0 if split == "flipped" else 1)
@@ -72,6 +62,20 @@ def synthetic_lesions(
                         ["background", *CLASS_NAMES], targets, regions, attrs)
     return ImageSet(torch.from_numpy(images), lab, torch.from_numpy(masks), ids, CLASS_NAMES,
                     None, regions, attrs)
+
+
+def check_arguments(n: int, size: int, split: str, confounder: float, task: str, sizes: tuple[int, int, str]):
+    """The checks every synthetic generator makes; sizes: (smallest, largest, unit) of `size`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if not sizes[0] <= size <= sizes[1]:
+        raise ValueError(f"size must be between {sizes[0]} and {sizes[1]} {sizes[2]}, got {size}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 0 <= confounder <= 1:
+        raise ValueError(f"confounder must lie in [0, 1], got {confounder}")
+    if task not in ("classification", "segmentation"):
+        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
 
 
 def _draw_params(rng: np.random.Generator, labels: np.ndarray, marked: np.ndarray) -> dict:

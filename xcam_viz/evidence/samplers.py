@@ -1,9 +1,12 @@
 """Samplers for Prediction Difference Analysis: what a window looks like "without" its pixels.
 
-Both draw values for the inner k×k window of images at given positions and return them as
-(windows, draws, C, k, k) tensors.
+Windows are cubes of side k over every spatial axis (k×k for images, k×k×k for volumes), given by
+their first corner: `corners` is (windows, spatial axes). Both samplers draw values for the windows
+of images at given corners and return them as (windows, draws, C, k, …, k) tensors.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +14,25 @@ import torch.nn.functional as F
 SAMPLERS = ("marginal", "conditional")
 
 
-def _grid(ys: torch.Tensor, xs: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices (n, size, 1) and (n, 1, size) of size×size windows at (ys, xs)."""
-    r = torch.arange(size, device=ys.device)
-    return (ys[:, None] + r)[:, :, None], (xs[:, None] + r)[:, None, :]
+def window_grid(corners: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """Index tensors, one per spatial axis, of the size^d cubes at `corners` (windows, d).
+
+    Axis a's tensor has shape (windows, 1, …, size, …, 1) with `size` at position a + 1, so the
+    tensors broadcast to (windows, size, …, size) when they index a tensor's spatial axes.
+    """
+    windows, d = corners.shape
+    steps = torch.arange(size, device=corners.device)
+    grids = []
+    for a in range(d):
+        shape = [1] * d
+        shape[a] = size
+        grids.append(corners[:, a].view(windows, *[1] * d) + steps.view(1, *shape))
+    return tuple(grids)
+
+
+def _batch_index(idx: torch.Tensor, d: int) -> torch.Tensor:
+    """`idx` (windows,) shaped to broadcast against window_grid's tensors."""
+    return idx.view(-1, *[1] * d)
 
 
 class MarginalSampler:
@@ -34,41 +52,45 @@ class MarginalSampler:
                              f"{tuple(images.shape[1:])}, got {tuple(self.reference.shape[1:])}; "
                              "pass data= an ImageSet of that size, or use sampler='conditional'")
 
-    def sample(self, images, idx, ys, xs, draws: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, images, idx, corners, draws: int, generator: torch.Generator) -> torch.Tensor:
         self._check(images)
-        pick = torch.randint(len(self.reference), (len(ys), draws), generator=generator,
+        d = corners.shape[1]
+        pick = torch.randint(len(self.reference), (len(corners), draws), generator=generator,
                              device=generator.device).to(self.reference.device)
-        rows, cols = _grid(ys, xs, self.window)
-        out = self.reference[pick[:, :, None, None], :, rows[:, None], cols[:, None]]  # n,draws,k,k,C
-        return out.permute(0, 1, 4, 2, 3)
+        grids = tuple(g[:, None] for g in window_grid(corners, self.window))     # windows, 1, k, …
+        out = self.reference[(pick.view(*pick.shape, *[1] * d), slice(None), *grids)]  # windows, draws, k…, C
+        return out.movedim(-1, 2)
 
 
 class ConditionalSampler:
-    """The inner k×k window drawn from a Gaussian conditioned on its `padding`-px border.
+    """The inner window drawn from a Gaussian conditioned on its `padding`-px border.
 
-    Fitted on (k+2p)²·C patch vectors (channel, row, column order) at random positions of the
-    reference images: mean μ and covariance Σ (plus a small ridge). For the window a given the
-    visible border b: μ_a|b = μ_a + Σ_ab Σ_bb⁻¹ (x_b − μ_b), Σ_a|b = Σ_aa − Σ_ab Σ_bb⁻¹ Σ_ba.
+    Fitted on C·(k+2p)^d patch vectors (channel, then spatial axes in order) at random positions
+    of the reference images: mean μ and covariance Σ (plus a small ridge). For the window a given
+    the visible border b: μ_a|b = μ_a + Σ_ab Σ_bb⁻¹ (x_b − μ_b), Σ_a|b = Σ_aa − Σ_ab Σ_bb⁻¹ Σ_ba.
     Windows at the image edge condition on the part of the border inside the image.
     """
 
     def __init__(self, reference: torch.Tensor, window: int, padding: int, max_patches: int = 20000,
                  seed: int = 0, ridge: float = 1e-4, max_dims: int = 4096):
-        n, c, h, w = reference.shape
-        m = window + 2 * padding
-        if m > min(h, w):
-            raise ValueError(f"window + 2·padding = {m} px exceeds the {h}×{w} images")
-        if c * m * m > max_dims:
-            raise ValueError(f"the conditional sampler would fit a {c * m * m}-dimensional Gaussian "
-                             "(C·(window + 2·padding)²); use a window of at most "
-                             f"~{int((max_dims / c) ** 0.5) - 2 * padding} px or sampler='marginal'")
-        self.window, self.padding, self.channels = window, padding, c
+        n, c, *spatial = reference.shape
+        d, m = len(spatial), window + 2 * padding
+        if m > min(spatial):
+            raise ValueError(f"window + 2·padding = {m} px exceeds the {'×'.join(map(str, spatial))} images")
+        if c * m ** d > max_dims:
+            widest = round((max_dims / c) ** (1 / d))
+            widest -= c * widest ** d > max_dims          # the float root may round up
+            raise ValueError(f"the conditional sampler would fit a {c * m ** d}-dimensional Gaussian "
+                             f"(C·(window + 2·padding)^{d}); use a window of at most "
+                             f"~{widest - 2 * padding} px or sampler='marginal'")
+        self.window, self.padding, self.channels, self.spatial_dims = window, padding, c, d
         gen = torch.Generator().manual_seed(seed)
-        ny, nx = h - m + 1, w - m + 1
-        pick = torch.randperm(n * ny * nx, generator=gen)[:max_patches]   # without replacement
-        img, (rows, cols) = pick // (ny * nx), _grid(pick % (ny * nx) // nx, pick % nx, m)
-        patches = reference.cpu()[img[:, None, None], :, rows, cols].permute(0, 3, 1, 2).reshape(len(pick), -1)
-        patches = patches.double()
+        counts = [size - m + 1 for size in spatial]     # patch positions along each axis
+        per_image = math.prod(counts)
+        pick = torch.randperm(n * per_image, generator=gen)[:max_patches]   # without replacement
+        corners = torch.stack(torch.unravel_index(pick % per_image, counts), 1)
+        patches = reference.cpu()[(_batch_index(pick // per_image, d), slice(None), *window_grid(corners, m))]
+        patches = patches.movedim(-1, 1).reshape(len(pick), -1).double()
         self.mu = patches.mean(0)
         cov = torch.cov(patches.T)
         self.cov = cov + ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
@@ -80,19 +102,24 @@ class ConditionalSampler:
         self._params = {}
         return self
 
-    def indices(self, cuts: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch-vector indices of the window and of its visible border, given the border rows/cols
-        cut off by the image edge (top, bottom, left, right)."""
-        m, p = self.window + 2 * self.padding, self.padding
+    def indices(self, cuts: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch-vector indices of the window and of its visible border, given how many border
+        px the image edge cuts off before and after the window along each axis
+        (before, after of axis 0, before, after of axis 1, …)."""
+        m, p, d = self.window + 2 * self.padding, self.padding, self.spatial_dims
         u = torch.arange(m)
-        top, bottom, left, right = cuts
-        inner = ((u >= p) & (u < m - p))
-        rows_in, cols_in = (u >= top) & (u < m - bottom), (u >= left) & (u < m - right)
-        inner2 = (inner[:, None] & inner[None, :]).repeat(self.channels, 1, 1).flatten()
-        seen = (rows_in[:, None] & cols_in[None, :]).repeat(self.channels, 1, 1).flatten()
-        return inner2.nonzero().flatten(), (seen & ~inner2).nonzero().flatten()
+        inner = torch.ones((m,) * d, dtype=torch.bool)
+        seen = torch.ones((m,) * d, dtype=torch.bool)
+        for a in range(d):
+            shape = [1] * d
+            shape[a] = m
+            before, after = cuts[2 * a], cuts[2 * a + 1]
+            inner = inner & ((u >= p) & (u < m - p)).view(shape)
+            seen = seen & ((u >= before) & (u < m - after)).view(shape)
+        inner, seen = (t.repeat(self.channels, *[1] * d).flatten() for t in (inner, seen))
+        return inner.nonzero().flatten(), (seen & ~inner).nonzero().flatten()
 
-    def conditional(self, cuts: tuple[int, int, int, int]):
+    def conditional(self, cuts: tuple[int, ...]):
         """(b, μ_a, μ_b, Σ_ab Σ_bb⁻¹, Cholesky factor of Σ_a|b) for a border pattern, cached."""
         if cuts not in self._params:
             a, b = self.indices(cuts)
@@ -104,19 +131,20 @@ class ConditionalSampler:
                 b, self.mu[a].float(), self.mu[b].float(), gain.float(), chol.float()))
         return self._params[cuts]
 
-    def sample(self, images, idx, ys, xs, draws: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, images, idx, corners, draws: int, generator: torch.Generator) -> torch.Tensor:
         p, k, c = self.padding, self.window, self.channels
-        h, w = images.shape[-2:]
-        rows, cols = _grid(ys, xs, k + 2 * p)
-        patches = F.pad(images, (p, p, p, p))[idx[:, None, None], :, rows, cols]
-        patches = patches.permute(0, 3, 1, 2).reshape(len(ys), -1)
-        cuts = torch.stack([(p - ys).clamp(min=0), (ys + k + p - h).clamp(min=0),
-                            (p - xs).clamp(min=0), (xs + k + p - w).clamp(min=0)], 1)
-        out = torch.empty(len(ys), draws, c * k * k, device=images.device)
+        spatial = images.shape[2:]
+        d = len(spatial)
+        patches = F.pad(images, (p, p) * d)[(_batch_index(idx, d), slice(None), *window_grid(corners, k + 2 * p))]
+        patches = patches.movedim(-1, 1).reshape(len(corners), -1)
+        cuts = torch.stack([cut for a, size in enumerate(spatial)        # border px cut off before, after
+                            for cut in ((p - corners[:, a]).clamp(min=0),
+                                        (corners[:, a] + k + p - size).clamp(min=0))], 1)
+        out = torch.empty(len(corners), draws, c * k ** d, device=images.device)
         for key in torch.unique(cuts, dim=0):    # windows grouped by the border they can see
             sel = (cuts == key).all(1).nonzero().flatten()
             b, mu_a, mu_b, gain, chol = self.conditional(tuple(key.tolist()))
             mean = mu_a + (patches[sel][:, b] - mu_b) @ gain.T
-            z = torch.randn(len(sel), draws, c * k * k, generator=generator, device=generator.device)
+            z = torch.randn(len(sel), draws, c * k ** d, generator=generator, device=generator.device)
             out[sel] = mean[:, None] + z.to(images.device) @ chol.T
-        return out.view(len(ys), draws, c, k, k)
+        return out.view(len(corners), draws, c, *[k] * d)

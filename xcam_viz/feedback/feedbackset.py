@@ -9,14 +9,16 @@ import torch
 import xarray as xr
 
 from ..data import ImageSet
+from ..spatial import axis_names
 
 NO_LABEL = -1
 
 
 @dataclass
 class FeedbackSet:
-    """Feedback for K samples: relevant / irrelevant masks (K×H×W bool; all False where a sample has
-    none), which samples have each kind, and class corrections (`labels`, -1 = none).
+    """Feedback for K samples: relevant / irrelevant masks (K×H×W, or K×D×H×W for volumes, bool; all
+    False where a sample has none), which samples have each kind, and class corrections (`labels`,
+    -1 = none).
 
     `FeedbackStore.feedback()` and `xv.feedback.simulate()` return one; `xv.finetune` takes one.
     """
@@ -32,15 +34,21 @@ class FeedbackSet:
         return len(self.sample_ids)
 
     def __repr__(self) -> str:
-        h, w = self.relevant.shape[1:]
-        return (f"FeedbackSet({len(self)} samples {h}×{w}: {int(self.has_relevant.sum())} relevant, "
+        size = "×".join(map(str, self.relevant.shape[1:]))
+        return (f"FeedbackSet({len(self)} samples {size}: {int(self.has_relevant.sum())} relevant, "
                 f"{int(self.has_irrelevant.sum())} irrelevant, {int((self.labels >= 0).sum())} labels)")
 
     @classmethod
-    def empty(cls, shape: tuple[int, int] = (0, 0)) -> FeedbackSet:
+    def empty(cls, shape: tuple[int, ...] = (0, 0)) -> FeedbackSet:
         none = torch.zeros(0, dtype=torch.bool)
         return cls([], torch.zeros(0, *shape, dtype=torch.bool), torch.zeros(0, *shape, dtype=torch.bool),
                    none, none, torch.zeros(0, dtype=torch.long))
+
+    def painted(self, kind: str) -> torch.Tensor:
+        """The `kind` ("relevant" or "irrelevant") masks, all False on the samples flagged without one."""
+        masks = getattr(self, kind)
+        has = getattr(self, f"has_{kind}")
+        return masks & has.view(-1, *(1,) * (masks.ndim - 1))
 
     def subset(self, keep) -> FeedbackSet:
         """The feedback of the positions `keep` (an index or bool tensor)."""
@@ -72,11 +80,12 @@ class FeedbackSet:
         return torch.tensor([k for k in known if k is not None], dtype=torch.long), fb
 
     def to_xarray(self) -> xr.Dataset:
-        """xr.Dataset relevant/irrelevant(sample, y, x), has_relevant, has_irrelevant, label(sample)."""
-        h, w = self.relevant.shape[1:]
-        coords = {"sample": list(self.sample_ids), "y": np.arange(h), "x": np.arange(w)}
-        return xr.Dataset({"relevant": (("sample", "y", "x"), self.relevant.numpy()),
-                           "irrelevant": (("sample", "y", "x"), self.irrelevant.numpy()),
+        """xr.Dataset relevant/irrelevant(sample, y, x) (volumes: sample, z, y, x), has_relevant,
+        has_irrelevant, label(sample)."""
+        names = axis_names(self.relevant.ndim - 1)
+        coords = {"sample": list(self.sample_ids), **{a: np.arange(n) for a, n in zip(names, self.relevant.shape[1:])}}
+        return xr.Dataset({"relevant": (("sample", *names), self.relevant.numpy()),
+                           "irrelevant": (("sample", *names), self.irrelevant.numpy()),
                            "has_relevant": ("sample", self.has_relevant.numpy()),
                            "has_irrelevant": ("sample", self.has_irrelevant.numpy()),
                            "label": ("sample", self.labels.numpy())}, coords=coords)

@@ -7,9 +7,10 @@ from scipy import ndimage
 
 from ..data import ImageSet
 from .feedbackset import NO_LABEL, FeedbackSet
+from .slices import extend
 
 KINDS = ("relevant", "irrelevant", "both")
-IMPERFECTIONS = ("dilate", "erode", "partial")
+IMPERFECTIONS = ("dilate", "erode", "partial", "slices", "extend")
 
 
 def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: int = 0,
@@ -21,9 +22,13 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
     where they see it, so with kind="irrelevant" only samples that carry it are chosen), or, in a
     data set without confounder regions, everything but the lesion; both = the two (a sample
     without the confounder then gets only its relevant mask). imperfection, e.g. {"dilate": 2} / {"erode": 1} /
-    {"partial": 0.5}: grow or shrink each mask by that many pixels, or keep only that share of
-    it (the part on one side of a random line). Returns a `FeedbackSet`, or, with `store=`,
-    writes one annotation per sample into that `FeedbackStore` and returns the store.
+    {"partial": 0.5}: grow or shrink each mask by that many pixels (voxels), or keep only that
+    share of it (the part on one side of a random line or plane). For volumes, {"slices": 3,
+    "extend": 2} paints each mask on at most 3 of its slices (spread evenly through it, along z)
+    and spreads each stroke to 2 slices either side with `xv.feedback.extend`, as a user who
+    paints a few slices does. Masks are H×W for images, D×H×W for volumes. Returns a
+    `FeedbackSet`, or, with `store=`, writes one annotation per sample into that `FeedbackStore`
+    and returns the store.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -35,6 +40,10 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
         raise ValueError(f"unknown imperfection {sorted(unknown)}; use {IMPERFECTIONS}")
     if not 0 < imperfection.get("partial", 1) <= 1:
         raise ValueError(f"imperfection partial must lie in (0, 1], got {imperfection['partial']}")
+    for key in ("slices", "extend"):
+        if key in imperfection and (ds.spatial_dims != 3 or int(imperfection[key]) < int(key == "slices")):
+            raise ValueError(f"imperfection {key} is for volumes (D×H×W masks) and must be a whole number >= "
+                             f"{int(key == 'slices')}, got {imperfection[key]!r} on data of shape {ds.image_shape}")
     if ds.masks is None:
         raise ValueError("the data set has no ground-truth masks to simulate feedback from; "
                          "use a data set with masks (e.g. xv.data.synthetic_lesions)")
@@ -76,10 +85,18 @@ def _imperfect(mask: np.ndarray, imperfection: dict, rng: np.random.Generator) -
         depth = ndimage.distance_transform_edt(out)
         out = eroded if eroded.any() else depth == depth.max()   # too thin to erode: keep its core
     if imperfection.get("partial", 1) < 1:
-        ys, xs = np.nonzero(out)
-        angle = rng.uniform(0, 2 * np.pi)
-        along = ys * np.sin(angle) + xs * np.cos(angle)
+        where = np.nonzero(out)
+        direction = rng.normal(size=out.ndim)
+        along = sum(c * d for c, d in zip(where, direction))
         keep = along <= np.quantile(along, imperfection["partial"])
         out = np.zeros_like(out)
-        out[ys[keep], xs[keep]] = True
+        out[tuple(c[keep] for c in where)] = True
+    if "slices" in imperfection:
+        painted = np.flatnonzero(out.any((1, 2)))
+        chosen = painted[np.unique(np.linspace(0, len(painted) - 1, int(imperfection["slices"])).round().astype(int))]
+        strokes = np.zeros_like(out)
+        strokes[chosen] = out[chosen]
+        out = strokes
+    if imperfection.get("extend"):
+        out = extend(out, slices=int(imperfection["extend"]))
     return out

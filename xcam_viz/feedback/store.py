@@ -2,7 +2,8 @@
 
 Design
 - One row per event in table `annotations`. `kind='add'` rows hold an annotation: relevant /
-  irrelevant masks (1-bit PNG bytes with their height and width), a class correction, author,
+  irrelevant masks (`masks.encode`'s bytes with their height and width, and depth for a volume's
+  D×H×W mask; rows of older stores hold 1-bit PNGs, which still read), a class correction, author,
   time (UNIX seconds) and the model version the feedback was given against. Rows are never
   updated or deleted.
 - Undo appends a tombstone: a `kind='undo'` row whose `target` is the undone annotation's `uid`
@@ -31,6 +32,7 @@ import torch
 import xarray as xr
 
 from ..data import ImageSet
+from ..spatial import axis_names
 from . import masks as maskcodec
 from .feedbackset import NO_LABEL, FeedbackSet
 
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS annotations (
     irrelevant BLOB,
     height INTEGER,
     width INTEGER,
+    depth INTEGER,
     label INTEGER,
     author TEXT,
     time REAL NOT NULL,
@@ -61,7 +64,8 @@ _LIVE = ("SELECT * FROM annotations a WHERE kind = 'add' AND NOT EXISTS "
 
 @dataclass(frozen=True)
 class Annotation:
-    """One annotation: masks are H×W bool arrays or None, label an int or None, time in UTC."""
+    """One annotation: masks are H×W (images) or D×H×W (volumes) bool arrays or None, label an int
+    or None, time in UTC."""
 
     id: int
     sample_id: str
@@ -75,8 +79,8 @@ class Annotation:
     undone: bool = False
 
     @property
-    def shape(self) -> tuple[int, int] | None:
-        """H×W of its masks, None for a label-only annotation."""
+    def shape(self) -> tuple[int, ...] | None:
+        """H×W or D×H×W of its masks, None for a label-only annotation."""
         m = self.relevant if self.relevant is not None else self.irrelevant
         return None if m is None else m.shape
 
@@ -90,7 +94,8 @@ class FeedbackStore:
     Args:
         path: the database file (not ":memory:").
         dataset: an optional `ImageSet`; when bound, annotations for ids it does not hold, masks of
-            another size than its images and labels outside its classes are refused.
+            another size than its images (H×W, or D×H×W for volumes) and labels outside its classes
+            are refused.
         timeout: seconds to wait for another writer's lock.
 
     Example:
@@ -117,6 +122,9 @@ class FeedbackStore:
         with self._write() as con:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 con.execute(statement)
+            columns = {r["name"] for r in con.execute("PRAGMA table_info(annotations)")}
+            if "depth" not in columns:          # a store made before volumes: its rows stay as they are
+                con.execute("ALTER TABLE annotations ADD COLUMN depth INTEGER")
 
     def __repr__(self) -> str:
         return f"FeedbackStore({str(self.path)!r}, {len(self)} annotations on {len(self.sample_ids())} samples)"
@@ -162,8 +170,9 @@ class FeedbackStore:
             author: str = "anonymous", model_version: str | None = None) -> int:
         """Record one annotation of `sample_id`; returns its id.
 
-        relevant: "look here" mask; irrelevant: "this is a shortcut" mask (H×W, bool or 0/1,
-        floats thresholded at 0.5); label: the corrected class index. Give at least one.
+        relevant: "look here" mask; irrelevant: "this is a shortcut" mask (H×W, or D×H×W for a
+        volume; bool or 0/1, floats thresholded at 0.5); label: the corrected class index. Give at
+        least one.
         """
         return self.add_many([dict(sample_id=sample_id, relevant=relevant, irrelevant=irrelevant, label=label,
                                    author=author, model_version=model_version)])[0]
@@ -189,16 +198,17 @@ class FeedbackStore:
             raise KeyError(f"unknown sample id {sample_id!r}: the store is bound to a data set without it "
                            f"(ids look like {ds.ids[:3]}); annotate one of its samples, or open the "
                            "store without dataset=")
-        masks = {k: None if m is None else maskcodec.as_mask(m, f"{k} mask of sample {sample_id!r}")
+        spatial = None if ds is None else tuple(ds.image_shape[1:])
+        masks = {k: None if m is None else maskcodec.as_mask(m, f"{k} mask of sample {sample_id!r}",
+                                                              spatial_dims=None if ds is None else ds.spatial_dims)
                  for k, m in (("relevant", relevant), ("irrelevant", irrelevant))}
         shapes = {m.shape for m in masks.values() if m is not None}
         if len(shapes) > 1:
             raise ValueError(f"the relevant and irrelevant masks of sample {sample_id!r} differ in size "
                              f"({sorted(shapes)}); give both at the image's size")
         shape = shapes.pop() if shapes else None
-        if shape is not None and ds is not None and shape != tuple(ds.image_shape[1:]):
-            h, w = ds.image_shape[1:]
-            raise ValueError(f"mask of sample {sample_id!r} is {shape[0]}×{shape[1]} but its image is {h}×{w}; "
+        if shape is not None and spatial is not None and shape != spatial:
+            raise ValueError(f"mask of sample {sample_id!r} is {_size(shape)} but its image is {_size(spatial)}; "
                              "give masks at the image's size (resize the mask to the image first)")
         if label is not None:
             if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 0:
@@ -209,7 +219,8 @@ class FeedbackStore:
         return {"uid": uid or uuid.uuid4().hex, "kind": "add", "sample_id": sample_id, "target": None,
                 "relevant": None if masks["relevant"] is None else maskcodec.encode(masks["relevant"]),
                 "irrelevant": None if masks["irrelevant"] is None else maskcodec.encode(masks["irrelevant"]),
-                "height": None if shape is None else shape[0], "width": None if shape is None else shape[1],
+                "height": None if shape is None else shape[-2], "width": None if shape is None else shape[-1],
+                "depth": shape[0] if shape is not None and len(shape) == 3 else None,
                 "label": None if label is None else int(label), "author": author,
                 "time": time.time() if when is None else when,
                 "model_version": None if model_version is None else str(model_version)}
@@ -304,24 +315,30 @@ class FeedbackStore:
     # -- exchange --------------------------------------------------------------------------
     def to_xarray(self) -> xr.Dataset:
         """The whole history as an xr.Dataset along `annotation` (undone ones flagged), masks padded
-        to the largest size with their own `height` / `width`."""
+        to the largest size with their own `height` / `width`. When any mask is a volume's, the masks
+        have a `z` axis and a `depth` (0: an image's H×W mask, stored in z = 0)."""
         items = self.history()
-        shapes = np.array([a.shape or (0, 0) for a in items], np.int32).reshape(-1, 2)
-        h, w = shapes.max(0) if len(items) else (0, 0)
+        spatial_dims = max([len(a.shape) for a in items if a.shape is not None], default=2)
+        shapes = np.array([_padded_shape(a.shape, spatial_dims) for a in items], np.int32).reshape(-1, spatial_dims)
+        largest = tuple(shapes.max(0)) if len(items) else (0,) * spatial_dims
+        dims = ("annotation", *axis_names(spatial_dims))
         data = {}
         for kind in ("relevant", "irrelevant"):
-            padded = np.zeros((len(items), h, w), bool)
+            padded = np.zeros((len(items), *largest), bool)
             for i, a in enumerate(items):
                 m = getattr(a, kind)
                 if m is not None:
-                    padded[i, :m.shape[0], :m.shape[1]] = m
-            data[kind] = (("annotation", "y", "x"), padded)
+                    m = m.reshape(_padded_shape(m.shape, spatial_dims, fill=1))
+                    padded[(i, *(slice(0, n) for n in m.shape))] = m
+            data[kind] = (dims, padded)
             data[f"has_{kind}"] = ("annotation", np.array([getattr(a, kind) is not None for a in items], bool))
+        if spatial_dims == 3:
+            data["depth"] = ("annotation", shapes[:, 0])
         data.update(
             uid=("annotation", np.array([a.uid for a in items], dtype=object)),
             sample_id=("annotation", np.array([a.sample_id for a in items], dtype=object)),
-            height=("annotation", shapes[:, 0]),
-            width=("annotation", shapes[:, 1]),
+            height=("annotation", shapes[:, -2]),
+            width=("annotation", shapes[:, -1]),
             label=("annotation", np.array([NO_LABEL if a.label is None else a.label for a in items], np.int64)),
             author=("annotation", np.array([a.author for a in items], dtype=object)),
             time=("annotation", np.array([round(a.time.timestamp() * 1e6) for a in items], "datetime64[us]")),
@@ -345,8 +362,11 @@ class FeedbackStore:
                              f"want {FORMAT!r}); write one with FeedbackStore.to_netcdf")
         rows, undone = [], []
         for i in range(ds.sizes["annotation"]):
-            h, w = int(ds.height[i]), int(ds.width[i])
-            m = {k: ds[k].values[i, :h, :w] if bool(ds[f"has_{k}"][i]) else None for k in ("relevant", "irrelevant")}
+            box = (slice(0, int(ds.height[i])), slice(0, int(ds.width[i])))
+            if "depth" in ds:            # an export with volumes: depth 0 marks an image's mask, kept in z = 0
+                depth = int(ds.depth[i])
+                box = (slice(0, depth) if depth else 0, *box)
+            m = {k: ds[k].values[i][box] if bool(ds[f"has_{k}"][i]) else None for k in ("relevant", "irrelevant")}
             label = int(ds.label[i])
             uid = str(ds.uid.values[i])
             rows.append(self._row(str(ds.sample_id.values[i]), m["relevant"], m["irrelevant"],
@@ -390,6 +410,16 @@ def _annotation(r: sqlite3.Row) -> Annotation:
                       label=r["label"], author=r["author"],
                       time=datetime.fromtimestamp(r["time"], timezone.utc), model_version=r["model_version"],
                       uid=r["uid"], undone=bool(r["undone"]) if "undone" in r.keys() else False)
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+def _padded_shape(shape: tuple[int, ...] | None, spatial_dims: int, fill: int = 0) -> tuple[int, ...]:
+    """`shape` (None: a label only, all 0) with `fill` in front up to `spatial_dims` axes."""
+    shape = tuple(shape or (0, 0))
+    return (fill,) * (spatial_dims - len(shape)) + shape
 
 
 def _seconds(t: np.datetime64) -> float:

@@ -5,11 +5,11 @@ import types
 from .core import FinetuneResult, finetune
 from .job import FinetuneJob
 from .losses import centred_logit, irrelevant_loss, relevant_loss, rrr_loss
-from .strategies import AUTO, DEFAULTS, STRATEGIES, Strategy
+from .strategies import AUTO, DEFAULTS, STRATEGIES, VOLUME_DEFAULTS, Strategy
 from .versions import ModelVersions
 
 __all__ = ["AUTO", "DEFAULTS", "FinetuneJob", "FinetuneResult", "ModelVersions", "STRATEGIES", "Strategy",
-           "centred_logit", "finetune", "irrelevant_loss", "relevant_loss", "rrr_loss"]
+           "VOLUME_DEFAULTS", "centred_logit", "finetune", "irrelevant_loss", "relevant_loss", "rrr_loss"]
 
 
 class _CallableModule(types.ModuleType):

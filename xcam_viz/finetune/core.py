@@ -33,7 +33,7 @@ from ..feedback import FeedbackSet, FeedbackStore
 from . import loop
 from .counterexamples import Donors
 from .job import Cancelled, Control, FinetuneJob
-from .strategies import DEFAULTS, resolve
+from .strategies import DEFAULTS, defaults_for, resolve
 from .versions import ModelVersions
 
 FLAG_DROP = 0.02           # validation accuracy may fall this much before a run is flagged
@@ -105,7 +105,8 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
             large as cross-entropy at the start); 0 turns them off.
         epochs, lr, feedback_share, patience: the most epochs, Adam's learning rate, the share of
             each batch drawn from the annotated images, epochs without a better validation score
-            before stopping. None: `DEFAULTS`, the settings the benchmark picked.
+            before stopping. None: `DEFAULTS` (images) or `VOLUME_DEFAULTS` (volumes), the settings the
+            benchmarks picked.
         validation: the images that pick the best epoch; default: a stratified share of the
             training images without feedback, held out of training.
         base_version, versions_dir: the run starts from `base_version` of the registry in
@@ -126,14 +127,14 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
         >>> result.version
         'v1'
     """
+    if not isinstance(ds, ImageSet):
+        raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
     picked = {k: v for k, v in dict(lam=lam, epochs=epochs, lr=lr, feedback_share=feedback_share,
                                     patience=patience).items() if v is not None}
-    settings = {**{k: v for k, v in DEFAULTS.items() if k != "validation_share"}, **picked,
+    settings = {**{k: v for k, v in defaults_for(ds.spatial_dims).items() if k != "validation_share"}, **picked,
                 "layer": layer, "method": method, "batch_size": batch_size, "seed": seed}
     settings = {k: (float(v) if k in ("lam", "lr", "feedback_share") else v) for k, v in settings.items()}
     _check_settings(settings)
-    if not isinstance(ds, ImageSet):
-        raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
     fb = _feedback_set(feedback, ds)
     positions, fb = fb.align(ds)
     strategies = resolve(strategy, {"relevant": bool(fb.has_relevant.any()),
@@ -142,7 +143,7 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
     start, base = _base(model, base_version, versions)
     if settings["layer"] is None:
-        settings["layer"] = models.default_layer(start, tuple(ds.images.shape[1:]))
+        settings["layer"] = models.default_layer(start, tuple(ds.image_shape))
     models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
     for name, data in [*eval_data.items(), ("validation", validation)]:
@@ -248,9 +249,8 @@ class _Run:
         corrected = self.feedback.labels >= 0
         self.labels[self.positions[corrected]] = self.feedback.labels[corrected]
         fb = self.feedback
-        self.donors = Donors(self.ds.read(self.positions)[0], fb.relevant & fb.has_relevant[:, None, None],
-                             fb.irrelevant & fb.has_irrelevant[:, None, None], fb.has_relevant, fb.has_irrelevant,
-                             self.settings["seed"])
+        self.donors = Donors(self.ds.read(self.positions)[0], fb.painted("relevant"), fb.painted("irrelevant"),
+                             fb.has_relevant, fb.has_irrelevant, self.settings["seed"])
         self.validation_counter = loop.validation_counterexamples(self.validation, self.donors, self.strategies,
                                                                   self.settings["seed"])
         self.batches = loop.Batches(self.others, len(self.positions), self.settings)

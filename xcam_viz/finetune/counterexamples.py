@@ -6,6 +6,13 @@ region (a shortcut) is moved onto other images of every class, which keep their 
 stops predicting a class, and is erased from its own image, which keeps its label, so its absence
 stops predicting one either. A relevant region is kept and what lies outside it is replaced by
 another annotated image's background, whose own object was erased first.
+
+Every operation works on images (N×C×H×W, masks N×H×W) and volumes (N×C×D×H×W, masks N×D×H×W)
+alike: the spatial axes come from the tensor. A moved region is placed by one of the 8 rotations
+and reflections of the in-plane axes (y, x) in both cases; a volume's depth axis is left alone,
+because slices are often thicker than pixels are wide (a region turned into the depth axis would
+be squashed or stretched) and a scanner's artefacts (a table line, a marker) keep their
+orientation to the slice plane.
 """
 from __future__ import annotations
 
@@ -14,11 +21,23 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from .. import spatial
+
 MAX_MOVED_AREA = 1 / 3    # a larger "irrelevant" region is a background, not an object to move
 
 
+def _pool(kind: str, t: torch.Tensor, kernel: int, **kw) -> torch.Tensor:
+    """F.avg_pool2d / max_pool2d (kind "avg" / "max") of N×C×*S, or their 3-D forms for volumes."""
+    return getattr(F, f"{kind}_pool{len(spatial.grid_of(t))}d")(t, kernel, **kw)
+
+
+def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Masks N×*S grown by `radius` pixels (voxels) along every spatial axis (a square / cubic window)."""
+    return _pool("max", masks[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0].bool()
+
+
 def inpaint(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill the masked pixels (N×H×W bool) of N×C×H×W images from their surroundings.
+    """Fill the masked pixels (N×*S bool) of N×C×*S images or volumes from their surroundings.
 
     Push-pull: known pixels are averaged down an image pyramid and the holes are filled from the
     coarsest level that has data, smoothly upwards; then noise with the image's own fine-grain
@@ -26,27 +45,29 @@ def inpaint(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     """
     known = (~masks).to(images.dtype)[:, None]
     levels = [(images * known, known)]
-    while min(levels[-1][0].shape[-2:]) > 1:
+    while min(spatial.grid_of(levels[-1][0])) > 1:
         value, weight = levels[-1]
-        levels.append((F.avg_pool2d(value, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)))
+        levels.append((_pool("avg", value, 2, ceil_mode=True), _pool("avg", weight, 2, ceil_mode=True)))
     value, weight = levels[-1]
     filled = value / weight.clamp(min=1e-6)
     for value, weight in reversed(levels[:-1]):
-        coarse = F.interpolate(filled, size=value.shape[-2:], mode="bilinear", align_corners=False)
+        coarse = spatial.resize(filled, spatial.grid_of(value))
         share = weight.clamp(max=1)
         filled = value / weight.clamp(min=1e-6) * share + coarse * (1 - share)
-    local = F.avg_pool2d(images * known, 3, stride=1, padding=1) / F.avg_pool2d(known, 3, stride=1, padding=1).clamp(
+    local = _pool("avg", images * known, 3, stride=1, padding=1) / _pool("avg", known, 3, stride=1, padding=1).clamp(
         min=1e-6)
     grain = (images - local) * known
-    spread = (grain.pow(2).sum((2, 3)) / known.sum((2, 3)).clamp(min=1)).sqrt()[..., None, None]
+    cells = spatial.axes(images)
+    spread = (grain.pow(2).sum(cells, keepdim=True) / known.sum(cells, keepdim=True).clamp(min=1)).sqrt()
     noise = torch.randn(images.shape, generator=generator, dtype=images.dtype) * spread
     return torch.where(masks[:, None], (filled + noise).clamp(0, 1), images)
 
 
 def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 rotations / reflections of the last two axes (k in 0..7; 0 is the identity).
+    """One of the 8 rotations / reflections of the last two axes (k in 0..7; 0 is the identity):
+    the in-plane axes (y, x) of an image or of every slice of a volume.
 
-    Non-square images only take the four that keep their shape (k even -> 0 or 180 degrees)."""
+    Non-square planes only take the four that keep their shape (k even -> 0 or 180 degrees)."""
     if t.shape[-1] != t.shape[-2]:
         k = (k // 2) * 2 % 4 + (k // 4) * 4
     if k >= 4:
@@ -90,8 +111,8 @@ class Donors:
         movable = has_irrelevant & (area <= MAX_MOVED_AREA)
         self.regions, self.region_pixels = irrelevant[movable], images[movable]
         self.erasable = movable
-        self.erased = inpaint(images, irrelevant & movable[:, None, None], gen)
-        halo = F.max_pool2d(relevant[:, None].float(), 5, stride=1, padding=2)[:, 0].bool()
+        self.erased = inpaint(images, irrelevant & movable.view(-1, *(1,) * (irrelevant.ndim - 1)), gen)
+        halo = dilate(relevant, 2)
         self.backgrounds = inpaint(images[has_relevant], halo[has_relevant], gen)
         self.beyond_objects = ~halo[has_relevant].any(0)       # where no painted object ever reaches
 
@@ -132,7 +153,7 @@ def swap_background(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch
     """Keep the relevant region of each of `rows` and put it on another annotated image's background."""
     for row in rows.tolist():
         pick = int(torch.randint(len(donors.backgrounds), (1,), generator=gen))
-        keep = F.max_pool2d(batch.relevant[row][None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
+        keep = dilate(batch.relevant[row][None], 1)[0]
         batch.images[row] = torch.where(keep, batch.images[row], donors.backgrounds[pick])
 
 

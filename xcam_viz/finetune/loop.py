@@ -69,8 +69,8 @@ def make_batch(ds: ImageSet, labels: torch.Tensor, positions: torch.Tensor, fb: 
     """The batch of annotated rows `rows_fb` (with their masks) and other images `idx_other`."""
     idx = torch.cat([positions[rows_fb], idx_other])
     none = torch.zeros(len(idx_other), *fb.relevant.shape[1:], dtype=torch.bool)
-    relevant = torch.cat([fb.relevant[rows_fb] & fb.has_relevant[rows_fb, None, None], none])
-    irrelevant = torch.cat([fb.irrelevant[rows_fb] & fb.has_irrelevant[rows_fb, None, None], none])
+    relevant = torch.cat([fb.painted("relevant")[rows_fb], none])
+    irrelevant = torch.cat([fb.painted("irrelevant")[rows_fb], none])
     return cx.Batch(ds.read(idx)[0].clone(), labels[idx].clone(), relevant, irrelevant,
                     torch.cat([rows_fb, torch.full((len(idx_other),), -1, dtype=torch.long)]))
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .layout import Layout, detect, patch_size
 from .modes import eval_mode
-from .outputs import run_model
+from .outputs import is_dense, run_model
 from .training import model_device
 from .zoo import Normalize
 
@@ -26,6 +26,7 @@ class SpatialLayer:
     layout: Layout
     module: nn.Module
     is_output: bool = False         # its output is the model's own output (a segmenter's logits layer)
+    is_scores: bool = False         # a segmenter's class scores: no more channels than it has classes
 
 
 def input_shape_of(model: nn.Module, input_shape=None) -> tuple[int, int, int]:
@@ -50,7 +51,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
     """
     shape = input_shape_of(model, input_shape)
     found: dict[str, SpatialLayer] = {}
-    outputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, weakref.ref] = {}     # weak: holding every layer's output of a 128³ volume costs ~0.4 GB
     names = {m: n for n, m in model.named_modules() if n}
     patch = patch_size(model)
 
@@ -63,7 +64,7 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
         except ValueError:
             return
         found[name] = SpatialLayer(name, tuple(layout(output).shape[1:]), layout, module)
-        outputs[name] = output
+        outputs[name] = weakref.ref(output)
 
     handles = [m.register_forward_hook(record) for m in names]
     try:
@@ -72,7 +73,9 @@ def find_layers(model: nn.Module, input_shape=None) -> list[SpatialLayer]:
     finally:
         for h in handles:
             h.remove()
-    return [replace(layer, is_output=outputs[layer.name] is logits) for layer in found.values()]
+    classes = logits.shape[1] if is_dense(logits) else 0
+    return [replace(layer, is_output=outputs[layer.name]() is logits, is_scores=layer.shape[0] <= classes)
+            for layer in found.values()]
 
 
 def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[int, int, int]]]:
@@ -87,7 +90,9 @@ def spatial_layers(model: nn.Module, input_shape=None) -> list[tuple[str, tuple[
 def default_layer(model: nn.Module, input_shape=None) -> str:
     """The layer used when none is given, decided once per model and input shape (and logged).
 
-    The last layer with a grid above 1×1 that is not the model's output (a segmenter's logits). When
+    The last layer with a grid above 1×1 that is not the model's output, nor (for a segmenter) a layer
+    with no more channels than classes: class scores, e.g. the logits before a residual add, whose
+    gradient is one-hot in the class channel, so their maps only repeat the logit. When
     that layer is a token sequence (a vision transformer), the last normalisation layer whose patch
     tokens reach the head (the last block's input norm): layers
     after the last attention see only their own token, so their patch gradients are zero.
@@ -95,7 +100,7 @@ def default_layer(model: nn.Module, input_shape=None) -> str:
     shape = input_shape_of(model, input_shape)
     cache = _DEFAULTS.setdefault(model, {})
     if shape not in cache:
-        layers = [layer for layer in find_layers(model, shape) if not layer.is_output]
+        layers = [layer for layer in find_layers(model, shape) if not (layer.is_output or layer.is_scores)]
         if not layers:
             raise ValueError(f"no layer of {type(model).__name__} outputs a spatial map for a {shape} input; "
                              "CAMs need a convolutional or token layer")

@@ -84,7 +84,9 @@ def detect(out, input_size: tuple[int, ...], module: nn.Module | None = None,
         raise ValueError(f"{name} outputs {shape or type(out).__name__} for a {size} input, not a spatial map "
                          f"(N×C×{'d×' * (spatial - 2)}h×w, channels-last, or for images tokens N×L×C); {hint}")
     if out.ndim == spatial + 2:
-        fits = [kind for kind, grid in (("nchw", shape[2:]), ("nhwc", shape[1:-1])) if _is_grid(grid, input_size)]
+        # a channels-last reading needs channels: N×C×1×1×1 (a pooled vector) is no N×C×1×1 grid of one channel
+        readings = (("nchw", shape[2:]), ("nhwc", shape[1:-1])) if shape[-1] > 1 else (("nchw", shape[2:]),)
+        fits = [kind for kind, grid in readings if _is_grid(grid, input_size)]
         if len(fits) == 2:
             fits = [_channel_side(module, shape)] if _channel_side(module, shape) else fits
         if len(fits) == 1:
@@ -136,12 +138,18 @@ CHANNELS_LAST = (nn.LayerNorm, nn.Linear)
 
 
 def _channel_side(module: nn.Module | None, shape: tuple) -> str | None:
-    """"nchw" / "nhwc" from the last submodule that carries a channel count, if it matches one side."""
-    for part in reversed(list(module.modules()) if module is not None else []):
+    """"nchw" / "nhwc" from the module's parts: the last part that carries a channel count decides when the count
+    matches one side; a module made of channels-first parts only (convolutions, batch / instance norms, e.g. a
+    U-Net stage that concatenates its skip connection, so no part's count matches) reads channels-first."""
+    parts = list(module.modules()) if module is not None else []
+    for part in reversed(parts):
         if isinstance(part, CHANNELS_FIRST):
             count = getattr(part, "out_channels", None) or getattr(part, "num_features", None) or part.num_channels
-            return "nchw" if count == shape[1] else None
+            if count == shape[1]:
+                return "nchw"
+            break
         if isinstance(part, CHANNELS_LAST):
             count = part.out_features if isinstance(part, nn.Linear) else part.normalized_shape[-1]
             return "nhwc" if count == shape[-1] else None
-    return None
+    channels_first = [part for part in parts if isinstance(part, CHANNELS_FIRST)]
+    return "nchw" if channels_first and not any(isinstance(part, CHANNELS_LAST) for part in parts) else None
