@@ -88,8 +88,9 @@ class FinetuneResult:
 
 def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | FeedbackSet, strategy: str = "auto",
              layer: str | None = None, method: str = "gradcam", lam: float | None = None, epochs: int | None = None,
-             lr: float | None = None, batch_size: int = 64, feedback_share: float | None = None,
-             patience: int | None = None, validation: ImageSet | None = None, base_version: str | None = None,
+             lr: float | None = None, batch_size: int | None = None, feedback_share: float | None = None,
+             patience: int | None = None, warmup: float | None = None, validation: ImageSet | None = None,
+             base_version: str | None = None,
              versions_dir=None, eval_data: dict[str, ImageSet] | None = None, seed: int = 0,
              background: bool = False, on_progress=None):
     """Fine-tune `model` on the training images `ds` with explanation `feedback`; returns a
@@ -103,9 +104,10 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
             (default: `xv.models.default_layer`, Grad-CAM).
         lam: weight of the explanation-loss strategies, normalised against cross-entropy (1: as
             large as cross-entropy at the start); 0 turns them off.
-        epochs, lr, feedback_share, patience: the most epochs, Adam's learning rate, the share of
-            each batch drawn from the annotated images, epochs without a better validation score
-            before stopping. None: `DEFAULTS` (images) or `VOLUME_DEFAULTS` (volumes), the settings the
+        epochs, lr, batch_size, feedback_share, patience: the most epochs, Adam's learning rate, the
+            images per step, the share of each batch drawn from the annotated images, epochs without a
+            better validation score before stopping; warmup: epochs over which the learning rate ramps up
+            linearly first. None: `DEFAULTS` (images) or `VOLUME_DEFAULTS` (volumes), the settings the
             benchmarks picked.
         validation: the images that pick the best epoch; default: a stratified share of the
             training images without feedback, held out of training.
@@ -129,10 +131,11 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     """
     if not isinstance(ds, ImageSet):
         raise TypeError(f"ds must be an ImageSet (the images the feedback was given on), got {type(ds).__name__}")
-    picked = {k: v for k, v in dict(lam=lam, epochs=epochs, lr=lr, feedback_share=feedback_share,
-                                    patience=patience).items() if v is not None}
+    picked = {k: v for k, v in dict(lam=lam, epochs=epochs, lr=lr, batch_size=batch_size,
+                                    feedback_share=feedback_share, patience=patience, warmup=warmup).items()
+              if v is not None}
     settings = {**{k: v for k, v in defaults_for(ds.spatial_dims).items() if k != "validation_share"}, **picked,
-                "layer": layer, "method": method, "batch_size": batch_size, "seed": seed}
+                "layer": layer, "method": method, "seed": seed}
     settings = {k: (float(v) if k in ("lam", "lr", "feedback_share") else v) for k, v in settings.items()}
     _check_settings(settings)
     fb = _feedback_set(feedback, ds)
@@ -165,6 +168,8 @@ def _check_settings(s: dict) -> None:
         raise ValueError(f"lam must be a finite number >= 0, got {s['lam']}")
     if s["epochs"] < 1:
         raise ValueError(f"epochs must be at least 1, got {s['epochs']}")
+    if not s["warmup"] >= 0:
+        raise ValueError(f"warmup must be >= 0 epochs (of learning-rate ramp), got {s['warmup']}")
     if s["patience"] < 1:
         raise ValueError(f"patience must be at least 1 epoch, got {s['patience']}")
     if not 0 < s["lr"] < 1:

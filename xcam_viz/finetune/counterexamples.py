@@ -9,10 +9,11 @@ another annotated image's background, whose own object was erased first.
 
 Every operation works on images (N×C×H×W, masks N×H×W) and volumes (N×C×D×H×W, masks N×D×H×W)
 alike: the spatial axes come from the tensor. A moved region is placed by one of the 8 rotations
-and reflections of the in-plane axes (y, x) in both cases; a volume's depth axis is left alone,
-because slices are often thicker than pixels are wide (a region turned into the depth axis would
-be squashed or stretched) and a scanner's artefacts (a table line, a marker) keep their
-orientation to the slice plane.
+and reflections of the in-plane axes (y, x) in both cases, and in a volume shifted to a random
+depth where it fits. The depth axis is never turned into the plane: slices are often thicker than
+pixels are wide (a region turned into depth would be squashed or stretched), and a scanner's
+artefacts (a table line, a skin marker) keep their orientation to the slice plane, while along
+the patient's long axis the same artefact could sit on any slice.
 """
 from __future__ import annotations
 
@@ -135,10 +136,20 @@ def move_irrelevant(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch
     for row in rows.tolist():
         pick = int(torch.randint(len(donors.regions), (1,), generator=gen))
         k = int(torch.randint(8, (1,), generator=gen))
-        region = dihedral(donors.regions[pick], k)
-        batch.images[row] = torch.where(region, dihedral(donors.region_pixels[pick], k), batch.images[row])
+        region, pixels = dihedral(donors.regions[pick], k), dihedral(donors.region_pixels[pick], k)
+        for axis in range(region.ndim - 2):          # a volume's depth: any slice the region fits in
+            shift = _shift_within(region, axis, gen)
+            region, pixels = region.roll(shift, axis), pixels.roll(shift, axis + 1)
+        batch.images[row] = torch.where(region, pixels, batch.images[row])
         batch.irrelevant[row] |= region
         batch.relevant[row] &= ~region
+
+
+def _shift_within(region: torch.Tensor, axis: int, gen: torch.Generator) -> int:
+    """A random shift along `axis` that keeps the set voxels of `region` inside it (no wrapping)."""
+    where = region.movedim(axis, 0).flatten(1).any(1).nonzero().flatten()
+    lo, hi = int(where[0]), int(where[-1])
+    return int(torch.randint(-lo, region.shape[axis] - hi, (1,), generator=gen))
 
 
 def erase_irrelevant(batch: Batch, donors: Donors, rows: torch.Tensor, positions: torch.Tensor) -> None:

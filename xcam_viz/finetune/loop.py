@@ -141,7 +141,7 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
     s = run.settings
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
     total = run.batches.per_epoch * s["epochs"]
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    schedule = learning_rate_schedule(opt, total, min(total - 1, round(s["warmup"] * run.batches.per_epoch)))
     gen = torch.Generator().manual_seed(s["seed"] + 2)
     device = models.model_device(model)
     best, best_state, stale, step, scale = None, None, 0, 0, {}
@@ -180,6 +180,19 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def learning_rate_schedule(opt: torch.optim.Optimizer, total: int, warmup: int):
+    """Cosine decay over `total` steps, after a linear ramp over the first `warmup` steps.
+
+    Adam's first steps move every weight by about the learning rate, whatever its gradient's size: on
+    the 3-D demo's smallcnn3d (an epoch of 7 steps) the second step sent cross-entropy from 0.13 to
+    21 and runs ended predicting one class (measured). A ramp lets the moment estimates settle first."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup)
+    if warmup == 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
 
 
 def train_mode(model: nn.Module) -> None:
