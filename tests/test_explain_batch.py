@@ -1,4 +1,6 @@
 """Batch runs into zarr / netCDF: same maps as xv.explain, resumable, refusing a different run; on Dask; the CLI."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,12 @@ def test_other_run_is_refused_unless_overwrite(demo_model, small, tmp_path):
         explain_dataset(demo_model, small, tmp_path / "cams.h5", progress=False)
     with pytest.raises(ValueError, match="one target per sample"):
         explain_dataset(demo_model, small, out, target=("topk", 2), progress=False)
+
+
+def test_a_data_spec_sent_to_workers_keeps_example_names_and_makes_paths_absolute():
+    for name in xv.data.examples.EXAMPLES:
+        assert DataSpec(name, "test").absolute() == DataSpec(name, "test")
+    assert DataSpec("scans", "train", 4).absolute() == DataSpec(str(Path("scans").absolute()), "train", 4)
 
 
 def test_distributed_run_equals_serial_run(demo_model, small, tmp_path, client):

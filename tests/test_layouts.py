@@ -57,7 +57,8 @@ def test_a_square_output_is_decided_by_the_module(last, expected):
 
 def test_a_square_output_without_a_clue_asks(monkeypatch):
     out = torch.rand(1, 16, 16, 16)
-    with pytest.raises(ValueError, match=r"N×C×h×w or as N×h×w×C.*Layout\('nchw'\) or Layout\('nhwc'\)"):
+    with pytest.raises(ValueError, match=r"channels-first N×C×… or as channels-last N×…×C.*"
+                                         r"Layout\('nchw'\) or Layout\('nhwc'\)"):
         detect(out, (64, 64), nn.Identity())
 
 

@@ -201,13 +201,22 @@ def test_workbench_refuses_nan_inf_and_out_of_range_images(demo_model, demo_test
 
 
 # --- serve flags ----------------------------------------------------------------------------------
+class FakeWorkbench:
+    """What `serve` reads of a Workbench before it starts the server."""
+    splits: dict = {}
+    input_shape = (3, 64, 64)
+
+    def warm(self):
+        return self
+
+
 def test_serve_passes_auth_and_the_websocket_limit(monkeypatch):
     import panel as pn
 
     from xcam_viz.dashboard import dashboard
 
     seen = {}
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: type("W", (), {"warm": lambda self: self})())
+    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(pn, "serve", lambda apps, **kw: seen.update(kw))
     dashboard.serve(max_upload_mb=2)
     assert seen["websocket_max_message_size"] == websocket_limit(2) and "basic_auth" not in seen
@@ -221,7 +230,7 @@ def test_bokeh_server_gets_the_websocket_limit_and_binds_localhost(monkeypatch):
 
     from xcam_viz.dashboard import dashboard
 
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: type("W", (), {"warm": lambda self: self})())
+    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(signal, "signal", lambda *a: None)          # pn.serve would take over Ctrl+C
     server = dashboard.serve(port=0, max_upload_mb=3, start=False)
     try:

@@ -10,10 +10,11 @@
     }
   };
   walk(document);
+  const parent = (e) => e.parentElement || (e.getRootNode() && e.getRootNode().host);
   const visible = (el) => {
     const r = el.getBoundingClientRect();
     if (r.width < 1 || r.height < 1) return false;
-    for (let e = el; e; e = e.parentElement || (e.getRootNode() && e.getRootNode().host)) {
+    for (let e = el; e; e = parent(e)) {
       const st = getComputedStyle(e);
       if (st.display === "none" || st.visibility === "hidden" || st.opacity === "0") return false;
     }
@@ -45,9 +46,15 @@
     else if (owner(r) && !inside(r)) problems.push(`sticks out of ${owner(r)[0]}: ${describe(e)}`);
   }
   const canvas = document.createElement("canvas").getContext("2d");
+  const scroller = (el) => {   // the nearest box that scrolls sideways (a wide table): its text is reachable
+    for (let e = parent(el); e && e !== document.body && e !== document.documentElement; e = parent(e)) {
+      if (["auto", "scroll"].includes(getComputedStyle(e).overflowX)) return e;
+    }
+    return null;
+  };
   for (const e of texts) {
     const st = getComputedStyle(e);
-    const r = e.getBoundingClientRect();
+    const r = (scroller(e) || e).getBoundingClientRect();
     if (r.right > vw + 1 || (owner(r) && !inside(r))) problems.push(`text cut off at the side: ${describe(e)}`);
     if (e.tagName === "SELECT") {
       const option = e.options[e.selectedIndex];

@@ -66,8 +66,7 @@ def map_batches(client, fn, model, data, tasks: list[tuple], directory: Path, pr
 
     from ..models import save
     directory = Path(directory).absolute()
-    data = DataSpec(str(Path(data.source).absolute()) if data.source != "demo" else "demo", data.split, data.n) \
-        if isinstance(data, DataSpec) else client.scatter(data)
+    data = data.absolute() if isinstance(data, DataSpec) else client.scatter(data)
     with contextlib.ExitStack() as cleanup:
         if isinstance(model, Path):
             checkpoint = model.absolute()

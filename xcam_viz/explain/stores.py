@@ -18,6 +18,7 @@ import xarray as xr
 from torch import nn
 
 from ..data import ImageSet, load_data
+from ..data.examples import EXAMPLES
 from ..spatial import axis_names
 from .api import per_batch
 from .capture import Target, capture
@@ -151,6 +152,12 @@ class DataSpec:
 
     def load(self) -> ImageSet:
         return load_data(self.source, self.split, self.n)
+
+    def absolute(self) -> DataSpec:
+        """The same spec with a file source made absolute (workers may run elsewhere); example names stay."""
+        if self.source in EXAMPLES:
+            return self
+        return DataSpec(str(Path(self.source).absolute()), self.split, self.n)
 
 
 def write_batch(plan: Plan, model: nn.Module, data: ImageSet | torch.Tensor, batch: int) -> int:
