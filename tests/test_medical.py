@@ -23,7 +23,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def shipped(name: str) -> Path:
     """A DICOM test file inside the installed pydicom package (never downloaded)."""
     path = Path(get_testdata_file(name, download=False))
-    assert path.is_relative_to(Path(pydicom.__file__).parent), path
+    assert path.resolve().is_relative_to(Path(pydicom.__file__).resolve().parent), path
     return path
 
 

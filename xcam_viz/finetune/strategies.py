@@ -105,7 +105,7 @@ DEFAULTS = dict(epochs=16, lr=1e-3, lam=1.0, batch_size=64, feedback_share=0.5, 
                 validation_share=0.1)
 # The same for volumes; chosen by benchmarks/volume_repair.py. A 48³ volume costs ~30x the CPU of a 64²
 # image (an epoch of the 3-D demo ~35 CPU s on one thread), so a run is held to a few epochs.
-VOLUME_DEFAULTS = {**DEFAULTS, "epochs": 5, "patience": 3}
+VOLUME_DEFAULTS = {**DEFAULTS, "epochs": 5, "patience": 3, "warmup": 1}
 
 
 def defaults_for(spatial_dims: int) -> dict:
