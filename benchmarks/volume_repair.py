@@ -30,7 +30,7 @@ from xcam_viz.demo import demo_volume_model, demo_volumes, train_volume_model
 from xcam_viz.finetune import AUTO, VOLUME_DEFAULTS
 
 STROKES = {"slices": 3, "extend": 1}        # the marker painted on <= 3 slices, spread 1 slice either side
-RUNS = [("irrelevant", 5), ("irrelevant", 10), ("irrelevant", 20), ("relevant", 20), ("relevant", 50)]
+RUNS = [("irrelevant", 10), ("relevant", 20)]
 CONTROL = ("irrelevant", 10)
 
 
