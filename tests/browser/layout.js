@@ -46,16 +46,18 @@
     else if (owner(r) && !inside(r)) problems.push(`sticks out of ${owner(r)[0]}: ${describe(e)}`);
   }
   const canvas = document.createElement("canvas").getContext("2d");
-  const scroller = (el) => {   // the nearest box that scrolls sideways (a wide table): its text is reachable
+  const scroller = (el) => {   // the nearest box that scrolls sideways now (a wide table): its text is reachable
     for (let e = parent(el); e && e !== document.body && e !== document.documentElement; e = parent(e)) {
-      if (["auto", "scroll"].includes(getComputedStyle(e).overflowX)) return e;
+      if (["auto", "scroll"].includes(getComputedStyle(e).overflowX) && e.scrollWidth > e.clientWidth + 1) return e;
     }
     return null;
   };
+  const cut = (r) => r.right > vw + 1 || (owner(r) && !inside(r));
   for (const e of texts) {
     const st = getComputedStyle(e);
-    const r = (scroller(e) || e).getBoundingClientRect();
-    if (r.right > vw + 1 || (owner(r) && !inside(r))) problems.push(`text cut off at the side: ${describe(e)}`);
+    const r = e.getBoundingClientRect();
+    const box = cut(r) && scroller(e);
+    if (cut(r) && (!box || cut(box.getBoundingClientRect()))) problems.push(`text cut off at the side: ${describe(e)}`);
     if (e.tagName === "SELECT") {
       const option = e.options[e.selectedIndex];
       if (!option) continue;

@@ -95,7 +95,8 @@ def table_pane(css_class: str) -> pn.pane.DataFrame:
     """A table the tab fills with a DataFrame: an HTML table (its cells escaped), scrolling sideways when wide."""
     return pn.pane.DataFrame(pd.DataFrame(), index=False, escape=True, justify="left", text_align="start",
                              css_classes=[css_class], sizing_mode="stretch_width", margin=(0, 10),
-                             styles={"font-size": "0.85em", "overflow-x": "auto"})
+                             styles={"font-size": "0.85em", "overflow-x": "auto"},
+                             stylesheets=["th { text-align: start !important; }"])     # headers over their cells
 
 
 def _plain(markdown: str) -> str:
