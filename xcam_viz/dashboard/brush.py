@@ -25,6 +25,7 @@ class BrushFeedback(Tab):
 
     title = param.String(default="Feedback", constant=True)
     attribute = "brush"
+    spatial_dims = (2,)                          # volumes: not yet
     probed = ("strokes",)
 
     mode = param.Selector(objects=["relevant", "irrelevant", "erase"], default="relevant", label="Brush")

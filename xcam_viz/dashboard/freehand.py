@@ -14,7 +14,7 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, FreehandDrawTool
 
-from .overlay import image_figure, rgba
+from .mapview import image_figure, rgba
 from .raster import Stroke
 from .tasks import bokeh_update
 

@@ -122,11 +122,12 @@ class ImageUpload(pn.viewable.Viewer):
         self.input = pn.widgets.FileInput(accept=",".join(SUFFIXES), css_classes=["xv-upload"],
                                           sizing_mode="stretch_width")
         self.input.param.watch(lambda e: self.receive(e.new, self.input.filename), "value")
-        c, h, w = workbench.input_shape
+        size = "×".join(map(str, workbench.input_shape[:0:-1]))
         self.layout = pn.Column(
             pn.pane.Markdown(f"**Explain your own image** — PNG, JPEG or .npz up to {max_mb:g} MB "
-                             f"(resized to {w}×{h})", margin=(5, 10, 0, 10)),
-            self.input, sizing_mode="stretch_width")
+                             f"(resized to {size})", margin=(5, 10, 0, 10)),
+            self.input, sizing_mode="stretch_width",
+            visible=workbench.spatial_dims == 2)           # uploads of volumes (.nii.gz) are not taken yet
 
     def receive(self, content: bytes | None, filename: str | None) -> list[str]:
         """Open an uploaded file; a bad one is shown as a notification. Returns the new sample ids."""

@@ -166,13 +166,13 @@ def _is_dicom(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"
 
 
-def load_medical(path: Path, size=None) -> ImageSet | None:
+def load_medical(path: Path, size=None, window=None) -> ImageSet | None:
     """`load_nifti` / `load_dicom` of a path that holds medical files (see `medical_kind`), else None."""
     kind = medical_kind(path)
     if kind == "nifti":
         from .nifti import load_nifti
-        return load_nifti(path, size=size)
+        return load_nifti(path, size=size, window=window)
     if kind == "dicom":
         from .dicom import load_dicom
-        return load_dicom(path, size=size)
+        return load_dicom(path, size=size, window=window)
     return None

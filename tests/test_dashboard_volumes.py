@@ -1,0 +1,131 @@
+"""The dashboard on volumes: three linked planes, window/level in the colour mapper, the hottest point."""
+import numpy as np
+import pytest
+import torch
+
+from xcam_viz.dashboard import Dashboard, Workbench
+from xcam_viz.dashboard.volume import PLANES
+from xcam_viz.data import ImageSet
+from xcam_viz.data.windows import apply_window, window_bounds
+from xcam_viz.demo import demo_volume_model, demo_volumes
+
+SLICES = slice(8, 40, 2)           # 16 of the 48 axial slices: voxels twice as deep as wide
+
+
+@pytest.fixture(scope="module")
+def volume_workbench(tmp_path_factory):
+    """The 3-D demo model on 6 training and 4 test volumes of 16×48×48 anisotropic voxels."""
+    torch.set_num_threads(1)
+
+    def anisotropic(data):
+        sz, sy, sx = data.spacing
+        return ImageSet(data.images[:, :, SLICES].contiguous(), data.labels, ids=data.ids, class_names=data.class_names,
+                        attrs=data.attrs, spacing=(2 * sz, sy, sx))
+    splits = {"train": anisotropic(demo_volumes("train", 6)), "test": anisotropic(demo_volumes("test", 4))}
+    return Workbench(demo_volume_model(progress=False), splits, tmp_path_factory.mktemp("fb") / "feedback.db")
+
+
+@pytest.fixture
+def dash(volume_workbench):
+    return Dashboard(workbench=volume_workbench, background=False)
+
+
+def image_of(source) -> np.ndarray:
+    return source.data["image"][0] if "image" in source.data else source.data["value"][0]
+
+
+def test_three_planes_show_the_slices_through_the_crosshair_drawn_to_scale(dash, volume_workbench):
+    scene, left = dash.overlays.picture, dash.overlays.left
+    d, h, w = volume_workbench.input_shape[1:]
+    sz, sy, sx = volume_workbench.spacing
+    assert scene.point == (d // 2, h // 2, w // 2)
+    volume = volume_workbench.picture("train", dash.selection.sample)[0]
+    assert volume.dtype == np.uint8 and volume.shape == (d, h, w)
+    expected = {"axial": volume[d // 2], "coronal": volume[:, h // 2], "sagittal": volume[:, :, w // 2]}
+    for plane in PLANES:
+        np.testing.assert_array_equal(image_of(scene.sources[plane.name]), expected[plane.name])
+        assert image_of(left.map_sources[plane.name]).shape == expected[plane.name].shape
+    glyph = {p: left.figures[p].renderers[0].glyph for p in ("axial", "coronal", "sagittal")}
+    assert (glyph["axial"].dw, glyph["axial"].dh) == pytest.approx((w * sx, h * sy))
+    assert (glyph["coronal"].dw, glyph["coronal"].dh) == pytest.approx((w * sx, d * sz))
+    assert (glyph["sagittal"].dw, glyph["sagittal"].dh) == pytest.approx((h * sy, d * sz))
+    axial, coronal = left.figures["axial"], left.figures["coronal"]   # the same mm per pixel on every plane
+    assert coronal.frame_height / axial.frame_height == pytest.approx(d * sz / (h * sy), abs=0.02)
+    assert max(axial.frame_width, axial.frame_height) >= 256
+    assert dash.overlays.snapshot()["slices"] == {"axial": [h, w], "coronal": [d, w], "sagittal": [d, h]}
+    assert "voxels" in dash.overlays.info.object and "mm" in dash.overlays.info.object
+
+
+def test_a_click_on_a_plane_moves_the_other_planes_slices(dash, volume_workbench):
+    scene, left, right = dash.overlays.picture, dash.overlays.left, dash.overlays.right
+    volume = scene.volume
+    sz, sy, sx = volume_workbench.spacing
+    axial_before = image_of(scene.sources["axial"])
+    scene.click(PLANES[0], 10.5 * sx, 30.5 * sy)                  # axial: x right, y up (mm)
+    z = scene.point[0]
+    assert scene.point == (z, 30, 10)
+    assert image_of(scene.sources["axial"]) is axial_before       # its own slice stays
+    np.testing.assert_array_equal(image_of(scene.sources["coronal"]), volume[:, 30])
+    np.testing.assert_array_equal(image_of(scene.sources["sagittal"]), volume[:, :, 10])
+    for view in (left, right):                                    # both views follow one crosshair
+        np.testing.assert_array_equal(image_of(view.map_sources["sagittal"]), view._values[:, :, 10])
+        at_column, at_row = view.spans["axial"]
+        assert (at_column.location, at_row.location) == pytest.approx((10.5 * sx, 30.5 * sy))
+        assert view.spans["coronal"][0].location == pytest.approx(10.5 * sx)
+    scene.z = 3                                                   # the axial slider
+    np.testing.assert_array_equal(image_of(scene.sources["axial"]), volume[3])
+    np.testing.assert_array_equal(image_of(left.map_sources["axial"]), left._values[3])
+
+
+def test_the_window_changes_only_the_colour_mapper(dash, volume_workbench):
+    scene = dash.overlays.picture
+    assert volume_workbench.window == "ct-lung" and "ct-bone" in scene.param.preset.objects
+    assert (scene.mapper.low, scene.mapper.high) == pytest.approx((0, 255))     # as loaded
+    sources = [*scene.sources.values(), *(s for v in dash.overlays.views.values() for s in v.map_sources.values())]
+    before = [image_of(s) for s in sources]
+    scene.preset = "ct-soft-tissue"                                # level 40, width 400 HU
+    low, high = window_bounds("ct-lung")
+    assert (scene.level, scene.width) == (40, 400)
+    assert scene.mapper.low == pytest.approx((40 - 200 - low) / (high - low) * 255)
+    assert scene.mapper.high == pytest.approx((40 + 200 - low) / (high - low) * 255)
+    scene.width = 800
+    assert scene.mapper.high == pytest.approx((40 + 400 - low) / (high - low) * 255)
+    assert all(image_of(s) is b for s, b in zip(sources, before))   # no voxel data resent
+    assert dash.overlays.snapshot()["window"] == [40, 800]
+
+
+def test_the_hottest_point_is_the_maps_argmax(dash):
+    overlays = dash.overlays
+    scene, values = overlays.picture, overlays.left.result.values
+    scene.param.trigger("hottest")
+    hottest = np.unravel_index(np.argmax(values), values.shape)
+    assert scene.point == tuple(int(v) for v in hottest)
+    assert np.nanmax(image_of(overlays.left.map_sources["axial"])) == pytest.approx(values.max())
+
+
+def test_a_new_image_keeps_the_crosshair_and_resends_the_slices(dash, volume_workbench):
+    scene = dash.overlays.picture
+    scene.move((5, 6, 7))
+    sample = volume_workbench.splits["train"].ids[2]
+    dash.selection.sample = sample
+    assert scene.point == (5, 6, 7) and dash.overlays.left.result.request.sample == sample
+    volume = volume_workbench.picture("train", sample)[0]
+    np.testing.assert_array_equal(image_of(scene.sources["coronal"]), volume[:, 6])
+    threshold_before = image_of(dash.overlays.left.map_sources["axial"])
+    dash.overlays.display.threshold = 0.5                         # the 2-D view's threshold rule
+    shown = image_of(dash.overlays.left.map_sources["axial"])
+    assert np.isnan(shown).sum() > np.isnan(threshold_before).sum()
+
+
+def test_thumbnails_are_axial_slices_and_the_layers_name_their_depth(dash, volume_workbench):
+    thumb = volume_workbench.thumbnail("train", volume_workbench.splits["train"].ids[0])
+    assert thumb.ndim == 2 and thumb.dtype == np.uint8 and max(thumb.shape) <= 96
+    assert all(label.count("×") == 3 for label in dash.controls.layer.options)        # C×d×h×w
+    assert [tab.title for tab in dash.tab_list] == ["Explain", "Fine-tune"]
+
+
+def test_window_bounds_invert_apply_window():
+    for label, window in (("ct-lung", "ct-lung"), ("-600/1500", (-600, 1500)), ((40, 400), (40, 400))):
+        low, high = window_bounds(label)                           # a label as data sets record it
+        assert apply_window(np.array([low, high, (low + high) / 2]), window) == pytest.approx([0, 1, 0.5])
+    assert window_bounds("mri") is None and window_bounds("min-max") is None
