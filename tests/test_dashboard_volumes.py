@@ -52,7 +52,7 @@ def test_three_planes_show_the_slices_through_the_crosshair_drawn_to_scale(dash,
     axial, coronal = left.figures["axial"], left.figures["coronal"]   # the same mm per pixel on every plane
     assert coronal.frame_height / axial.frame_height == pytest.approx(d * sz / (h * sy), abs=0.02)
     assert max(axial.frame_width, axial.frame_height) >= 256
-    assert dash.overlays.snapshot()["slices"] == {"axial": [h, w], "coronal": [d, w], "sagittal": [d, h]}
+    assert dash.overlays.snapshot()["volume"]["slices"] == {"axial": [h, w], "coronal": [d, w], "sagittal": [d, h]}
     assert "voxels" in dash.overlays.info.object and "mm" in dash.overlays.info.object
 
 
@@ -91,7 +91,7 @@ def test_the_window_changes_only_the_colour_mapper(dash, volume_workbench):
     scene.width = 800
     assert scene.mapper.high == pytest.approx((40 + 400 - low) / (high - low) * 255)
     assert all(image_of(s) is b for s, b in zip(sources, before))   # no voxel data resent
-    assert dash.overlays.snapshot()["window"] == [40, 800]
+    assert dash.overlays.snapshot()["volume"]["window"] == [40, 800]
 
 
 def test_the_hottest_point_is_the_maps_argmax(dash):

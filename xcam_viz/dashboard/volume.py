@@ -99,6 +99,7 @@ class VolumeScene(param.Parameterized):
         self.key, self.shown, self.volume = None, (0, 0, 0), np.zeros(self.shape, np.uint8)
         self.mapper = LinearColorMapper(palette=palette("gray"), low=0, high=GREYS)
         self.views: list[VolumeView] = []
+        self._hottest: tuple[str, tuple] = ("", ())
         with param.parameterized.discard_events(self):
             self.param.update(preset=self.param.preset.objects[0], **{a: n // 2 for a, n in zip(AXES, self.shape)})
         self.sources = {p.name: ColumnDataSource({"image": [p.cut(self.volume, self.point)]}) for p in PLANES}
@@ -166,14 +167,24 @@ class VolumeScene(param.Parameterized):
         self.mapper.update(low=(self.level - self.width / 2 - self.low) * scale,
                            high=(self.level + self.width / 2 - self.low) * scale)
 
+    def hottest_point(self) -> tuple[int, int, int] | None:
+        """The voxel (z, y, x) of the first view's map maximum (None without a map); found once per map."""
+        result = self.views[0].result if self.views else None
+        if result is None:
+            return None
+        if self._hottest[0] != result.digest:
+            found = np.unravel_index(np.argmax(result.values), result.values.shape)
+            self._hottest = (result.digest, tuple(int(v) for v in found))
+        return self._hottest[1]
+
     @param.depends("hottest", watch=True)
     def go_hottest(self) -> None:
         """Move the crosshair to the maximum of the first view's map."""
-        result = self.views[0].result if self.views else None
-        if result is None:
+        point = self.hottest_point()
+        if point is None:
             notify("there is no map to find the hottest point of", "info", 2500)
             return
-        self.move(np.unravel_index(np.nanargmax(result.values), result.values.shape))
+        self.move(point)
 
     def widgets(self) -> list:
         """The window (preset, level, width; changed in the browser) and the hottest-point button."""
@@ -196,8 +207,11 @@ class VolumeScene(param.Parameterized):
         return f" · voxels {sx:.3g}×{sy:.3g}×{sz:.3g} mm · loaded with window {self.loaded}"
 
     def snapshot(self) -> dict:
-        return {"crosshair": list(self.point), "window": [self.level, self.width], "preset": self.preset,
-                "slices": {p.name: list(self.sources[p.name].data["image"][0].shape) for p in PLANES}}
+        hottest = self.hottest_point()
+        return {"volume": {"crosshair": list(self.point), "window": [self.level, self.width], "preset": self.preset,
+                           "hottest": list(hottest) if hottest else None, "grid": list(self.shape),
+                           "spacing": list(self.spacing),
+                           "slices": {p.name: list(self.sources[p.name].data["image"][0].shape) for p in PLANES}}}
 
     def watched(self) -> list:
         return [(self, [*AXES, "level", "width", "preset"])]
@@ -237,7 +251,8 @@ class VolumeView(MapLayer):
             slider = pn.widgets.IntSlider.from_param(scene.param[AXES[plane.axis]], width=fig.frame_width,
                                                      margin=(0, 5), css_classes=[f"xv-slice-{plane.name}"])
             columns.append(pn.Column(pn.pane.Bokeh(fig, margin=(5, 5)), slider))
-        self.figures["axial"].add_layout(ColorBar(color_mapper=self.mapper, width=10, padding=2), "right")
+        last = self.figures[PLANES[-1].name]               # the other planes' canvases are their frames
+        last.add_layout(ColorBar(color_mapper=self.mapper, width=10, padding=2), "right")
         self.heading = pn.pane.HTML("", margin=(0, 10), styles={"font-size": "9pt", "font-weight": "bold"})
         self.panel = pn.Column(self.heading, *columns, css_classes=["xv-volume-view"])
         scene.views.append(self)
