@@ -121,7 +121,7 @@ def test_thumbnails_are_axial_slices_and_the_layers_name_their_depth(dash, volum
     thumb = volume_workbench.thumbnail("train", volume_workbench.splits["train"].ids[0])
     assert thumb.ndim == 2 and thumb.dtype == np.uint8 and max(thumb.shape) <= 96
     assert all(label.count("×") == 3 for label in dash.controls.layer.options)        # C×d×h×w
-    assert [tab.title for tab in dash.tab_list] == ["Explain", "Fine-tune"]
+    assert [tab.title for tab in dash.tab_list] == ["Explain", "Feedback", "Fine-tune"]
 
 
 def test_window_bounds_invert_apply_window():
@@ -129,3 +129,56 @@ def test_window_bounds_invert_apply_window():
         low, high = window_bounds(label)                           # a label as data sets record it
         assert apply_window(np.array([low, high, (low + high) / 2]), window) == pytest.approx([0, 1, 0.5])
     assert window_bounds("mri") is None and window_bounds("min-max") is None
+
+
+def rgb_at(canvas, row: int, col: int) -> np.ndarray:
+    """The (r, g, b) a canvas shows at array row `row` (Bokeh's row 0 at the bottom: the index, growing up)."""
+    packed = np.asarray(canvas._image.data["image"][0])
+    return packed.view(np.uint8).reshape(*packed.shape, 4)[row, col, :3].astype(int)
+
+
+def test_paint_on_any_plane_extend_fill_undo_and_save(dash, volume_workbench):
+    brush, wb = dash.brush, volume_workbench
+    dash.show("Feedback")
+    painting = brush.painting
+    d, h, w = wb.input_shape[1:]
+    z = painting.z
+    sample = dash.selection.sample
+    painting.canvases["axial"].paths.data = {"xs": [[10, 20]], "ys": [[30.5, 30.5]]}   # y up: index 30
+    relevant, irrelevant = brush.masks()
+    assert relevant.shape == (d, h, w) and not irrelevant.any()
+    assert relevant[z, 30, 12:18].all() and not np.delete(relevant, z, axis=0).any()
+    painting.y = 30                                               # the stroke shows on the coronal plane
+    green = rgb_at(painting.canvases["coronal"], z, 15)
+    assert green[1] > green[0] + 40
+    assert not painting.canvases["coronal"].paths.data["xs"]     # its tool holds only its own slice's strokes
+
+    painting.param.update(along="axial", reach=2)
+    painting.param.trigger("fill_event")                          # one painted slice: nothing to fill between
+    assert painting.spreads == []
+    painting.param.trigger("extend_event")
+    relevant = brush.masks()[0]
+    assert np.flatnonzero(relevant.any((1, 2))).tolist() == list(range(z - 2, z + 3))
+
+    painting.z = z + 6                                            # a second stroke, six slices further
+    assert not painting.canvases["axial"].paths.data["xs"]
+    brush.mode = "relevant"
+    painting.canvases["axial"].paths.data = {"xs": [[10, 20]], "ys": [[30.5, 30.5]]}
+    assert [s.where for s in brush.strokes] == [(0, z), (0, z + 6)]
+    painting.param.trigger("fill_event")
+    filled = np.flatnonzero(brush.masks()[0].any((1, 2))).tolist()     # spreads apply to every stroke
+    assert filled == list(range(z - 2, min(z + 9, d)))
+    brush.param.trigger("undo_event")                             # the fill, then the extend, then a stroke
+    brush.param.trigger("undo_event")
+    assert painting.spreads == [] and len(brush.strokes) == 2
+    brush.param.trigger("undo_event")
+    assert len(brush.strokes) == 1
+
+    painting.param.trigger("extend_event")
+    before = len(wb.feedback.annotations(sample))
+    brush.param.trigger("save_event")
+    saved = wb.feedback.annotations(sample)
+    assert len(saved) == before + 1 and saved[-1].relevant.shape == (d, h, w)
+    assert np.flatnonzero(saved[-1].relevant.any((1, 2))).tolist() == list(range(z - 2, z + 3))
+    assert brush.strokes == [] and painting.spreads == []
+    assert sample in wb.feedback_ids("train")
