@@ -182,3 +182,28 @@ def test_paint_on_any_plane_extend_fill_undo_and_save(dash, volume_workbench):
     assert np.flatnonzero(saved[-1].relevant.any((1, 2))).tolist() == list(range(z - 2, z + 3))
     assert brush.strokes == [] and painting.spreads == []
     assert sample in wb.feedback_ids("train")
+
+
+def test_finetune_on_volumes_compares_in_three_planes_and_goes_back(tmp_path):
+    splits = {split: demo_volumes(split, n) for split, n in (("train", 6), ("test", 4), ("flipped", 4))}
+    wb = Workbench(demo_volume_model(progress=False), splits, tmp_path / "feedback.db")
+    dash = Dashboard(workbench=wb, background=False)
+    tuning, sel, overlays = dash.tuning, dash.selection, dash.overlays
+    base, train = sel.version, splits["train"]
+    for i in range(3):
+        wb.feedback.add(train.ids[i], relevant=train.masks[i].numpy(), author="test")
+    tuning.lr, tuning.epochs = 1e-6, 1
+    tuning.launch()
+    assert tuning.job.wait(300)
+    tuning.poll()
+    result = tuning.job.result()
+    assert tuning.phase == "done" and result.version == tuning.new_version
+    assert {"test", "flipped"} <= set(result.metrics.split.values)
+    results = tuning.results_table.object
+    assert "flipped" in results.split.values and "pointing game (block4 Grad-CAM)" in results.columns
+    assert sel.version == result.version and overlays.compare_version == base       # new on the left, parent right
+    left, right = overlays.left.result.request, overlays.right.result.request
+    assert (left.version, right.version) == (result.version, base) and left.sample == right.sample
+    assert overlays.right.heading.object.split(" · ")[2] == base
+    dash.controls.back.param.trigger("value")
+    assert sel.version == base

@@ -73,3 +73,32 @@ def test_three_planes_slices_crosshair_window_and_hottest_point(volume_server, p
     canvas(page, "sagittal").scroll_into_view_if_needed()
     shot(page, "volumes-1366-planes")
     assert not console.errors, console.errors
+
+
+def test_paint_on_a_plane_extend_and_save(volume_server, page):
+    page.set_viewport_size({"width": 1366, "height": 768})
+    console = open_dashboard(page, volume_server.url)
+    page.locator(".bk-tab", has_text="Feedback").click()
+    s = wait_state(page, lambda now: now["tabs"]["Feedback"] and "brush_frames" in now)
+    d, h, w = s["volume"]["grid"]
+    z = s["brush_point"][0]
+    fw, fh = s["brush_frames"]["axial"]
+    box = page.locator(".xv-brush-axial .bk-Canvas").first.bounding_box()      # rows go down, index up
+    page.mouse.move(box["x"] + 10 / w * fw, box["y"] + 12 / h * fh)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 30 / w * fw, box["y"] + 14 / h * fh, steps=8)
+    page.mouse.up()
+    wait_state(page, lambda now: now["strokes"] == 1)
+    page.locator(".xv-extend .bk-btn").first.click()
+    wait_state(page, lambda now: now["spreads"] == [["extend", 2, 0]])
+    page.wait_for_timeout(500)
+    page.locator(".xv-brush-axial .bk-Canvas").first.scroll_into_view_if_needed()
+    shot(page, "volumes-1366-feedback")
+    page.locator(".xv-save .bk-btn").first.click()
+    wait_state(page, lambda now: now["strokes"] == 0 and now["spreads"] == [] and now["revision"] == 1)
+    from xcam_viz.feedback import FeedbackStore
+
+    saved = FeedbackStore(volume_server.feedback).annotations(s["sample"])[-1].relevant
+    assert saved.shape == (d, h, w)
+    assert [int(i) for i in np.flatnonzero(saved.any((1, 2)))] == list(range(z - 2, z + 3))
+    assert not console.errors, console.errors
