@@ -207,3 +207,26 @@ def test_finetune_on_volumes_compares_in_three_planes_and_goes_back(tmp_path):
     assert overlays.right.heading.object.split(" · ")[2] == base
     dash.controls.back.param.trigger("value")
     assert sel.version == base
+
+
+def test_the_volume_demo_opens_with_its_own_model_and_feedback(monkeypatch, tmp_path):
+    import dataclasses
+
+    import panel as pn
+
+    from xcam_viz.data.examples import EXAMPLES
+
+    small = dataclasses.replace(EXAMPLES["volumes"], sizes={"train": 3, "test": 2, "flipped": 2})
+    monkeypatch.setitem(EXAMPLES, "volumes", small)
+    monkeypatch.setenv("HOME", str(tmp_path))                          # the default stores: a throwaway cache
+    monkeypatch.delenv("XCAM_VIZ_CACHE", raising=False)               # (the model: the checkout's checkpoint)
+    monkeypatch.delenv("XCAM_VIZ_FEEDBACK", raising=False)
+    monkeypatch.setattr(pn.state, "cache", {})
+    dash = Dashboard(demo="volumes", background=False)
+    wb = dash.workbench
+    assert wb.input_shape == (1, 48, 48, 48) and list(wb.splits) == ["train", "test", "flipped"]
+    assert wb.model(wb.base_version).xcam_arch["name"] == "smallcnn3d"
+    assert wb.feedback.path.name == "volumes-feedback.db"             # not the 2-D demo's store and versions
+    assert dash.overlays.snapshot()["volume"]["slices"]["axial"] == [48, 48]
+    with pytest.raises(ValueError, match="no demo 'nodules'"):
+        Dashboard(demo="nodules", background=False)

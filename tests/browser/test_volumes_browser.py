@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from .harness import Server, open_dashboard, select_option, shot, wait_state
+from .test_layout import CONTAINERS, MEASURE, SIZES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PLANES = ("axial", "coronal", "sagittal")
@@ -102,3 +103,25 @@ def test_paint_on_a_plane_extend_and_save(volume_server, page):
     assert saved.shape == (d, h, w)
     assert [int(i) for i in np.flatnonzero(saved.any((1, 2)))] == list(range(z - 2, z + 3))
     assert not console.errors, console.errors
+
+
+def test_volume_views_fit_every_screen(volume_server, page):
+    """The layout check of test_layout.py on the volume tabs at its four sizes, and every plane >= 256 px."""
+    console = open_dashboard(page, volume_server.url)
+    problems = {}
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        for tab, planes in (("Explain", ".xv-plane-"), ("Feedback", ".xv-brush-"), ("Fine-tune", None)):
+            page.locator(".bk-tab", has_text=tab).click()
+            wait_state(page, lambda s, t=tab: s["tabs"][t])
+            page.wait_for_timeout(700)
+            overflow = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert overflow[0] <= overflow[1], f"{width}x{height} {tab}: the page scrolls sideways {overflow}"
+            if found := page.evaluate(MEASURE, CONTAINERS):
+                problems[f"{width}x{height} {tab}"] = found
+            shot(page, f"volumes-layout-{width}x{height}-{tab}")
+            for plane in PLANES if planes else ():
+                box = page.locator(f"{planes}{plane} .bk-Canvas").first.bounding_box()
+                assert min(box["width"], box["height"]) >= 256, (width, height, tab, plane, box)
+    assert problems == {}
+    assert console.errors == [] and console.bokeh_warnings == []

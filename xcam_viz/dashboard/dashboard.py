@@ -69,6 +69,8 @@ def build_workbench(model=None, data=None, feedback=None, size: tuple[int, ...] 
     'volumes'). Data given as paths is fitted to the model: `size` (H, W; volumes D, H, W) or the model's own,
     `channels` (1 or 3) or what the model takes, medical volumes read through `window` (`xv.data.load_splits`);
     a zoo name is built for the data's classes and channels."""
+    if model is None and data is None:
+        model = demo_model_of(demo)                     # (an unknown demo fails here, naming the demos)
     known = model is None or isinstance(model, nn.Module) or Path(model).exists()
     model = load_model(model) if known else model
     splits = (load_splits(data, size=size, channels=channels, model=model if known else None, window=window)
