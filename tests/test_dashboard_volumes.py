@@ -230,3 +230,29 @@ def test_the_volume_demo_opens_with_its_own_model_and_feedback(monkeypatch, tmp_
     assert dash.overlays.snapshot()["volume"]["slices"]["axial"] == [48, 48]
     with pytest.raises(ValueError, match="no demo 'nodules'"):
         Dashboard(demo="nodules", background=False)
+
+
+def test_an_uploaded_nifti_volume_is_explained_like_an_uploaded_image(dash, volume_workbench):
+    import gzip
+
+    import nibabel as nib
+
+    from xcam_viz.dashboard.upload import UploadError, decode_upload
+
+    hu = np.full((40, 30, 20), -1000, np.int16)                       # air, a dense block (i, j, k = x, y, z)
+    hu[10:30, 5:25, 5:15] = 40
+    content = gzip.compress(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 3.0, 1.0])).to_bytes())
+    ids = dash.upload.receive(content, "scan.nii.gz")
+    sel, shape = dash.selection, volume_workbench.input_shape
+    assert sel.split == "uploads" and sel.sample == ids[0]
+    assert dash.overlays.left.result.request.sample == ids[0] and dash.overlays.picture.shown == shape[1:]
+    volume = volume_workbench.image("uploads", ids[0])[..., 0]         # through the data's lung window
+    air, block = apply_window(np.array([-1000.0, 40.0]), "ct-lung")
+    assert volume.shape == shape[1:] and volume[:, 0, 0] == pytest.approx(air, abs=0.01)
+    assert volume.max() == pytest.approx(block, abs=0.01)
+    with pytest.raises(UploadError, match="NIfTI volume"):
+        decode_upload(b"\x89PNG....", "picture.png", shape)
+    with pytest.raises(UploadError, match="not a readable NIfTI"):
+        decode_upload(b"not nifti at all", "scan.nii", shape)
+    with pytest.raises(UploadError, match="one 3-D volume"):
+        decode_upload(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)).to_bytes(), "series.nii", shape)

@@ -30,9 +30,12 @@ MIN_MAX = Percentiles(0, 100)
 
 
 def resolve_window(window) -> tuple[float, float] | Percentiles:
-    """A preset name, (level, width) or `Percentiles` as (level, width) or `Percentiles`; None is min-max."""
-    if window is None:
+    """A preset name, (level, width) or `Percentiles` as (level, width) or `Percentiles`; None is min-max.
+    `window_label`'s texts ('level/width', 'min-max') resolve to what they label."""
+    if window is None or window == "min-max":
         return MIN_MAX
+    if isinstance(window, str) and "/" in window:
+        window = tuple(window.split("/"))
     if isinstance(window, str):
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; give one of {sorted(WINDOWS)} or (level, width)")
@@ -60,9 +63,7 @@ def window_bounds(window) -> tuple[float, float] | None:
     """The scanner values a fixed window maps to 0 and 1 (a preset name, (level, width) or `window_label`'s
     'level/width' text), by DICOM's linear formula; None for a per-volume window (`Percentiles`, min-max),
     whose values have no fixed unit."""
-    if isinstance(window, str) and "/" in window:
-        window = tuple(window.split("/"))
-    rule = MIN_MAX if window == "min-max" else resolve_window(window)
+    rule = resolve_window(window)
     if isinstance(rule, Percentiles):
         return None
     centre, width = rule[0] - 0.5, rule[1] - 1                      # DICOM's LINEAR window
