@@ -256,3 +256,31 @@ def test_an_uploaded_nifti_volume_is_explained_like_an_uploaded_image(dash, volu
         decode_upload(b"not nifti at all", "scan.nii", shape)
     with pytest.raises(UploadError, match="one 3-D volume"):
         decode_upload(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)).to_bytes(), "series.nii", shape)
+
+
+def test_serve_takes_nifti_folders_through_a_window(monkeypatch, tmp_path):
+    import nibabel as nib
+
+    from xcam_viz import cli
+    from xcam_viz.dashboard import app
+    from xcam_viz.dashboard.dashboard import build_workbench
+    from xcam_viz.demo import VOLUMES, cache_dir
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):                                   # a folder of scans and its manifest
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            hu = rng.integers(-1000, 400, (24, 24, 12)).astype(np.int16)
+            nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), tmp_path / split / f"scan{i}.nii.gz")
+        (tmp_path / split / "labels.csv").write_text("path,label\nscan0.nii.gz,benign\nscan1.nii.gz,malignant\n")
+    seen = {}
+    monkeypatch.setattr(app, "serve", lambda **kw: seen.update(kw))
+    data = [f"train={tmp_path / 'train' / 'labels.csv'}", f"test={tmp_path / 'test' / 'labels.csv'}"]
+    cli.main(["serve", "--data", data[0], "--data", data[1], "--window", "ct-lung"])
+    assert seen["window"] == "ct-lung" and seen["data"] == data
+    wb = build_workbench(cache_dir() / VOLUMES.checkpoint, data, tmp_path / "feedback.db", window="ct-lung")
+    assert wb.spatial_dims == 3 and wb.window == "ct-lung" and wb.spacing == pytest.approx((3.0, 1.5, 1.5))
+    dash = Dashboard(workbench=wb, background=False)
+    scene = dash.overlays.picture
+    assert "ct-bone" in scene.param.preset.objects and dash.overlays.left.result is not None
+    assert dash.overlays.snapshot()["volume"]["slices"]["axial"] == list(wb.input_shape[2:])

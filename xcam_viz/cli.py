@@ -128,9 +128,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
     serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
     serve.add_argument("--data", action="append", metavar="[NAME=]PATH",
-                       help="image folder, ISIC-style CSV, MedMNIST .npz, or NIfTI / DICOM files or folders; repeat "
-                            "for several splits (one unnamed folder is the split 'train'; an unnamed .npz gives its "
-                            "train, val, test)")
+                       help="image folder, ISIC-style CSV, MedMNIST .npz, NIfTI / DICOM files or folders, or a CSV "
+                            "manifest (path,label) of NIfTI files; repeat for several splits (one unnamed folder is "
+                            "the split 'train'; an unnamed .npz gives its train, val, test)")
     serve.add_argument("--window", choices=sorted(WINDOWS),
                        help="the display window NIfTI / DICOM volumes are read through (default: each volume's "
                             "min..max); the dashboard offers the CT presets on top of it")
