@@ -8,14 +8,17 @@ Bokeh models (model pass or cached capture, weighting, upsampling, HoloViews' in
 probe); "CPU" the p50 / p95 of the process CPU time of the whole change, which a busy machine inflates
 far less than the wall time (the figures are wall times; the load average is printed with them).
 
-Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px, and resnet18 on
+Scenarios: the demo (smallcnn, 64 px), resnet18 and vit_b_16 (random weights) at 224 px, resnet18 on
 4096×3328 grey PNG scans served as a user's folder (fitted to 224×182; an image change decodes the file once
-for the full-resolution picture and the model input).
+for the full-resolution picture and the model input), and the 3-D demo model (smallcnn3d) on 128³ chest CT
+volumes: a slice change (the axial slider), a crosshair move (a click on the axial plane: the coronal and
+sagittal slices change), a window preset (the browser changes the picture itself; the row is the server
+following the sliders) and an image change (a new 3-D CAM on both views).
 Goals (p95): demo image / layer change <= 100 ms, method change on cached captures <= 20 ms;
 resnet18 and vit_b_16 image / layer change <= 400 ms (vit_b_16: 40 changes each, every image new; the scans:
-20 files).
+20 files); volumes: slice change <= 50 ms, crosshair move <= 100 ms, image change <= 600 ms (20 volumes).
 Prints a table and writes benchmarks/results/dashboard_latency.md. `python dashboard_latency.py scans` measures
-only the named scenarios (demo, resnet18, vit, scans) and replaces their rows in the file, noting the load.
+only the named scenarios (demo, resnet18, vit, scans, volumes) and replaces their rows in the file, noting the load.
 """
 from __future__ import annotations
 
@@ -34,12 +37,15 @@ from results_table import write_result
 
 import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, Workbench
-from xcam_viz.demo import demo_data, demo_model
+from xcam_viz.dashboard.volume import PLANES
+from xcam_viz.demo import demo_data, demo_model, demo_volume_model, demo_volumes
 
 N = 100
 VIT_N = 40
 SCANS_N = 20
 SCAN = (3328, 4096)
+VOLUMES_N = 20
+VOLUME_SIZE = 128
 GRADIENT_METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"]
 
 
@@ -62,9 +68,7 @@ class Clock:
 async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[str, list[tuple]]:
     """(to overlay data, whole change, CPU time) in ms per image change, layer change (new capture) and
     method change (cached capture)."""
-    dash = Dashboard(workbench=workbench, background=False)
-    pn.panel(dash).get_root(Document())                # real Bokeh models, updated in place
-    clock = Clock(dash)
+    dash, clock = rendered(workbench)
     sel, ids = dash.selection, workbench.splits[dash.selection.split].ids
     order = np.random.default_rng(0).permutation(len(ids))
     times = {"image": [], "layer": [], "method": []}
@@ -80,6 +84,43 @@ async def measure(workbench: Workbench, layers: list[str], n: int = N) -> dict[s
         times["method"].append(clock(lambda i=i: setattr(sel, "method", GRADIENT_METHODS[i % len(GRADIENT_METHODS)])))
         await asyncio.sleep(0)
     return times
+
+
+def rendered(workbench: Workbench) -> tuple[Dashboard, Clock]:
+    dash = Dashboard(workbench=workbench, background=False)
+    pn.panel(dash).get_root(Document())                # real Bokeh models, updated in place
+    return dash, Clock(dash)
+
+
+async def measure_volumes(workbench: Workbench, n: int = N, images: int = VOLUMES_N) -> dict[str, list[tuple]]:
+    """(to overlay data, whole change, CPU time) in ms per slice change, crosshair move, window preset and
+    image change of a volume dashboard."""
+    dash, clock = rendered(workbench)
+    sel, scene = dash.selection, dash.overlays.picture
+    ids, (d, h, w), (_, sy, sx) = workbench.splits[sel.split].ids, scene.shape, scene.spacing
+    rng = np.random.default_rng(0)
+    presets = list(scene.presets)
+    times = {"slice": [], "crosshair": [], "window": [], "image": []}
+    for i in range(n):
+        times["slice"].append(clock(lambda: setattr(scene, "z", (scene.z + 1 + int(rng.integers(d - 1))) % d)))
+        times["crosshair"].append(clock(lambda: scene.click(PLANES[0], rng.uniform(0, w * sx), rng.uniform(0, h * sy))))
+        times["window"].append(clock(lambda i=i: setattr(scene, "preset", presets[(i + 1) % len(presets)])))
+        await asyncio.sleep(0)
+    for i in range(images):                            # every volume new: a model pass per change
+        times["image"].append(clock(lambda i=i: setattr(sel, "sample", ids[1 + i])))
+        await asyncio.sleep(0)
+    return times
+
+
+def volume_rows() -> tuple[str, list[str]]:
+    data = demo_volumes("test", VOLUMES_N + 1, size=VOLUME_SIZE)
+    workbench = Workbench(demo_volume_model(progress=False), {"test": data}, Path(tempfile.mkdtemp()) / "volumes.db")
+    title = f"3-D demo smallcnn3d, {VOLUME_SIZE}³ volumes"
+    times = asyncio.run(measure_volumes(workbench))
+    return title, [row(title, "slice change", times["slice"], 50),
+                   row(title, "crosshair move", times["crosshair"], 100),
+                   row(title, "window preset (server side)", times["window"], None),
+                   row(title, "image (new 3-D CAM)", times["image"], 600)]
 
 
 def row(scenario: str, change: str, ms: list[tuple], goal: float | None) -> str:
@@ -131,7 +172,7 @@ def scenario(name: str, folder: Path):
             ["layer3", "layer2", "layer4", "layer1"], (400, 400, None), SCANS_N)
 
 
-SCENARIOS = ("demo", "resnet18", "vit", "scans")
+SCENARIOS = ("demo", "resnet18", "vit", "scans", "volumes")
 HEADER = ("| scenario | change | n | p50 ms | p95 ms | whole p95 ms | CPU p50 / p95 ms | goal p95 ms | met |\n"
           "|---|---|---|---|---|---|---|---|---|\n")
 
@@ -141,6 +182,9 @@ def run(names=SCENARIOS) -> dict[str, list[str]]:
     folder = Path(tempfile.mkdtemp())
     rows = {}
     for name in names:
+        if name == "volumes":
+            title, rows[title] = volume_rows()
+            continue
         title, wb, layers, goals, n = scenario(name, folder)
         times = asyncio.run(measure(wb, layers, n))
         rows[title] = [row(title, "image", times["image"], goals[0]), row(title, "layer", times["layer"], goals[1]),

@@ -10,7 +10,8 @@ import torch
 import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, MapRequest, Workbench
 from xcam_viz.dashboard.cache import LRUCache
-from xcam_viz.dashboard.overlay import SAME, palette, thresholded
+from xcam_viz.dashboard.mapview import palette, thresholded
+from xcam_viz.dashboard.overlay import SAME
 from xcam_viz.dashboard.raster import Grid, Stroke, montage, plot_to_pixel, stroke_mask, strokes_to_masks
 from xcam_viz.dashboard.tasks import Runner
 from xcam_viz.demo import demo_data

@@ -9,12 +9,13 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from .demo import summary, volume_summary
     print((volume_summary if args.volumes else summary)(progress=not args.quiet), flush=True)
-    if args.no_serve or args.volumes:
+    if args.no_serve:
         return 0
     from .dashboard.app import serve
-    print(f"serving the demo dashboard at http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
+    print(f"serving the {'3-D ' * args.volumes}demo dashboard at http://{args.address}:{args.port} (Ctrl+C stops it)",
+          flush=True)
     serve(model=None, data=None, feedback=None, port=args.port, address=args.address, show=args.show,
-          websocket_origin=None)
+          websocket_origin=None, demo="volumes" if args.volumes else "demo")
     return 0
 
 
@@ -30,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
               show=args.show, websocket_origin=args.allow_websocket_origin,
               basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), size=args.size and tuple(args.size),
-              channels=args.channels, max_upload_mb=args.max_upload_mb)
+              channels=args.channels, max_upload_mb=args.max_upload_mb, window=args.window)
     except (ValueError, FileNotFoundError) as err:          # the model, data or settings do not fit: say why
         raise SystemExit(f"xcam-viz serve: {err}") from None
     return 0
@@ -105,6 +106,7 @@ def _fitting(command: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from .data.examples import EXAMPLES
+    from .data.windows import WINDOWS
     from .finetune.strategies import DEFAULTS, STRATEGIES
 
     named = "a named example set (" + ", ".join(EXAMPLES) + "; see `xcam-viz examples`)"
@@ -115,8 +117,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--no-serve", action="store_true", help="only print what the demo model learned")
     demo.add_argument("--volumes", action="store_true",
-                      help="the 3-D demo (smallcnn3d on synthetic chest CT volumes): prints what its model learned; "
-                           "it is not served (the 3-D dashboard comes in a later release)")
+                      help="the 3-D demo: smallcnn3d on synthetic chest CT volumes, shown as three planes with "
+                           "window/level presets and the map's hottest point")
     demo.add_argument("--port", type=int, default=5006)
     demo.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")
     demo.add_argument("--show", action="store_true", help="open a browser tab")
@@ -126,8 +128,12 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the dashboard (the demo unless --model / --data are given)")
     serve.add_argument("--model", help="checkpoint written by xv.models.save, or a zoo name (random weights)")
     serve.add_argument("--data", action="append", metavar="[NAME=]PATH",
-                       help="image folder, ISIC-style CSV or MedMNIST .npz; repeat for several splits (one "
-                            "unnamed folder is the split 'train'; an unnamed .npz gives its train, val, test)")
+                       help="image folder, ISIC-style CSV, MedMNIST .npz, NIfTI / DICOM files or folders, or a CSV "
+                            "manifest (path,label) of NIfTI files; repeat for several splits (one unnamed folder is "
+                            "the split 'train'; an unnamed .npz gives its train, val, test)")
+    serve.add_argument("--window", choices=sorted(WINDOWS),
+                       help="the display window NIfTI / DICOM volumes are read through (default: each volume's "
+                            "min..max); the dashboard offers the CT presets on top of it")
     serve.add_argument("--feedback", help="feedback database (SQLite); default: a demo store in the cache folder")
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1", help="interface to bind (default: this machine only)")

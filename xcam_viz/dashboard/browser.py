@@ -9,7 +9,7 @@ from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
 from ..evidence import METHODS as EVIDENCE_METHODS
 from .controls import cam_name, scored_with
-from .overlay import image_figure, rgba
+from .mapview import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
 from .tasks import Runner, bokeh_update, notify

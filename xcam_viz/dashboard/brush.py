@@ -2,7 +2,8 @@
 
 Strokes come from a `FreehandCanvas` (Bokeh syncs a stroke when the mouse is released), get the
 brush kind and width current at that moment, and are rasterised to masks aligned with the image's
-pixels; Save writes the masks to the shared feedback store.
+pixels (a volume's voxels: any plane, any slice; painting.py); Save writes the masks to the shared
+feedback store.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import panel as pn
 import param
 
 from ..feedback import union_masks
-from .freehand import FreehandCanvas, merge_strokes
+from .freehand import merge_strokes
+from .painting import PAINTINGS
 from .raster import Stroke, composite, mask_layer, strokes_to_masks
 from .tab import Tab
 from .tasks import notify
@@ -41,12 +43,12 @@ class BrushFeedback(Tab):
         workbench, selection = self.workbench, self.selection
         self.class_names = workbench.class_names()
         self.param.label.objects = {"(no correction)": -1, **{n: i for i, n in enumerate(self.class_names)}}
-        self.shape = h, w = tuple(workbench.input_shape[1:])
+        self.shape = tuple(workbench.input_shape[1:])
         self._image: np.ndarray | None = None
-        self._saved = np.zeros((h, w, 4), np.float32)
+        self._saved = np.zeros((*self.shape, 4), np.float32)
         self._key, self._stale = None, False
-        self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-brush")
-        self.frame = self.canvas.frame
+        self.painting = PAINTINGS[len(self.shape)](self.shape, self.receive, plot_width, self._moved, self._painted)
+        self.canvas, self.frame = self.painting.canvas, self.painting.frame
         self.summary = pn.pane.Markdown("", margin=(0, 10), width=CONTROLS)
         buttons = [pn.widgets.Button.from_param(self.param[f"{name}_event"], color=kind, width=70,
                                                 margin=(5, 3), css_classes=[f"xv-{name}"])
@@ -57,20 +59,35 @@ class BrushFeedback(Tab):
             pn.widgets.IntSlider.from_param(self.param.width, width=CONTROLS),
             pn.widgets.Select.from_param(self.param.label, width=CONTROLS),
             pn.widgets.TextInput.from_param(self.param.author, width=CONTROLS),
-            pn.Row(*buttons), self.summary, width=CONTROLS + 10)
-        self.layout = pn.FlexBox(self.canvas.pane, controls, name=self.title, flex_wrap="wrap",
+            *self.painting.widgets(), pn.Row(*buttons), self.summary, width=CONTROLS + 10)
+        self.layout = pn.FlexBox(self.painting.panel, controls, name=self.title, flex_wrap="wrap",
                                  sizing_mode="stretch_width")       # the controls go below the canvas when narrow
         selection.param.watch(lambda *_: self.load(), ["split", "sample", "revision"])
         self.load()
 
     # --- strokes ----------------------------------------------------------------------------------
-    def receive(self, data: dict) -> None:
-        """Take the strokes Bokeh holds; new ones get the current brush."""
-        self.strokes = merge_strokes(self.strokes, data, self.mode, self.width)
+    def receive(self, data: dict, where: tuple = ()) -> None:
+        """Take the strokes a canvas's tool holds (those drawn `where`); new ones get the current brush."""
+        others = [s for s in self.strokes if s.where != where]
+        self.strokes = others + merge_strokes([s for s in self.strokes if s.where == where], data, self.mode,
+                                              self.width, where)
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
-        """(relevant, irrelevant) bool masks (H×W, row 0 at the top) painted by the pending strokes."""
-        return strokes_to_masks(self.strokes, self.shape)
+        """(relevant, irrelevant) bool masks (H×W, row 0 at the top; volumes D×H×W) painted by the pending
+        strokes, spread to other slices as asked."""
+        return tuple(self.painting.spread(mask) for mask in self._stroked())
+
+    def _stroked(self) -> tuple[np.ndarray, np.ndarray]:
+        return strokes_to_masks(self.strokes, self.shape, self.painting.rasterise)
+
+    def _painted(self) -> np.ndarray:
+        relevant, irrelevant = self._stroked()
+        return relevant | irrelevant
+
+    def _moved(self) -> None:
+        """The painted slices or the spreads changed: each canvas holds its slice's strokes, redrawn."""
+        self.painting.show_strokes(self.strokes)
+        self._show_pending()
 
     @param.depends("strokes", watch=True)
     def _show_pending(self) -> None:
@@ -87,7 +104,7 @@ class BrushFeedback(Tab):
             sel = self.selection
             self._image = self.workbench.image(sel.split, sel.sample)
             self._saved = mask_layer(*self.saved_masks(), alpha=0.3)
-        self.canvas.show(composite(self._image, self._saved, mask_layer(*self.masks(), alpha=0.55)))
+        self.painting.draw(composite(self._image, self._saved, mask_layer(*self.masks(), alpha=0.55)))
         self._describe()
 
     @param.depends("active", watch=True)
@@ -97,10 +114,13 @@ class BrushFeedback(Tab):
 
     @param.depends("undo_event", watch=True)
     def undo(self) -> None:
-        """Remove the last pending stroke; with none pending, the last saved annotation of the image."""
+        """Remove the last spread to other slices, else the last pending stroke; with none pending, the last
+        saved annotation of the image."""
+        if self.painting.undo():
+            return
         if self.strokes:
             self.strokes = self.strokes[:-1]
-            self.canvas.show_strokes(self.strokes)
+            self.painting.show_strokes(self.strokes)
         elif self.workbench.feedback.annotations(self.selection.sample):
             self.workbench.feedback.undo(self.selection.sample)
             self.selection.revision += 1
@@ -109,9 +129,10 @@ class BrushFeedback(Tab):
 
     @param.depends("clear_event", watch=True)
     def clear(self) -> None:
-        """Drop every pending stroke."""
+        """Drop every pending stroke (and spread)."""
+        self.painting.clear()
         self.strokes = []
-        self.canvas.show_strokes(self.strokes)
+        self.painting.show_strokes(self.strokes)
 
     @param.depends("save_event", watch=True)
     def save(self) -> None:
@@ -125,8 +146,9 @@ class BrushFeedback(Tab):
         self.workbench.feedback.add(sample, relevant=relevant if relevant.any() else None,
                                     irrelevant=irrelevant if irrelevant.any() else None, label=label,
                                     author=self.author or "analyst", model_version=self.selection.version)
+        self.painting.clear()
         self.strokes = []
-        self.canvas.show_strokes(self.strokes)
+        self.painting.show_strokes(self.strokes)
         self.selection.revision += 1
         notify(f"feedback saved for {sample}", "success", 2500)
 
@@ -138,7 +160,8 @@ class BrushFeedback(Tab):
         if self._key != key:
             if self.strokes:
                 notify("unsaved strokes were discarded", "info", 2500)
-                self.canvas.show_strokes([])
+                self.painting.show_strokes([])
+            self.painting.clear()
             self._key = key
             with param.parameterized.discard_events(self):
                 self.strokes = []
@@ -160,9 +183,12 @@ class BrushFeedback(Tab):
         self.summary.object = ("\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
                                + "\n\nGreen: relevant · red: irrelevant (saved ones paler)")
 
+    def watched(self):
+        return super().watched() + self.painting.watched()
+
     def snapshot(self) -> dict:
         """The pending strokes and where the image lies on the canvas (page pixels)."""
-        return {"strokes": len(self.strokes), "brush_frame": list(self.frame)}
+        return {"strokes": len(self.strokes), "brush_frame": list(self.frame), **self.painting.snapshot()}
 
 
 def _px(mask) -> int:

@@ -27,7 +27,7 @@ from bokeh.plotting import figure
 from ..concepts import THRESHOLDS
 from .controls import layer_options
 from .freehand import FreehandCanvas, merge_strokes
-from .overlay import image_figure, rgba
+from .mapview import image_figure, rgba
 from .raster import Grid, Stroke, composite, mask_layer, montage, strokes_to_masks
 from .tab import Tab
 from .tasks import bokeh_update, notify
@@ -60,6 +60,7 @@ class ConceptsPanel(Tab):
 
     title = param.String(default="Concepts", constant=True)
     attribute = probe_key = "concepts"
+    spatial_dims = (2,)                          # volumes: not yet
     probed = ("layer", "phase", "strokes", "matches", "labelled", "report_version")
     layer = param.Selector(objects={}, label="Layer")
     width = param.Integer(default=6, bounds=(1, 32), label="Brush width (image pixels)")

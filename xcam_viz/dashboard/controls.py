@@ -26,8 +26,8 @@ def scored_with(metric: str, layer: str | None, method: str | None) -> str:
 
 
 def layer_options(workbench: Workbench, version: str) -> dict[str, str]:
-    """Layer choices labelled with their output resolution, e.g. 'block3 · 64×16×16'."""
-    return {f"{name} · {c}×{h}×{w}": name for name, (c, h, w) in workbench.layers(version)}
+    """Layer choices labelled with their output resolution, e.g. 'block3 · 64×16×16' (volumes: C×d×h×w)."""
+    return {f"{name} · {'×'.join(map(str, shape))}": name for name, shape in workbench.layers(version)}
 
 
 def method_options(workbench: Workbench, version: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from .overlay import OverlayPair
 from .page import configure
 from .selection import Selection
 from .splits import demo_splits
+from .stores import default_feedback_path
 from .tab import Session
 from .tasks import Runner, next_tick
 from .tuning import FinetunePanel
@@ -52,27 +53,41 @@ def load_model(spec: str | Path | nn.Module | None, num_classes: int = 2, in_cha
                             f"or {models.TIMM_PREFIX}<name>")
 
 
-def build_workbench(model=None, data=None, feedback=None, size: tuple[int, int] | None = None,
-                    channels: int | None = None) -> Workbench:
-    """A Workbench from the Dashboard's arguments; None everywhere gives the demo. Data given as paths is
-    fitted to the model: `size` (H, W) or the model's own, `channels` (1 or 3) or what the model takes
-    (`xv.data.load_splits`); a zoo name is built for the data's classes and channels."""
-    from ..demo import demo_model
+def demo_model_of(demo: str) -> nn.Module:
+    """The trained model of a demo (an example set with a demo model: 'demo', 'volumes')."""
+    from ..demo import LESIONS, VOLUMES, cached_model
 
+    recipes = {recipe.example: recipe for recipe in (LESIONS, VOLUMES)}
+    if demo not in recipes:
+        raise ValueError(f"no demo {demo!r}; choose one of {', '.join(recipes)}")
+    return cached_model(recipes[demo], progress=False)
+
+
+def build_workbench(model=None, data=None, feedback=None, size: tuple[int, ...] | None = None,
+                    channels: int | None = None, demo: str = "demo", window=None) -> Workbench:
+    """A Workbench from the Dashboard's arguments; None everywhere gives the demo (`demo`: 'demo' or
+    'volumes'). Data given as paths is fitted to the model: `size` (H, W; volumes D, H, W) or the model's own,
+    `channels` (1 or 3) or what the model takes, medical volumes read through `window` (`xv.data.load_splits`);
+    a zoo name is built for the data's classes and channels."""
+    if model is None and data is None:
+        model = demo_model_of(demo)                     # (an unknown demo fails here, naming the demos)
     known = model is None or isinstance(model, nn.Module) or Path(model).exists()
     model = load_model(model) if known else model
-    splits = load_splits(data, size=size, channels=channels, model=model if known else None) or demo_splits()
+    splits = (load_splits(data, size=size, channels=channels, model=model if known else None, window=window)
+              or demo_splits(demo))
     if not known:
         first = next(iter(splits.values()))
         model = load_model(model, len(first.class_names), first.image_shape[0])
-    return Workbench(model or demo_model(progress=False), splits, feedback)
+    if feedback is None and data is None:               # each demo keeps its own feedback and versions
+        feedback = default_feedback_path(demo)
+    return Workbench(model or demo_model_of(demo), splits, feedback)
 
 
-def shared_workbench(model=None, data=None, feedback=None) -> Workbench:
-    """One Workbench per (model, data, feedback) spec and server process (pn.state.cache)."""
-    key = ("xcam-viz-workbench", str(model), str(data), str(feedback))
+def shared_workbench(model=None, data=None, feedback=None, demo: str = "demo") -> Workbench:
+    """One Workbench per (model, data, feedback, demo) spec and server process (pn.state.cache)."""
+    key = ("xcam-viz-workbench", str(model), str(data), str(feedback), demo)
     if key not in pn.state.cache:
-        pn.state.cache[key] = build_workbench(model, data, feedback).warm()
+        pn.state.cache[key] = build_workbench(model, data, feedback, demo=demo).warm()
     return pn.state.cache[key]
 
 
@@ -137,6 +152,8 @@ class Dashboard(pn.viewable.Viewer):
         workbench: a Workbench to share between dashboards (instead of model / data / feedback).
         background: run model work in a background thread (default: when served or in a notebook).
         max_upload_mb: the largest image file users may upload into the "uploads" split.
+        demo: the demo opened when neither model nor data is given: "demo" (2-D lesions) or "volumes"
+            (3-D chest CT: three planes, window/level, the hottest point).
 
     Example:
         >>> import tempfile, xcam_viz as xv
@@ -148,16 +165,18 @@ class Dashboard(pn.viewable.Viewer):
     """
 
     def __init__(self, model=None, data=None, feedback=None, *, workbench: Workbench | None = None,
-                 background: bool | None = None, max_upload_mb: float = MAX_UPLOAD_MB, **params):
+                 background: bool | None = None, max_upload_mb: float = MAX_UPLOAD_MB, demo: str = "demo",
+                 **params):
         super().__init__(**params)
         specs = (model, feedback, *(data if isinstance(data, (list, tuple)) else [data]))
         shareable = all(x is None or isinstance(x, (str, Path)) for x in specs)
-        self.workbench = workbench or (shared_workbench if shareable else build_workbench)(model, data, feedback)
+        self.workbench = workbench or (shared_workbench if shareable else build_workbench)(model, data, feedback,
+                                                                                          demo=demo)
         self.runner = Runner(background)
         self.selection = Selection(self.workbench)
         session = Session(self.workbench, self.selection, self.runner)
         self.browser = ImageBrowser(self.workbench, self.selection, self.runner)
-        self.tab_list = [tab(session) for tab in TABS]
+        self.tab_list = [tab(session) for tab in TABS if self.workbench.spatial_dims in tab.spatial_dims]
         self.controls = ExplainControls(self.workbench, self.selection, self.overlays)
         self.upload = ImageUpload(self.workbench, self.selection, max_upload_mb)
         self.tabs = pn.Tabs(*[(tab.title, tab) for tab in self.tab_list], dynamic=False, margin=(0, 10),
@@ -214,20 +233,23 @@ class Dashboard(pn.viewable.Viewer):
 
 def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
           show: bool = False, websocket_origin: list[str] | None = None, basic_auth: str | None = None,
-          max_upload_mb: float = MAX_UPLOAD_MB, size: tuple[int, int] | None = None, channels: int | None = None,
-          **kw):
+          max_upload_mb: float = MAX_UPLOAD_MB, size: tuple[int, ...] | None = None, channels: int | None = None,
+          demo: str = "demo", window=None, **kw):
     """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks.
 
     basic_auth: a password, or a JSON file of {user: password}, asked for on Panel's login page.
     max_upload_mb: the largest image a user may upload; the server drops larger websocket messages.
     size, channels: what data given as paths is fitted to (default: what the model takes; `build_workbench`).
+    demo: the demo served when neither model nor data is given ("demo" or "volumes").
+    window: the window medical volumes given as paths are read through (a preset of `xv.data.WINDOWS`).
     """
-    workbench = build_workbench(model, data, feedback, size, channels).warm()
+    workbench = build_workbench(model, data, feedback, size, channels, demo, window).warm()
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     if basic_auth:
         kw.update(basic_auth=basic_auth, cookie_secret=kw.get("cookie_secret") or secrets.token_hex(32))
     notes = {note for data in workbench.splits.values() if (note := data.attrs.get("conversion"))}
-    print(" · ".join([", ".join(f"{name}: {len(data)} images" for name, data in workbench.splits.items()),
+    kind = "volumes" if len(workbench.input_shape) == 4 else "images"
+    print(" · ".join([", ".join(f"{name}: {len(data)} {kind}" for name, data in workbench.splits.items()),
                       "model input " + "×".join(map(str, workbench.input_shape)), *sorted(notes)]), flush=True)
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
     return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},

@@ -14,7 +14,7 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, FreehandDrawTool
 
-from .overlay import image_figure, rgba
+from .mapview import image_figure, rgba
 from .raster import Stroke
 from .tasks import bokeh_update
 
@@ -65,13 +65,13 @@ class FreehandCanvas:
             self._sending = False
 
 
-def merge_strokes(strokes: list[Stroke], data: dict, kind: str, width: float) -> list[Stroke]:
+def merge_strokes(strokes: list[Stroke], data: dict, kind: str, width: float, where: tuple = ()) -> list[Stroke]:
     """The strokes the tool holds (index i is stroke i): known ones get their new points and keep their
-    kind and width; new ones get `kind` and `width`."""
+    kind and width; new ones get `kind`, `width` and `where`."""
     merged = list(strokes[:len(data.get("xs", []))])
     for i, (x, y) in enumerate(zip(data.get("xs", []), data.get("ys", []))):
         if i < len(merged):
             merged[i].xs, merged[i].ys = list(x), list(y)
         else:
-            merged.append(Stroke(list(x), list(y), kind, float(width)))
+            merged.append(Stroke(list(x), list(y), kind, float(width), where))
     return merged

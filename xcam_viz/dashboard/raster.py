@@ -17,12 +17,14 @@ GOOD, BAD, UNKNOWN, MARK = (34, 139, 84), (190, 50, 50), (110, 110, 110), (255, 
 
 @dataclass
 class Stroke:
-    """A brush stroke in plot coordinates: points xs/ys, the brush kind and its width in image pixels."""
+    """A brush stroke in plot coordinates: points xs/ys, the brush kind, its width in image pixels and
+    where it was drawn (() on an image; (axis, index) on a volume's slice)."""
 
     xs: list[float]
     ys: list[float]
     kind: str = "relevant"          # relevant | irrelevant | erase
     width: float = 4.0
+    where: tuple = ()
 
 
 def plot_to_pixel(x: float, y: float, height: int) -> tuple[int, int]:
@@ -57,11 +59,12 @@ def stroke_mask(xs, ys, width: float, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def strokes_to_masks(strokes: list[Stroke], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(relevant, irrelevant) masks painted by the strokes in order; an erase stroke clears both."""
+def strokes_to_masks(strokes: list[Stroke], shape: tuple[int, ...], rasterise=None) -> tuple[np.ndarray, np.ndarray]:
+    """(relevant, irrelevant) masks painted by the strokes in order; an erase stroke clears both.
+    `rasterise(stroke)` gives a stroke's mask of `shape` (default: `stroke_mask` on an H×W image)."""
     relevant, irrelevant = np.zeros(shape, bool), np.zeros(shape, bool)
     for s in strokes:
-        m = stroke_mask(s.xs, s.ys, s.width, shape)
+        m = rasterise(s) if rasterise else stroke_mask(s.xs, s.ys, s.width, shape)
         if s.kind == "relevant":
             relevant |= m
             irrelevant &= ~m

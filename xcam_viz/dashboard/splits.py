@@ -8,14 +8,14 @@ from ..data import ImageSet
 
 TRAIN_SPLIT = "train"          # the split users paint on and fine-tuning trains on, when there is one
 TEST_SPLIT = "test"            # never trained on
-DEMO_SPLITS = (TRAIN_SPLIT, TEST_SPLIT, "flipped")
 
 
-def demo_splits() -> dict[str, ImageSet]:
-    """The demo's splits: 2,000 training images (to browse and paint on), 400 test and 400 flipped."""
+def demo_splits(demo: str = "demo") -> dict[str, ImageSet]:
+    """A demo's splits (its example set's): for "demo" 2,000 training images (to browse and paint on),
+    400 test and 400 flipped; for "volumes" 400, 200 and 200 chest CT volumes."""
     from ..data.examples import EXAMPLES
 
-    return {split: EXAMPLES["demo"].load(split) for split in DEMO_SPLITS}
+    return {split: EXAMPLES[demo].load(split) for split in EXAMPLES[demo].splits}
 
 
 def opening_split(splits: dict[str, ImageSet]) -> str:

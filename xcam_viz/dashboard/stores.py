@@ -26,10 +26,10 @@ def default_labels_path(feedback) -> Path:
     return path.with_name(f"{path.stem}-concepts.db")
 
 
-def default_feedback_path() -> Path:
-    """Where feedback goes when no store is given: $XCAM_VIZ_FEEDBACK, else demo-feedback.db in
-    $XCAM_VIZ_CACHE or ~/.cache/xcam-viz."""
+def default_feedback_path(demo: str = "demo") -> Path:
+    """Where feedback goes when no store is given: $XCAM_VIZ_FEEDBACK, else <demo>-feedback.db in
+    $XCAM_VIZ_CACHE or ~/.cache/xcam-viz (each demo its own, so their model versions never mix)."""
     if os.environ.get("XCAM_VIZ_FEEDBACK"):
         return Path(os.environ["XCAM_VIZ_FEEDBACK"])
     root = os.environ.get("XCAM_VIZ_CACHE") or Path.home() / ".cache" / "xcam-viz"
-    return Path(root) / "demo-feedback.db"
+    return Path(root) / f"{demo}-feedback.db"

@@ -40,6 +40,7 @@ class Tab(pn.viewable.Viewer):
     attribute: str = ""
     probe_key: str | None = None
     probed: tuple[str, ...] = ()
+    spatial_dims: tuple[int, ...] = (2, 3)      # the data it works on: images (2), volumes (3)
 
     def __init__(self, session: Session, **params):
         self.session = session

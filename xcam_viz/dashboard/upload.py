@@ -1,9 +1,12 @@
-"""Image upload: users open their own images (PNG, JPEG, or image arrays in a .npz) in the served app.
+"""Image upload: users open their own images (PNG, JPEG, or image arrays in a .npz; volumes: a NIfTI
+.nii / .nii.gz) in the served app.
 
 A file is checked by its content, never by its name alone: Pillow must identify a PNG or JPEG (and
-decode it whole), an .npz must be a zip of plain arrays (loaded without pickle), and the size is
-limited before anything is decoded. Images are fitted to the model's input size and added to the
-shared "uploads" split. Nothing is written to disk and no path is ever taken from the page.
+decode it whole), an .npz must be a zip of plain arrays (loaded without pickle), nibabel must read a
+NIfTI volume from memory (a .nii.gz inflated at most to `MAX_VOXELS`), and the size is limited before
+anything is decoded. Images are fitted to the model's input size (volumes: put in the canonical
+orientation, windowed as the data was, resampled to the model's grid) and added to the shared "uploads"
+split. Nothing is written to disk and no path is ever taken from the page.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from .workbench import Workbench
 MAX_UPLOAD_MB = 50.0            # a 4096×3328 scan as a 16-bit PNG is about 20-30 MB
 UPLOAD_SPLIT = "uploads"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
 MAX_PIXELS = 40_000_000          # decoded pixels of one image (decompression bombs)
+MAX_VOXELS = 100_000_000         # voxels of one volume (a 512×512×380 CT); its file inflates to 8 bytes a voxel at most
 MAX_NPZ_IMAGES = 64
 MAX_NPZ_EXPANSION = 20           # uncompressed / compressed size of an .npz (zip bombs)
 
@@ -40,21 +45,66 @@ def websocket_limit(max_upload_mb: float) -> int:
     return int(max_upload_mb * 2**20 * 4 / 3) + 16 * 2**20
 
 
-def decode_upload(content: bytes, filename: str, shape: tuple[int, int, int],
-                  max_mb: float = MAX_UPLOAD_MB) -> torch.Tensor:
-    """The images of an uploaded file as N×C×H×W float32 in [0, 1], fitted to `shape` (C, H, W)."""
+def decode_upload(content: bytes, filename: str, shape: tuple[int, ...],
+                  max_mb: float = MAX_UPLOAD_MB, window=None) -> torch.Tensor:
+    """The images of an uploaded file as N×C×H×W float32 in [0, 1], fitted to `shape` (C, H, W); for a model of
+    volumes (shape C, D, H, W) a NIfTI volume as 1×C×D×H×W, read through `window` (`xv.data.apply_window`)."""
     name = str(filename or "the file")
-    if not name.lower().endswith(SUFFIXES):
-        raise UploadError(f"{name}: upload a PNG, JPEG or .npz file (got another file type)")
+    volumes = len(shape) == 4
+    if not name.lower().endswith(VOLUME_SUFFIXES if volumes else SUFFIXES):
+        raise UploadError(f"{name}: upload a {accepted(shape)} file (got another file type)")
     if len(content) > max_mb * 2**20:
         raise UploadError(f"{name} is {len(content) / 2**20:.1f} MB, more than the {max_mb:g} MB limit of this "
                           "server: upload a smaller or more compressed file (PNG or JPEG), or serve with a higher "
                           "limit (xcam-viz serve --max-upload-mb 100)")
-    if content[:4] == b"PK\x03\x04":
+    if volumes:
+        images = _volume(content, name, window)
+    elif content[:4] == b"PK\x03\x04":
         images = _npz_images(content, name, max_mb)
     else:
         images = _picture(content, name)
     return fit(images, shape)
+
+
+def accepted(shape: tuple[int, ...]) -> str:
+    """The files an upload takes, in words."""
+    return "NIfTI volume (.nii or .nii.gz)" if len(shape) == 4 else "PNG, JPEG or .npz"
+
+
+def _volume(content: bytes, name: str, window) -> torch.Tensor:
+    """A NIfTI volume read from memory (gzip inflated within bounds), canonical z, y, x, windowed to [0, 1]."""
+    import zlib
+
+    import nibabel as nib
+
+    from ..data.medical import canonical_zyx
+    from ..data.nifti import voxels
+    from ..data.windows import apply_window
+
+    raw = content
+    if content[:2] == b"\x1f\x8b":
+        limit = 8 * MAX_VOXELS + 2**20
+        try:
+            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(content, limit)
+        except zlib.error as err:
+            raise UploadError(f"{name} is not a readable .nii.gz file ({err})") from None
+        if len(raw) >= limit:
+            raise UploadError(f"{name} unpacks to more than {limit / 2**20:.0f} MB; upload a smaller volume")
+    try:
+        image = nib.Nifti1Image.from_bytes(raw)
+        shape = image.shape
+        if len(shape) < 3 or any(s > 1 for s in shape[3:]):
+            raise UploadError(f"{name} has shape {shape}; upload one 3-D volume")
+        if np.prod(shape[:3]) > MAX_VOXELS:
+            raise UploadError(f"{name} has {np.prod(shape[:3]):,} voxels, more than {MAX_VOXELS:,}; upload a "
+                              "smaller volume")
+        values = voxels(image, None)
+    except UploadError:
+        raise
+    except Exception as err:                     # noqa: BLE001 - nibabel raises many kinds for broken files
+        raise UploadError(f"{name} is not a readable NIfTI volume ({type(err).__name__}); upload a .nii or "
+                          ".nii.gz file") from None
+    return torch.from_numpy(apply_window(canonical_zyx(values, image.affine), window))[None, None]
 
 
 def _picture(content: bytes, name: str) -> torch.Tensor:
@@ -119,13 +169,14 @@ class ImageUpload(pn.viewable.Viewer):
     def __init__(self, workbench: Workbench, selection: Selection, max_mb: float = MAX_UPLOAD_MB):
         super().__init__()
         self.workbench, self.selection, self.max_mb = workbench, selection, max_mb
-        self.input = pn.widgets.FileInput(accept=",".join(SUFFIXES), css_classes=["xv-upload"],
-                                          sizing_mode="stretch_width")
+        shape = workbench.input_shape
+        self.input = pn.widgets.FileInput(accept=".nii,.gz" if len(shape) == 4 else ",".join(SUFFIXES),
+                                          css_classes=["xv-upload"], sizing_mode="stretch_width")
         self.input.param.watch(lambda e: self.receive(e.new, self.input.filename), "value")
-        c, h, w = workbench.input_shape
+        size = "×".join(map(str, shape[:0:-1]))
         self.layout = pn.Column(
-            pn.pane.Markdown(f"**Explain your own image** — PNG, JPEG or .npz up to {max_mb:g} MB "
-                             f"(resized to {w}×{h})", margin=(5, 10, 0, 10)),
+            pn.pane.Markdown(f"**Explain your own {'volume' if len(shape) == 4 else 'image'}** — {accepted(shape)} "
+                             f"up to {max_mb:g} MB (resized to {size})", margin=(5, 10, 0, 10)),
             self.input, sizing_mode="stretch_width")
 
     def receive(self, content: bytes | None, filename: str | None) -> list[str]:
@@ -133,7 +184,7 @@ class ImageUpload(pn.viewable.Viewer):
         if not content:
             return []
         try:
-            images = decode_upload(content, filename, self.workbench.input_shape, self.max_mb)
+            images = decode_upload(content, filename, self.workbench.input_shape, self.max_mb, self.workbench.window)
         except UploadError as err:
             notify(str(err))
             return []

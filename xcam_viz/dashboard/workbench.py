@@ -200,11 +200,27 @@ class Workbench:
         return self.splits[train].subset(keep)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """C×H×W, or C×D×H×W for volumes."""
         return tuple(next(iter(self.splits.values())).image_shape)
 
-    def layers(self, version: str) -> list[tuple[str, tuple[int, int, int]]]:
-        """The model's spatial layers with their output shapes (C, h, w)."""
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes (every split holds one kind)."""
+        return len(self.input_shape) - 1
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """The voxel size in mm (z, y, x) of the first split that says, else 1 per axis."""
+        return next((data.spacing for data in self.splits.values() if data.spacing), (1.0,) * self.spatial_dims)
+
+    @property
+    def window(self) -> str:
+        """The display window the data was loaded with (its `attrs["window"]`: a preset, 'level/width' or min-max)."""
+        return next(iter(self.splits.values())).attrs.get("window") or "min-max"
+
+    def layers(self, version: str) -> list[tuple[str, tuple[int, ...]]]:
+        """The model's spatial layers with their output shapes (C, h, w; volumes C, d, h, w)."""
         if version not in self._layers:
             with self.lock:
                 self._layers[version] = models.spatial_layers(self.model(version), self.input_shape)
@@ -260,7 +276,7 @@ class Workbench:
         data = self.splits[split]
 
         def predict():
-            images = torch.from_numpy(np.stack([self.image(split, s) for s in ids])).permute(0, 3, 1, 2)
+            images = torch.from_numpy(np.stack([self.image(split, s) for s in ids])).movedim(-1, 1)
             page = ImageSet(images, data.labels[[data.index_of(s) for s in ids]], ids=ids, class_names=data.class_names)
             with self.lock:
                 return models.predict(self.model(version), page)   # the thumbnails' pixels: decoded once
@@ -289,29 +305,30 @@ class Workbench:
         return ids
 
     def image(self, split: str, sample: str) -> np.ndarray:
-        """The sample's image as the model takes it, H×W×C float32 in [0, 1]."""
+        """The sample's image as the model takes it, channels last (H×W×C, volumes D×H×W×C), float32 in [0, 1]."""
         data = self.splits[split]
         if not data.lazy:
-            return data.images[data.index_of(sample)].permute(1, 2, 0).numpy()
+            return data.images[data.index_of(sample)].movedim(0, -1).numpy()
         return self.thumbnails.get_or_compute(("image", split, sample), lambda: self._decode(split, sample)[0])
 
     def model_input(self, split: str, sample: str) -> torch.Tensor:
-        """The sample's image as a 1×C×H×W batch for the model."""
-        return torch.from_numpy(self.image(split, sample)).permute(2, 0, 1)[None]
+        """The sample's image as a 1×C×*S batch for the model."""
+        return torch.from_numpy(self.image(split, sample)).movedim(-1, 0)[None]
 
     def thumbnail(self, split: str, sample: str) -> np.ndarray:
         """A small uint8 picture of the sample (at most `views.THUMBNAIL` px), decoded once."""
         return self.thumbnails.get_or_compute(("thumbnail", split, sample), lambda: self._decode(split, sample)[1])
 
     def picture(self, split: str, sample: str) -> tuple[np.ndarray, tuple[int, int]]:
-        """The sample at up to full resolution (uint8 H×W grey or H×W×3) and the stored file's (height, width)."""
+        """The sample at up to full resolution (uint8 H×W grey or H×W×3; a volume D×H×W) and the stored file's
+        (height, width) (a volume's grid)."""
         return self.pictures.get_or_compute(("picture", split, sample), lambda: self._decode(split, sample)[2:])
 
     def _decode(self, split: str, sample: str) -> tuple:
         """One decode of the sample's file gives its model input, thumbnail and picture; the first two are cached."""
         data = self.splits[split]
         view = decode(data, data.index_of(sample))
-        image = view.image.permute(1, 2, 0).numpy()
+        image = view.image.movedim(0, -1).numpy()
         if data.lazy:
             self.thumbnails.put(("image", split, sample), image)
         self.thumbnails.put(("thumbnail", split, sample), view.thumbnail)
@@ -378,7 +395,7 @@ class Workbench:
         cap = self.capture(request, target)
         with self.lock, one_thread():                     # Score-CAM runs the model
             cam = weigh(cap, request.method, request.layer)
-        values = finish(cam, tuple(data.image_shape[-2:])).float()[0].numpy()
+        values = finish(cam, tuple(data.image_shape[1:])).float()[0].numpy()
         if not (torch.isfinite(cap.logits).all() and np.isfinite(values).all()):     # finish would hide NaN
             raise NotFinite(f"the model's outputs for {request.sample} are NaN or infinite, so its map is meaningless")
         return MapResult(request, values, False, int(cap.target[0]), time.perf_counter() - start)

@@ -15,11 +15,12 @@ UNNAMED_SPLIT = "train"  # the split one unnamed folder or manifest becomes
 
 
 def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, int] | None = None,
-              channels: int | None = None) -> ImageSet:
+              channels: int | None = None, window=None) -> ImageSet:
     """A named example set (`EXAMPLES`: 'demo', 'volumes', 'decoy-digits'; its split, n samples), a MedMNIST
     .npz, a zarr store (arrays images, labels), NIfTI / DICOM files, an image folder or a CSV manifest; every
     file source is lazy. n: the first n images; size: (H, W) to fit to; channels: 1 or 3 to convert grey and
-    colour (see `load_folder`)."""
+    colour (see `load_folder`); window: the display window NIfTI / DICOM volumes are read through (a preset of
+    `xv.data.WINDOWS` or (level, width); default each volume's min..max)."""
     if str(spec) in EXAMPLES:
         return example(str(spec), split, n)
     path = Path(spec)
@@ -30,7 +31,7 @@ def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, 
         data = load_medmnist(path, split=split, size=size, channels=channels)
     elif path.suffix == ".zarr":
         data = load_zarr(path, size=size, channels=channels)
-    elif (medical := load_medical(path, size)) is not None:      # NIfTI or DICOM files, or a folder of them
+    elif (medical := load_medical(path, size, window)) is not None:      # NIfTI or DICOM files, or a folder of them
         data = medical
     else:
         data = load_folder(path, size=size, channels=channels)
@@ -38,7 +39,7 @@ def load_data(spec, split: str = "test", n: int | None = None, size: tuple[int, 
 
 
 def load_splits(spec, size: tuple[int, int] | None = None, channels: int | None = None,
-                model=None) -> dict[str, ImageSet] | None:
+                model=None, window=None) -> dict[str, ImageSet] | None:
     """Named splits from an ImageSet, a dict of them, or specs 'name=path' / 'path' (each as `load_data`,
     the name being the split of a MedMNIST file); None stays None.
 
@@ -60,10 +61,11 @@ def load_splits(spec, size: tuple[int, int] | None = None, channels: int | None 
         splits = {}
         for name, path in named:
             if not name and path.endswith(".npz"):
-                splits.update({s: load_data(path, s, size=size, channels=channels) for s in _npz_splits(path)})
+                splits.update({s: load_data(path, s, size=size, channels=channels, window=window)
+                               for s in _npz_splits(path)})
             else:
                 name = name or (UNNAMED_SPLIT if len(named) == 1 else Path(path).stem)
-                splits[name] = load_data(path, split=name, size=size, channels=channels)
+                splits[name] = load_data(path, split=name, size=size, channels=channels, window=window)
         return splits
 
     size = size or takes_size

@@ -10,6 +10,7 @@ acquired: H×W = (row, column). `Geometry(affine, shape)` keeps the source's own
 """
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,8 +152,13 @@ def save_nifti(maps, folder, like: ImageSet) -> list[Path]:
 
 
 def medical_kind(path: Path) -> str | None:
-    """'nifti' for a .nii / .nii.gz file or a folder holding some, 'dicom' for a DICOM file or a folder holding
-    one (by suffix or the DICM preamble; a folder is sampled, not walked whole), else None."""
+    """'nifti' for a .nii / .nii.gz file, a folder holding some or a CSV manifest listing them (`load_nifti`),
+    'dicom' for a DICOM file or a folder holding one (by suffix or the DICM preamble; a folder is sampled, not
+    walked whole), else None."""
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            first = next(csv.DictReader(f), None) or {}
+        return "nifti" if is_nifti(Path(first.get("path") or "")) else None
     files = [path] if path.is_file() else [p for p, _ in zip((p for p in path.rglob("*") if p.is_file()), range(50))]
     if any(is_nifti(p) for p in files):
         return "nifti"
@@ -166,13 +172,13 @@ def _is_dicom(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"
 
 
-def load_medical(path: Path, size=None) -> ImageSet | None:
+def load_medical(path: Path, size=None, window=None) -> ImageSet | None:
     """`load_nifti` / `load_dicom` of a path that holds medical files (see `medical_kind`), else None."""
     kind = medical_kind(path)
     if kind == "nifti":
         from .nifti import load_nifti
-        return load_nifti(path, size=size)
+        return load_nifti(path, size=size, window=window)
     if kind == "dicom":
         from .dicom import load_dicom
-        return load_dicom(path, size=size)
+        return load_dicom(path, size=size, window=window)
     return None

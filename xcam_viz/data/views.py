@@ -22,7 +22,8 @@ THUMBNAIL = 96                 # px on the longer side
 class Decoded:
     """One image for a viewer: `picture` H×W (grey) or H×W×3 uint8 at up to full resolution, `thumbnail`
     the same at most THUMBNAIL px, `image` the model input C×h×w float32 (what `ds[i].image` is) and
-    `stored` the (height, width) of the stored file."""
+    `stored` the (height, width) of the stored file. A volume's picture is its model input as D×H×W uint8
+    (8 bits once, so a viewer's slice change only slices), its thumbnail the middle axial slice (y up)."""
 
     picture: np.ndarray
     thumbnail: np.ndarray
@@ -36,10 +37,13 @@ def decode(ds: ImageSet, i: int, picture_bytes: int = PICTURE_BYTES) -> Decoded:
     stored = None if reader is None or not ds.lazy else reader.decode(int(i))
     if stored is None:
         image = ds[int(i)].image
-        big = to_uint8(image.permute(1, 2, 0).numpy())
+        big = to_uint8(image.movedim(0, -1).numpy())
     else:
         image = reader.fit(stored)[0]
         big = to_uint8(stored)
+    if ds.spatial_dims == 3:
+        middle = np.ascontiguousarray(big[len(big) // 2, ::-1])           # y up, as viewers draw the axial plane
+        return Decoded(big, reduced(middle, thumbnail=THUMBNAIL), image, tuple(big.shape))
     return Decoded(reduced(big, picture_bytes), reduced(big, thumbnail=THUMBNAIL), image, tuple(big.shape[:2]))
 
 
@@ -47,7 +51,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     """An image array (H×W, H×W×C; uint8, uint16 or float in [0, 1]) as uint8 H×W (grey) or H×W×3 (colour;
     RGBA composited on white)."""
     a = np.asarray(array)
-    if a.ndim == 3 and a.shape[-1] == 1:
+    if a.ndim in (3, 4) and a.shape[-1] == 1:                           # grey images and volumes
         a = a[..., 0]
     if np.issubdtype(a.dtype, np.integer) and a.max(initial=0) > 255:    # the rule of sources.to_unit_float
         a = a / np.float32(65535)

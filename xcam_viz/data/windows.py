@@ -30,9 +30,12 @@ MIN_MAX = Percentiles(0, 100)
 
 
 def resolve_window(window) -> tuple[float, float] | Percentiles:
-    """A preset name, (level, width) or `Percentiles` as (level, width) or `Percentiles`; None is min-max."""
-    if window is None:
+    """A preset name, (level, width) or `Percentiles` as (level, width) or `Percentiles`; None is min-max.
+    `window_label`'s texts ('level/width', 'min-max') resolve to what they label."""
+    if window is None or window == "min-max":
         return MIN_MAX
+    if isinstance(window, str) and "/" in window:
+        window = tuple(window.split("/"))
     if isinstance(window, str):
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; give one of {sorted(WINDOWS)} or (level, width)")
@@ -56,6 +59,17 @@ def window_label(window, default: str = "min-max") -> str:
     return "/".join(f"{v:g}" for v in resolve_window(window))
 
 
+def window_bounds(window) -> tuple[float, float] | None:
+    """The scanner values a fixed window maps to 0 and 1 (a preset name, (level, width) or `window_label`'s
+    'level/width' text), by DICOM's linear formula; None for a per-volume window (`Percentiles`, min-max),
+    whose values have no fixed unit."""
+    rule = resolve_window(window)
+    if isinstance(rule, Percentiles):
+        return None
+    centre, width = rule[0] - 0.5, rule[1] - 1                      # DICOM's LINEAR window
+    return centre - width / 2, centre + width / 2
+
+
 def apply_window(values: np.ndarray, window) -> np.ndarray:
     """Values (any shape, e.g. HU) to float32 in [0, 1] through `window` (preset, (level, width), Percentiles,
     or None for the values' own min..max). A constant image maps to 0. Computed in float32, in place where it
@@ -67,10 +81,10 @@ def apply_window(values: np.ndarray, window) -> np.ndarray:
                      else (values.min(), values.max()))                                    # 0.1 s instead of 0.7 s
         offset, scale = low, (1 / (high - low) if high > low else 0.0)
     else:
-        centre, width = rule[0] - 0.5, rule[1] - 1                  # DICOM's LINEAR window
-        if width == 0:
-            return (values > centre).astype(np.float32)
-        offset, scale = centre - width / 2, 1 / width
+        low, high = window_bounds(rule)
+        if high == low:
+            return (values > low).astype(np.float32)
+        offset, scale = low, 1 / (high - low)
     scaled = np.subtract(values, np.float32(offset))
     scaled *= np.float32(scale)
     return np.clip(scaled, 0, 1, out=scaled)

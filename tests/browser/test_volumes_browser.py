@@ -1,0 +1,127 @@
+"""The 3-D demo in headless chromium: three planes, a slice slider, a click that moves the crosshair, a
+window preset and the hottest point (screenshots at 1366×768 in test-artifacts/browser/)."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .harness import Server, open_dashboard, select_option, shot, wait_state
+from .test_layout import CONTAINERS, MEASURE, SIZES
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PLANES = ("axial", "coronal", "sagittal")
+
+
+@pytest.fixture(scope="module")
+def volume_server(tmp_path_factory):
+    """`xcam-viz demo --volumes` with a temporary feedback database."""
+    feedback = tmp_path_factory.mktemp("volumes") / "feedback.db"
+    srv = Server(["-m", "xcam_viz.cli", "demo", "--volumes", "--quiet", "--port", "{port}"], feedback,
+                 env={"XCAM_VIZ_FEEDBACK": str(feedback)}, timeout=300)
+    yield srv
+    srv.stop()
+
+
+def canvas(page, plane: str):
+    return page.locator(f".xv-plane-{plane} .bk-Canvas").first
+
+
+def picture(page, plane: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(canvas(page, plane).screenshot())).convert("L"), np.float32)
+
+
+def test_three_planes_slices_crosshair_window_and_hottest_point(volume_server, page):
+    page.set_viewport_size({"width": 1366, "height": 768})
+    console = open_dashboard(page, volume_server.url)
+    v = wait_state(page, lambda s: s.get("volume") is not None)["volume"]
+    d, h, w = v["grid"]
+    assert v["slices"] == {"axial": [h, w], "coronal": [d, w], "sagittal": [d, h]}
+    for plane in PLANES:
+        box = canvas(page, plane).bounding_box()
+        assert box["width"] >= 200 and box["height"] >= 200, (plane, box)
+    shot(page, "volumes-1366")
+
+    z = v["crosshair"][0]                                             # the axial slider, by keyboard
+    page.locator(".xv-slice-axial .noUi-handle").first.focus()
+    page.keyboard.press("ArrowRight")
+    wait_state(page, lambda now: now["volume"]["crosshair"][0] == z + 1)
+
+    before = {plane: picture(page, plane) for plane in ("coronal", "sagittal")}
+    canvas(page, "axial").scroll_into_view_if_needed()
+    box = canvas(page, "axial").bounding_box()                        # below its title, the frame: x right, y up
+    _, sy, sx = v["spacing"]
+    fw, fh = box["width"], box["width"] * h * sy / (w * sx)
+    col, row = 12, 30
+    page.mouse.click(box["x"] + (col + 0.5) / w * fw, box["y"] + box["height"] - (row + 0.5) / h * fh)
+    v = wait_state(page, lambda now: now["volume"]["crosshair"][1:] == [row, col])["volume"]
+    assert v["crosshair"][0] == z + 1
+    page.wait_for_timeout(500)
+    for plane in ("coronal", "sagittal"):
+        assert np.abs(picture(page, plane) - before[plane]).mean() > 0.5, f"the {plane} slice did not change"
+
+    lung = picture(page, "axial")
+    select_option(page, "xv-window", "ct-bone")
+    wait_state(page, lambda now: now["volume"]["preset"] == "ct-bone" and now["volume"]["window"] == [400, 1800])
+    page.wait_for_timeout(500)
+    assert np.abs(picture(page, "axial") - lung).mean() > 2, "the bone window did not change the picture"
+    shot(page, "volumes-1366-bone")
+
+    page.locator(".xv-hottest .bk-btn").first.click()
+    wait_state(page, lambda now: now["volume"]["crosshair"] == now["volume"]["hottest"])
+    page.wait_for_timeout(500)
+    shot(page, "volumes-1366-hottest")
+    canvas(page, "sagittal").scroll_into_view_if_needed()
+    shot(page, "volumes-1366-planes")
+    assert not console.errors, console.errors
+
+
+def test_paint_on_a_plane_extend_and_save(volume_server, page):
+    page.set_viewport_size({"width": 1366, "height": 768})
+    console = open_dashboard(page, volume_server.url)
+    page.locator(".bk-tab", has_text="Feedback").click()
+    s = wait_state(page, lambda now: now["tabs"]["Feedback"] and "brush_frames" in now)
+    d, h, w = s["volume"]["grid"]
+    z = s["brush_point"][0]
+    fw, fh = s["brush_frames"]["axial"]
+    box = page.locator(".xv-brush-axial .bk-Canvas").first.bounding_box()      # rows go down, index up
+    page.mouse.move(box["x"] + 10 / w * fw, box["y"] + 12 / h * fh)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 30 / w * fw, box["y"] + 14 / h * fh, steps=8)
+    page.mouse.up()
+    wait_state(page, lambda now: now["strokes"] == 1)
+    page.locator(".xv-extend .bk-btn").first.click()
+    wait_state(page, lambda now: now["spreads"] == [["extend", 2, 0]])
+    page.wait_for_timeout(500)
+    page.locator(".xv-brush-axial .bk-Canvas").first.scroll_into_view_if_needed()
+    shot(page, "volumes-1366-feedback")
+    page.locator(".xv-save .bk-btn").first.click()
+    wait_state(page, lambda now: now["strokes"] == 0 and now["spreads"] == [] and now["revision"] == 1)
+    from xcam_viz.feedback import FeedbackStore
+
+    saved = FeedbackStore(volume_server.feedback).annotations(s["sample"])[-1].relevant
+    assert saved.shape == (d, h, w)
+    assert [int(i) for i in np.flatnonzero(saved.any((1, 2)))] == list(range(z - 2, z + 3))
+    assert not console.errors, console.errors
+
+
+def test_volume_views_fit_every_screen(volume_server, page):
+    """The layout check of test_layout.py on the volume tabs at its four sizes, and every plane >= 256 px."""
+    console = open_dashboard(page, volume_server.url)
+    problems = {}
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        for tab, planes in (("Explain", ".xv-plane-"), ("Feedback", ".xv-brush-"), ("Fine-tune", None)):
+            page.locator(".bk-tab", has_text=tab).click()
+            wait_state(page, lambda s, t=tab: s["tabs"][t])
+            page.wait_for_timeout(700)
+            overflow = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert overflow[0] <= overflow[1], f"{width}x{height} {tab}: the page scrolls sideways {overflow}"
+            if found := page.evaluate(MEASURE, CONTAINERS):
+                problems[f"{width}x{height} {tab}"] = found
+            shot(page, f"volumes-layout-{width}x{height}-{tab}")
+            for plane in PLANES if planes else ():
+                box = page.locator(f"{planes}{plane} .bk-Canvas").first.bounding_box()
+                assert min(box["width"], box["height"]) >= 256, (width, height, tab, plane, box)
+    assert problems == {}
+    assert console.errors == [] and console.bokeh_warnings == []
