@@ -137,7 +137,10 @@ def shot(page, name: str) -> Path:
 
 
 def publish(path: Path) -> None:
-    """Copy a screenshot to docs/img/dashboard.png (the README's picture)."""
+    """Copy a screenshot to docs/img/dashboard.png (the README's picture) when XCAM_VIZ_PUBLISH=1 is set; a
+    plain test run leaves the working tree as it was."""
+    if os.environ.get("XCAM_VIZ_PUBLISH") != "1":
+        return
     target = ROOT / "docs" / "img" / "dashboard.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
