@@ -19,7 +19,7 @@ from ..feedback import extend, interpolate
 from .freehand import FreehandCanvas
 from .raster import Stroke, stroke_mask
 from .tasks import notify
-from .volume import AXES, MIN_PLANE, PLANES
+from .volume import AXES, MIN_PLANE, PLANES, Crosshair
 
 
 def spread_mask(mask: np.ndarray, spreads: list, strict: bool = False) -> np.ndarray:
@@ -74,13 +74,10 @@ class ImagePainting:
         return []
 
 
-class VolumePainting(param.Parameterized):
+class VolumePainting(Crosshair):
     """Three canvases, one per plane through (z, y, x); spreads of the pending masks along a plane's axis.
     `painted()` is what the pending strokes paint (relevant or irrelevant), `on_change()` redraws."""
 
-    z = param.Integer(default=0, bounds=(0, None), label="Axial slice (z)")
-    y = param.Integer(default=0, bounds=(0, None), label="Coronal slice (y)")
-    x = param.Integer(default=0, bounds=(0, None), label="Sagittal slice (x)")
     along = param.Selector(objects=[p.name for p in PLANES], default=PLANES[0].name, label="Slices of")
     reach = param.Integer(default=2, bounds=(1, 32), label="k (slices on each side)")
     spreads = param.List(default=[], doc="spreads of the pending masks, in order: (operation, k, axis)")
@@ -89,12 +86,8 @@ class VolumePainting(param.Parameterized):
 
     def __init__(self, shape: tuple[int, int, int], receive: Callable[[dict, tuple], None], width: int,
                  on_change: Callable[[], None], painted: Callable[[], np.ndarray]):
-        super().__init__()
-        self.shape, self.painted = shape, painted
-        for axis, n in zip(AXES, shape):
-            self.param[axis].bounds = (0, n - 1)
-        with param.parameterized.discard_events(self):
-            self.param.update(**{axis: n // 2 for axis, n in zip(AXES, shape)})
+        super().__init__(shape)
+        self.painted = painted
         side = max(width, MIN_PLANE) / max(shape)
         self.canvases, columns = {}, []
         for plane in PLANES:
@@ -102,17 +95,12 @@ class VolumePainting(param.Parameterized):
             canvas = FreehandCanvas(grid, lambda data, p=plane: receive(data, self.where(p)), round(grid[1] * side),
                                     css_class=f"xv-brush-{plane.name}")
             self.canvases[plane.name] = canvas
-            slider = pn.widgets.IntSlider.from_param(self.param[AXES[plane.axis]], width=canvas.frame[0],
-                                                     margin=(0, 5), css_classes=[f"xv-brush-slice-{plane.name}"])
+            slider = self.slider(plane, canvas.frame[0], f"xv-brush-slice-{plane.name}")
             columns.append(pn.Column(pn.pane.HTML(plane.name, margin=(0, 5)), canvas.pane, slider))
         self.canvas = self.canvases[PLANES[0].name]
         self.frame = self.canvas.frame
         self.panel = pn.FlexBox(*columns, flex_wrap="wrap")
         self.param.watch(lambda *_: on_change(), [*AXES, "spreads"])
-
-    @property
-    def point(self) -> tuple[int, int, int]:
-        return self.z, self.y, self.x
 
     def where(self, plane) -> tuple[int, int]:
         """The slice a stroke on `plane` is drawn on now: (axis, index)."""

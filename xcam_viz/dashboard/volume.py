@@ -65,7 +65,36 @@ class Plane:
 PLANES = (Plane("axial", 0), Plane("coronal", 1), Plane("sagittal", 2))
 
 
-class VolumeScene(param.Parameterized):
+class Crosshair(param.Parameterized):
+    """A voxel (z, y, x) of a D×H×W grid, the slices the planes show; it starts at the centre."""
+
+    z = param.Integer(default=0, bounds=(0, None), label="Axial slice (z)")
+    y = param.Integer(default=0, bounds=(0, None), label="Coronal slice (y)")
+    x = param.Integer(default=0, bounds=(0, None), label="Sagittal slice (x)")
+
+    def __init__(self, shape: tuple[int, int, int], **params):
+        super().__init__(**params)
+        self.shape = tuple(shape)
+        for axis, n in zip(AXES, self.shape):
+            self.param[axis].bounds = (0, n - 1)
+        with param.parameterized.discard_events(self):
+            self.param.update(**{axis: n // 2 for axis, n in zip(AXES, self.shape)})
+
+    @property
+    def point(self) -> tuple[int, int, int]:
+        return self.z, self.y, self.x
+
+    def move(self, point) -> None:
+        """Put the crosshair on voxel (z, y, x)."""
+        self.param.update(**{axis: int(v) for axis, v in zip(AXES, point)})
+
+    def slider(self, plane: Plane, width: int, css_class: str) -> pn.widgets.IntSlider:
+        """The slice slider of a plane."""
+        return pn.widgets.IntSlider.from_param(self.param[AXES[plane.axis]], width=width, margin=(0, 5),
+                                               css_classes=[css_class])
+
+
+class VolumeScene(Crosshair):
     """The selected volume, the crosshair (z, y, x voxel indices) and the window, shared by the views.
 
     The window is (level, width) in the data's units: Hounsfield units when the data was loaded through a
@@ -73,9 +102,6 @@ class VolumeScene(param.Parameterized):
     only show what the loaded window kept.
     """
 
-    z = param.Integer(default=0, bounds=(0, None), label="Axial slice (z)")
-    y = param.Integer(default=0, bounds=(0, None), label="Coronal slice (y)")
-    x = param.Integer(default=0, bounds=(0, None), label="Sagittal slice (x)")
     preset = param.Selector(objects=[], label="Window")
     level = param.Number(default=0.5, label="Window level")
     width = param.Number(default=1.0, label="Window width")
@@ -84,8 +110,8 @@ class VolumeScene(param.Parameterized):
     kind = "volume"
 
     def __init__(self, workbench, **params):
-        super().__init__(**params)
-        self.shape, self.spacing = tuple(workbench.input_shape[1:]), workbench.spacing
+        super().__init__(workbench.input_shape[1:], **params)
+        self.spacing = workbench.spacing
         self.loaded = workbench.window
         bounds = window_bounds(self.loaded)
         self.low, self.high = bounds or (0.0, 1.0)       # the values the volume's 0 and 255 stand for
@@ -94,14 +120,12 @@ class VolumeScene(param.Parameterized):
             self.presets.update({name: w for name, w in WINDOWS.items() if not isinstance(w, Percentiles)})
         self._window_bounds()
         self.param.preset.objects = list(self.presets)
-        for axis, n in zip(AXES, self.shape):
-            self.param[axis].bounds = (0, n - 1)
         self.key, self.shown, self.volume = None, (0, 0, 0), np.zeros(self.shape, np.uint8)
         self.mapper = LinearColorMapper(palette=palette("gray"), low=0, high=GREYS)
         self.views: list[VolumeView] = []
         self._hottest: tuple[str, tuple] = ("", ())
         with param.parameterized.discard_events(self):
-            self.param.update(preset=self.param.preset.objects[0], **{a: n // 2 for a, n in zip(AXES, self.shape)})
+            self.preset = self.param.preset.objects[0]
         self.sources = {p.name: ColumnDataSource({"image": [p.cut(self.volume, self.point)]}) for p in PLANES}
         self._preset()
         self._window()
@@ -114,14 +138,6 @@ class VolumeScene(param.Parameterized):
         self.param.level.bounds = (min(self.low - span, *levels), max(self.high + span, *levels))
         self.param.width.bounds = (min(span / 100, *widths), max(2 * span, *widths))
         self.param.level.step = self.param.width.step = span / 200
-
-    @property
-    def point(self) -> tuple[int, int, int]:
-        return self.z, self.y, self.x
-
-    def move(self, point) -> None:
-        """Put the crosshair on voxel (z, y, x)."""
-        self.param.update(**{axis: int(v) for axis, v in zip(AXES, point)})
 
     def click(self, plane: Plane, x: float | None, y: float | None) -> None:
         """A click at plot point (x, y) mm of a plane moves the crosshair there (the other planes' slices)."""
@@ -248,8 +264,7 @@ class VolumeView(MapLayer):
             fig.on_event(Tap, lambda event, p=plane: scene.click(p, event.x, event.y))
             self.heat_glyphs.append(heat)
             self.figures[plane.name], self.map_sources[plane.name], self.spans[plane.name] = fig, source, spans
-            slider = pn.widgets.IntSlider.from_param(scene.param[AXES[plane.axis]], width=fig.frame_width,
-                                                     margin=(0, 5), css_classes=[f"xv-slice-{plane.name}"])
+            slider = scene.slider(plane, fig.frame_width, f"xv-slice-{plane.name}")
             columns.append(pn.Column(pn.pane.Bokeh(fig, margin=(5, 5)), slider))
         last = self.figures[PLANES[-1].name]               # the other planes' canvases are their frames
         last.add_layout(ColorBar(color_mapper=self.mapper, width=10, padding=2), "right")
