@@ -119,8 +119,10 @@ def test_the_example_sets_come_from_one_registry(capsys):
 
 
 @pytest.mark.slow                                   # generates and scores 400 volumes: 20-60 s
-def test_demo_volumes_prints_what_the_model_learned_without_serving(capsys, monkeypatch):
-    monkeypatch.setattr("xcam_viz.dashboard.app.serve", lambda *a, **k: pytest.fail("--volumes must not serve"))
+def test_demo_volumes_prints_what_the_model_learned_then_serves_the_3d_demo(capsys, monkeypatch):
+    served = []
+    monkeypatch.setattr("xcam_viz.dashboard.app.serve", lambda *a, **k: served.append(k))
     assert main(["demo", "--volumes", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "smallcnn3d" in out and "block4" in out and "test" in out and "flipped" in out and "%" in out
+    assert [k["demo"] for k in served] == ["volumes"] and "serving the 3-D demo dashboard" in out
