@@ -173,9 +173,6 @@ class VolumeScene(Crosshair):
         self.param.update(level=level, width=width)
 
     @param.depends("level", "width", watch=True)
-    def _changed_window(self) -> None:
-        self._window()
-
     @bokeh_update
     def _window(self) -> None:
         """What the browser's JS callback does (WINDOW_JS), for changes made on the server."""
