@@ -146,3 +146,30 @@ def test_get_layer_suggests_close_names():
     assert xv.models.get_layer(model, "block3") is model.block3
     with pytest.raises(KeyError, match="close names.*block3"):
         xv.models.get_layer(model, "blok3")
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv3d(1, 4, 3, padding=1),
+    nn.Conv3d(4, 6, (3, 1, 3), stride=(1, 2, 1), padding=(1, 0, 2), dilation=(1, 1, 2), groups=2, bias=False),
+    nn.Conv3d(2, 3, 3, padding="same"),                     # string padding: PyTorch's own path
+])
+def test_onednn_conv3d_gives_the_same_values_and_gradients(conv):
+    from xcam_viz.models.memory import onednn_conv3d
+
+    torch.manual_seed(0)
+    x = torch.randn(1, conv.in_channels, 9, 10, 11, requires_grad=True)
+    results = []
+    for context in (onednn_conv3d(x), torch.enable_grad()):
+        with context:
+            y = conv(x)
+        grad_x, grad_w = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(),
+                                             [x, conv.weight])
+        results.append((y.detach(), grad_x, grad_w))
+    for ours, plain in zip(*results):
+        assert ours.shape == plain.shape
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+    with torch.profiler.profile() as prof, onednn_conv3d(x):
+        conv(x)
+    kernels = {event.key for event in prof.key_averages()}
+    assert ("aten::mkldnn_convolution" in kernels) == (conv.padding != "same")
+    assert type(onednn_conv3d(x[0])).__name__ == "nullcontext"        # not a volume batch: untouched

@@ -5,6 +5,7 @@ model does not have, NaN outputs) becomes one message that says what went wrong 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Hashable
@@ -38,7 +39,7 @@ class MapResult:
     target_class: int
     seconds: float
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha1(self.values.tobytes()).hexdigest()[:12]
 

@@ -35,9 +35,11 @@ class Display(param.Parameterized):
                              doc="share of the map's maximum (of |value| for evidence) below which it is hidden")
 
 
-def thresholded(values: np.ndarray, signed: bool, threshold: float) -> np.ndarray:
-    """The map with values below threshold × max (|value| for signed maps) set to NaN (transparent)."""
-    scale = float(np.nanmax(np.abs(values))) if values.size else 0.0
+def thresholded(values: np.ndarray, signed: bool, threshold: float, scale: float | None = None) -> np.ndarray:
+    """The map with values below threshold × scale (|value| for signed maps) set to NaN (transparent); scale is
+    the map's max |value| (computed here if not given: pass it when `values` is a cut of a larger map)."""
+    if scale is None:
+        scale = float(np.nanmax(np.abs(values))) if values.size else 0.0
     out = values.astype(np.float32, copy=True)
     if threshold > 0 and scale > 0:
         out[(np.abs(out) if signed else out) < threshold * scale] = np.nan
@@ -131,14 +133,20 @@ class MapLayer(param.Parameterized):
         super().__init__(**params)
         self.display, self.shape = display, shape
         self.result: MapResult | None = None
+        self._scale = 0.0                       # the result's max |value|
         self._palette = palette(display.cmap)
         self.mapper = LinearColorMapper(palette=self._palette, low=0, high=1, nan_color=(0, 0, 0, 0))
         self.heat_glyphs: list = []
         display.param.watch(self._restyle, ["opacity", "cmap", "threshold"])
 
     def _send(self, values: np.ndarray) -> None:
-        """Draw the map's values (its shape; NaN transparent)."""
+        """Draw the map's values (its shape; NaN transparent), each drawn part through `visible`."""
         raise NotImplementedError
+
+    def visible(self, values: np.ndarray) -> np.ndarray:
+        """The map's values, or a cut of them, as drawn: under the display's threshold hidden."""
+        r = self.result
+        return values if r is None else thresholded(values, r.signed, self.display.threshold, self._scale)
 
     def _set_title(self, text: str) -> None:
         raise NotImplementedError
@@ -159,14 +167,14 @@ class MapLayer(param.Parameterized):
             self._send_map()
 
     def _send_map(self) -> None:
-        r = self.result
-        self._send(thresholded(r.values, r.signed, self.display.threshold))
+        self._send(self.result.values)
 
     @bokeh_update
     def show(self, result: MapResult, title: str) -> None:
         """Replace the map and title in place."""
         self.result, self.title, self.problem = result, title, ""
-        scale = float(np.abs(result.values).max()) or 1e-6
+        self._scale = float(np.nanmax(np.abs(result.values))) if result.values.size else 0.0
+        scale = self._scale or 1e-6
         self.mapper.update(low=-scale if result.signed else 0.0, high=scale if result.signed else 1.0)
         self._restyle()
         self._send_map()
@@ -220,7 +228,7 @@ class MapView(MapLayer):
         return int(np.clip(row, 0, h - 1)), int(np.clip(col, 0, w - 1))
 
     def _send(self, values: np.ndarray) -> None:
-        self.map_source.data = {"value": [values[::-1]]}
+        self.map_source.data = {"value": [self.visible(values)[::-1]]}
 
     def _set_title(self, text: str) -> None:
         self.figure.title.text = text

@@ -279,7 +279,7 @@ class VolumeView(MapLayer):
         point, spacing = self.scene.point, self.scene.spacing
         for plane in PLANES:
             if plane.axis in axes and self._values is not None:
-                self.map_sources[plane.name].data = {"value": [plane.cut(self._values, point)]}
+                self.map_sources[plane.name].data = {"value": [self.visible(plane.cut(self._values, point))]}
             at_column, at_row = self.spans[plane.name]
             at_column.location = (point[plane.cols] + 0.5) * spacing[plane.cols]
             at_row.location = (point[plane.rows] + 0.5) * spacing[plane.rows]
@@ -287,7 +287,7 @@ class VolumeView(MapLayer):
     def _send(self, values: np.ndarray) -> None:
         self._values = values
         for plane in PLANES:
-            self.map_sources[plane.name].data = {"value": [plane.cut(values, self.scene.point)]}
+            self.map_sources[plane.name].data = {"value": [self.visible(plane.cut(values, self.scene.point))]}
 
     def _set_title(self, text: str) -> None:
         self.heading.object = text

@@ -200,5 +200,5 @@ def finish(cam: torch.Tensor, size: tuple[int, ...] | None = None, normalize: bo
     if normalize:
         lo = per_map(cam, "amin")
         span = per_map(cam, "amax") - lo
-        cam = torch.where(span > 0, (cam - lo) / span.clamp(min=torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+        cam = torch.where(span > 0, (cam - lo).div_(span.clamp(min=torch.finfo(cam.dtype).tiny)), 0.0)
     return cam

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .memory import onednn_conv3d
+
 
 def logits_of(out, output: Callable | None = None) -> torch.Tensor:
     """The logits in a model's output: `output(out)` if given, else the tensor itself, the first element of a
@@ -37,7 +39,8 @@ def run_model(model: nn.Module, x: torch.Tensor, output: Callable | None = None)
     """The logits of model(x) (see `logits_of`), turning the model's complaint about a wrong input into an
     error that says what to give."""
     try:
-        out = model(x)
+        with onednn_conv3d(x):
+            out = model(x)
     except (RuntimeError, ValueError) as err:     # torch raises both for inputs of the wrong shape
         if "Inference tensors" in str(err):
             raise RuntimeError("the model holds tensors made under torch.inference_mode(); build or load "
