@@ -5,7 +5,7 @@ most malignant training volumes, on the benign ones in `flipped`) and its smallc
 (`demo_volume_model`), which learned the marker (start). The oracle is the same recipe trained
 without the confounder. Feedback is simulated on n training volumes:
 - irrelevant: the marker painted on at most 3 of its slices and spread to 1 slice either side with
-  `xv.feedback.extend` (`imperfection={"slices": 3, "extend": 1}`), the acceptance protocol;
+  `xv.feedback.extend` (`stroke={"slices": 3, "extend": 1}`), the acceptance protocol;
 - relevant: the nodule painted (its ground-truth mask).
 Each run is `xv.finetune` with its defaults (strategy "auto"); the control is the same batches
 (same feedback and seed) with no counterexamples and lam = 0 (strategy cam-irrelevant, lam 0).
@@ -43,7 +43,7 @@ def scores(model, evals) -> dict:
 
 def feedback(train, kind: str, n: int):
     strokes = STROKES if kind == "irrelevant" else None
-    return xv.feedback.simulate(train, fraction=n / len(train), kind=kind, seed=0, imperfection=strokes)
+    return xv.feedback.simulate(train, fraction=n / len(train), kind=kind, seed=0, stroke=strokes)
 
 
 def fine_tune(start, train, evals, kind: str, n: int, **settings) -> dict:

@@ -159,7 +159,7 @@ def test_netcdf_round_trip_keeps_history(tmp_path, small):
         store.import_xarray(small.to_xarray())
 
 
-def test_simulate_fraction_kinds_and_imperfection(small):
+def test_simulate_fraction_kinds_and_strokes(small):
     fb = simulate(small, fraction=0.25, kind="relevant", seed=3)
     assert isinstance(fb, FeedbackSet) and len(fb) == 10
     pos = torch.tensor([small.index_of(s) for s in fb.sample_ids])
@@ -180,13 +180,13 @@ def test_simulate_fraction_kinds_and_imperfection(small):
     assert not both.irrelevant[~marked].any()
 
     exact = fb.relevant.sum((1, 2))
-    assert (simulate(small, 0.25, seed=3, imperfection={"dilate": 2}).relevant.sum((1, 2)) > exact).all()
-    assert (simulate(small, 0.25, seed=3, imperfection={"erode": 2}).relevant.sum((1, 2)) < exact).all()
-    half = simulate(small, 0.25, seed=3, imperfection={"partial": 0.5}).relevant
+    assert (simulate(small, 0.25, seed=3, stroke={"dilate": 2}).relevant.sum((1, 2)) > exact).all()
+    assert (simulate(small, 0.25, seed=3, stroke={"erode": 2}).relevant.sum((1, 2)) < exact).all()
+    half = simulate(small, 0.25, seed=3, stroke={"incomplete": 0.5}).relevant
     assert (half <= fb.relevant).all() and torch.allclose(half.sum((1, 2)) / exact, torch.tensor(0.5), atol=0.1)
-    assert simulate(small, 0.25, seed=3, imperfection={"erode": 50}).relevant.flatten(1).any(1).all()
-    with pytest.raises(ValueError, match="unknown imperfection"):
-        simulate(small, imperfection={"blur": 1})
+    assert simulate(small, 0.25, seed=3, stroke={"erode": 50}).relevant.flatten(1).any(1).all()
+    with pytest.raises(ValueError, match="unknown stroke kind .blur.; the kinds are wrong, dilate"):
+        simulate(small, stroke={"blur": 1})
 
 
 def test_simulate_writes_into_a_store(tmp_path, small):

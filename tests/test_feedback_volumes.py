@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import xcam_viz as xv
-from xcam_viz.feedback import FeedbackStore, extend, interpolate, simulate
+from xcam_viz.feedback import FeedbackStore, extend, interpolate, paint, simulate
 from xcam_viz.feedback import masks as maskcodec
 from xcam_viz.finetune import DEFAULTS, STRATEGIES, VOLUME_DEFAULTS
 from xcam_viz.finetune import counterexamples as cx
@@ -183,14 +183,13 @@ def test_dihedral_turns_volumes_in_plane_only():
 
 
 def test_simulated_strokes_on_a_few_slices_spread_with_extend():
-    from xcam_viz.feedback.simulate import _imperfect
     marker = np.zeros((20, 8, 8), bool)
     marker[4:15, 2:4, 2:6] = True
-    few = _imperfect(marker, {"slices": 3}, np.random.default_rng(0))
+    few = paint(marker, {"slices": 3})
     assert np.flatnonzero(few.any((1, 2))).tolist() == [4, 9, 14]
-    spread = _imperfect(marker, {"slices": 3, "extend": 2}, np.random.default_rng(0))
+    spread = paint(marker, {"slices": 3, "extend": 2})
     assert np.array_equal(spread, extend(few, slices=2)) and np.array_equal(spread, marker | spread)
-    half = _imperfect(marker, {"partial": 0.5}, np.random.default_rng(0))
+    half = paint(marker, {"incomplete": 0.5})
     assert 0.4 < half.sum() / marker.sum() < 0.6 and not (half & ~marker).any()
 
 
@@ -263,7 +262,7 @@ def test_the_cam_loss_reaches_every_parameter_on_volumes(volumes):
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_each_strategy_runs_an_epoch_on_volumes_and_changes_the_model(strategy, volumes, tmp_path):
-    fb = simulate(volumes, fraction=0.25, kind="both", seed=0, imperfection={"slices": 2, "extend": 1})
+    fb = simulate(volumes, fraction=0.25, kind="both", seed=0, stroke={"slices": 2, "extend": 1})
     model = _model()
     held_out = _volumes(8, seed=1)
     validation = xv.data.ImageSet(held_out.images, held_out.labels)       # scored by accuracy only

@@ -11,7 +11,7 @@ import numpy as np
 import panel as pn
 import param
 
-from ..feedback import union_masks
+from ..feedback import BRUSH_WIDTH, union_masks
 from .freehand import merge_strokes
 from .painting import PAINTINGS
 from .raster import Stroke, composite, mask_layer, strokes_to_masks
@@ -30,7 +30,7 @@ class BrushFeedback(Tab):
     probed = ("strokes",)
 
     mode = param.Selector(objects=["relevant", "irrelevant", "erase"], default="relevant", label="Brush")
-    width = param.Integer(default=4, bounds=(1, 32), label="Brush width (image pixels)")
+    width = param.Integer(default=BRUSH_WIDTH, bounds=(1, 32), label="Brush width (image pixels)")
     label = param.Selector(objects={"(no correction)": -1}, default=-1, label="Corrected class (optional)")
     author = param.String(default="analyst", label="Author")
     strokes = param.List(default=[], item_type=Stroke, doc="pending (unsaved) strokes, oldest first")

@@ -11,6 +11,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..feedback.strokes import BRUSH_WIDTH
+
 CAPTION = 16          # height of a thumbnail's caption strip, montage pixels
 GOOD, BAD, UNKNOWN, MARK = (34, 139, 84), (190, 50, 50), (110, 110, 110), (255, 200, 0)
 
@@ -23,7 +25,7 @@ class Stroke:
     xs: list[float]
     ys: list[float]
     kind: str = "relevant"          # relevant | irrelevant | erase
-    width: float = 4.0
+    width: float = float(BRUSH_WIDTH)
     where: tuple = ()
 
 

@@ -3,30 +3,29 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..data import ImageSet
 from .feedbackset import NO_LABEL, FeedbackSet
-from .slices import extend
+from .strokes import paint, stroke_settings
 
 KINDS = ("relevant", "irrelevant", "both")
-IMPERFECTIONS = ("dilate", "erode", "partial", "slices", "extend")
 
 
 def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: int = 0,
-             imperfection: dict | None = None, store=None, author: str = "simulated"):
+             stroke: str | dict | None = None, store=None, author: str = "simulated"):
     """Feedback for a random `fraction` of the images of `ds`, drawn from its ground-truth masks.
 
     Only samples with a non-empty lesion mask are chosen. relevant = the lesion mask ("look
     here"); irrelevant = the `confounder` region ("not there": an annotator paints the shortcut
     where they see it, so with kind="irrelevant" only samples that carry it are chosen), or, in a
     data set without confounder regions, everything but the lesion; both = the two (a sample
-    without the confounder then gets only its relevant mask). imperfection, e.g. {"dilate": 2} / {"erode": 1} /
-    {"partial": 0.5}: grow or shrink each mask by that many pixels (voxels), or keep only that
-    share of it (the part on one side of a random line or plane). For volumes, {"slices": 3,
-    "extend": 2} paints each mask on at most 3 of its slices (spread evenly through it, along z)
-    and spreads each stroke to 2 slices either side with `xv.feedback.extend`, as a user who
-    paints a few slices does. Masks are H×W for images, D×H×W for volumes. Returns a
+    without the confounder then gets only its relevant mask). stroke: how the annotator paints
+    (`xv.feedback.STROKES`; None: the exact masks), a kind's name or {name: amount}, e.g.
+    {"dilate": 3}, {"shift": 3}, {"incomplete": 0.5}, "brush" (the Feedback tab's default brush
+    width), {"wrong": 4} (the same shape 4 pixels away from the sample's ground truth), and for
+    volumes {"slices": 3, "extend": 2}: each mask painted on at most 3 of its slices (spread
+    evenly through it, along z) and spread 2 slices either side with `xv.feedback.extend`, as a
+    user who paints a few slices does. Masks are H×W for images, D×H×W for volumes. Returns a
     `FeedbackSet`, or, with `store=`, writes one annotation per sample into that `FeedbackStore`
     and returns the store.
     """
@@ -34,16 +33,7 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    imperfection = dict(imperfection or {})
-    unknown = set(imperfection) - set(IMPERFECTIONS)
-    if unknown:
-        raise ValueError(f"unknown imperfection {sorted(unknown)}; use {IMPERFECTIONS}")
-    if not 0 < imperfection.get("partial", 1) <= 1:
-        raise ValueError(f"imperfection partial must lie in (0, 1], got {imperfection['partial']}")
-    for key in ("slices", "extend"):
-        if key in imperfection and (ds.spatial_dims != 3 or int(imperfection[key]) < int(key == "slices")):
-            raise ValueError(f"imperfection {key} is for volumes (D×H×W masks) and must be a whole number >= "
-                             f"{int(key == 'slices')}, got {imperfection[key]!r} on data of shape {ds.image_shape}")
+    stroke_settings(stroke, ds.spatial_dims)
     if ds.masks is None:
         raise ValueError("the data set has no ground-truth masks to simulate feedback from; "
                          "use a data set with masks (e.g. xv.data.synthetic_lesions)")
@@ -61,11 +51,13 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
 
     lesion = ds.masks[chosen]
     irrelevant = ~lesion if conf is None else conf[chosen]
+    truth = (lesion | irrelevant).numpy()                 # what a "wrong" stroke keeps away from
     masks = {"relevant": lesion, "irrelevant": irrelevant}
     flags = {"relevant": torch.full((k,), kind in ("relevant", "both"), dtype=torch.bool),
              "irrelevant": irrelevant.flatten(1).any(1) & (kind in ("irrelevant", "both"))}
-    out = {name: torch.from_numpy(np.stack([_imperfect(m, imperfection, rng) if flag else np.zeros_like(m)
-                                            for m, flag in zip(masks[name].numpy(), flags[name].tolist())]))
+    out = {name: torch.from_numpy(np.stack([paint(m, stroke, rng, avoid) if flag else np.zeros_like(m)
+                                            for m, flag, avoid in zip(masks[name].numpy(), flags[name].tolist(),
+                                                                      truth)]))
            for name in masks}
     fb = FeedbackSet([ds.ids[i] for i in chosen.tolist()], out["relevant"], out["irrelevant"],
                      flags["relevant"], flags["irrelevant"], torch.full((k,), NO_LABEL, dtype=torch.long))
@@ -73,30 +65,3 @@ def simulate(ds: ImageSet, fraction: float = 0.1, kind: str = "relevant", seed: 
         return fb
     fb.write(store, author=author)
     return store
-
-
-def _imperfect(mask: np.ndarray, imperfection: dict, rng: np.random.Generator) -> np.ndarray:
-    """One mask made imperfect as `simulate` describes; never returns an empty mask."""
-    out = mask
-    if imperfection.get("dilate"):
-        out = ndimage.binary_dilation(out, iterations=int(imperfection["dilate"]))
-    if imperfection.get("erode"):
-        eroded = ndimage.binary_erosion(out, iterations=int(imperfection["erode"]))
-        depth = ndimage.distance_transform_edt(out)
-        out = eroded if eroded.any() else depth == depth.max()   # too thin to erode: keep its core
-    if imperfection.get("partial", 1) < 1:
-        where = np.nonzero(out)
-        direction = rng.normal(size=out.ndim)
-        along = sum(c * d for c, d in zip(where, direction))
-        keep = along <= np.quantile(along, imperfection["partial"])
-        out = np.zeros_like(out)
-        out[tuple(c[keep] for c in where)] = True
-    if "slices" in imperfection:
-        painted = np.flatnonzero(out.any((1, 2)))
-        chosen = painted[np.unique(np.linspace(0, len(painted) - 1, int(imperfection["slices"])).round().astype(int))]
-        strokes = np.zeros_like(out)
-        strokes[chosen] = out[chosen]
-        out = strokes
-    if imperfection.get("extend"):
-        out = extend(out, slices=int(imperfection["extend"]))
-    return out
