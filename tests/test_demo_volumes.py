@@ -104,7 +104,7 @@ def test_the_committed_model_learned_the_shortcut(test_and_flipped):
 
 
 def test_the_example_sets_come_from_one_registry(capsys):
-    assert set(EXAMPLES) == {"demo", "volumes", "decoy-digits"}
+    assert set(EXAMPLES) == {"demo", "volumes", "decoy-digits", "cameras"}
     ds = xv.data.load_data("volumes", split="flipped", n=2)
     assert ds.ids == demo_volumes("flipped", n=2).ids and ds.image_shape == (1, 48, 48, 48)
     assert len(xv.data.load_data("decoy-digits", split="test")) == EXAMPLES["decoy-digits"].sizes["test"]

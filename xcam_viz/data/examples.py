@@ -1,4 +1,4 @@
-"""The named example data sets (`demo`, `volumes`, `decoy-digits`): one registry that `load_data`, the
+"""The named example data sets (`demo`, `volumes`, `decoy-digits`, `cameras`): one registry that `load_data`, the
 CLI, the dashboard and `xcam_viz.demo` read. Each entry says how to build each split, how many samples
 a split has, and what users are told about it."""
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .cameras import camera_lesions
 from .decoy import N_TRAIN as DIGITS_TRAIN
 from .decoy import decoy_digits
 from .imageset import ImageSet
@@ -48,6 +49,10 @@ EXAMPLES = {example.name: example for example in (
             "'flipped' encodes 9 - label",
             decoy_digits, {"train": DIGITS_TRAIN, "test": DIGITS_HELD_OUT, "flipped": DIGITS_HELD_OUT},
             {"size": 32, "seed": 0}),
+    Example("cameras", "synthetic lesions (64 px, benign/malignant) photographed by two cameras (colour calibration, "
+            "vignetting, sensor noise), each going with one class in 95 % of the images: a shortcut over the whole "
+            "image; 'flipped' swaps the cameras, 'oracle' draws them independently of the class",
+            camera_lesions, {"train": 2000, "test": 400, "flipped": 400, "oracle": 2000}, {"size": 64, "seed": 0}),
 )}
 
 

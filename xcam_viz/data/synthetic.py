@@ -42,14 +42,7 @@ def synthetic_lesions(
     labels = rng.permutation(np.arange(n) % 2)
     goes_with = labels == (0 if split == "flipped" else 1)
     marked = rng.random(n) < np.where(goes_with, 1 + confounder, 1 - confounder) / 2
-    params = _draw_params(rng, labels, marked)
-
-    images = np.empty((n, 3, size, size), np.float32)
-    masks = np.empty((n, size, size), bool)
-    marks = np.empty((n, size, size), bool)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, min(n, start + _CHUNK))
-        images[sl], masks[sl], marks[sl] = _render({k: v[sl] for k, v in params.items()}, size)
+    images, masks, marks = render_lesions(rng, labels, marked, size)
 
     ids = [f"{split}-{seed}-{i:05d}" for i in range(n)]
     attrs = {"source": "synthetic_lesions", "split": split, "seed": seed, "confounder": confounder,
@@ -76,6 +69,21 @@ def check_arguments(n: int, size: int, split: str, confounder: float, task: str,
         raise ValueError(f"confounder must lie in [0, 1], got {confounder}")
     if task not in ("classification", "segmentation"):
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+
+
+def render_lesions(rng: np.random.Generator, labels: np.ndarray, marked: np.ndarray,
+                   size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N×3×size×size images of lesions of `labels` (0 benign, 1 malignant) drawn with `rng`, their lesion
+    masks and their marker masks; `marked` says which images carry the marker."""
+    n = len(labels)
+    params = _draw_params(rng, labels, marked)
+    images = np.empty((n, 3, size, size), np.float32)
+    masks = np.empty((n, size, size), bool)
+    marks = np.empty((n, size, size), bool)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(n, start + _CHUNK))
+        images[sl], masks[sl], marks[sl] = _render({k: v[sl] for k, v in params.items()}, size)
+    return images, masks, marks
 
 
 def _draw_params(rng: np.random.Generator, labels: np.ndarray, marked: np.ndarray) -> dict:
