@@ -91,7 +91,8 @@ def _brush(mask, width, rng, avoid):
 def _brush_plane(plane: np.ndarray, lines: np.ndarray, tip: np.ndarray) -> np.ndarray:
     fits = ndimage.binary_erosion(plane, tip)                     # where the brush's centre keeps it inside
     outline = fits & ~ndimage.binary_erosion(fits)
-    thin = plane & ~ndimage.binary_dilation(fits, tip)
+    reached = ndimage.binary_dilation(ndimage.binary_dilation(fits, tip))    # a pixel short is no part to paint
+    thin = plane & ~reached
     depth = ndimage.distance_transform_edt(plane) * thin
     middle = thin & (depth >= ndimage.maximum_filter(depth, size=3))
     return ndimage.binary_dilation(outline | (fits & lines) | middle, tip)
