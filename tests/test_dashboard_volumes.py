@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, Workbench
 from xcam_viz.dashboard.volume import PLANES
 from xcam_viz.data import ImageSet
@@ -256,6 +257,30 @@ def test_an_uploaded_nifti_volume_is_explained_like_an_uploaded_image(dash, volu
         decode_upload(b"not nifti at all", "scan.nii", shape)
     with pytest.raises(UploadError, match="one 3-D volume"):
         decode_upload(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)).to_bytes(), "series.nii", shape)
+
+
+def test_an_uploaded_zip_of_a_dicom_series_is_explained_and_says_which_series(dash, volume_workbench, tmp_path,
+                                                                            monkeypatch):
+    from test_medical import write_series
+    from test_volume_bytes import zipped
+
+    from xcam_viz.dashboard import upload
+
+    write_series(tmp_path / "ct", n=6)
+    write_series(tmp_path / "scout", n=1)
+    content = zipped(*[(f"{p.parent.name}/{p.name}", p) for p in sorted(tmp_path.rglob("*.dcm"))])
+    shown = []
+    monkeypatch.setattr(upload, "notify", lambda message, **kw: shown.append(message))
+    ids = dash.upload.receive(content, "study.zip")
+    sel, shape = dash.selection, volume_workbench.input_shape
+    assert sel.split == "uploads" and sel.sample == ids[0] and dash.overlays.left.result.request.sample == ids[0]
+    assert shown == [f"opened study.zip as {ids[0]}: DICOM series 1, 6 slices (the largest of 2 series in study.zip; "
+                     "left out: series 1, 1 slice; to explain another, zip its files alone)"]
+    expected = upload.fit(xv.data.load_dicom(tmp_path / "ct", window="ct-lung")[0].image[None], shape)
+    np.testing.assert_allclose(volume_workbench.image("uploads", ids[0])[..., 0], expected[0, 0].numpy(), atol=1e-6)
+    assert dash.upload.receive(zipped(("a.txt", b"text")), "notes.zip") == []
+    assert "notes.zip holds no DICOM images" in shown[-1]
+    assert "zip of a DICOM series" in dash.upload.layout[0].object and ".zip" in dash.upload.input.accept
 
 
 def test_serve_takes_nifti_folders_through_a_window(monkeypatch, tmp_path):
