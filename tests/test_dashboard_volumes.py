@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, Workbench
 from xcam_viz.dashboard.volume import PLANES
 from xcam_viz.data import ImageSet
@@ -232,6 +233,43 @@ def test_the_volume_demo_opens_with_its_own_model_and_feedback(monkeypatch, tmp_
         Dashboard(demo="nodules", background=False)
 
 
+def test_a_volume_thumbnail_shows_the_slice_through_its_maps_maximum_once_known(dash, volume_workbench):
+    from xcam_viz.dashboard.mapview import rgba
+    from xcam_viz.data.views import axial_thumbnail
+
+    browser, sel, wb = dash.browser, dash.selection, volume_workbench
+    ids, d = browser.page_ids(), wb.input_shape[1]
+    np.testing.assert_array_equal(wb.thumbnail("train", ids[0]), axial_thumbnail(wb.picture("train", ids[0])[0],
+                                                                                 d // 2))
+    wb.maps.clear()                                                   # no map known (the workbench is shared)
+    wb.thumbnails.clear(lambda key: key[0] == "hottest-slice")
+    browser.draw()
+    assert browser.snapshot()["slices"] == [None] * len(ids)         # middle slices
+    sel.sample = ids[1]
+    assert {key.sample for key in wb.maps._data} == {ids[1]}, "thumbnails compute no map: only the two views'"
+    assert browser.snapshot()["slices"] == [None] * len(ids)         # the map came after the page was updated
+    hottest = np.unravel_index(np.argmax(dash.overlays.left.result.values), (d, *wb.input_shape[2:]))
+    sel.sample = ids[2]
+    z = int(hottest[0])
+    assert browser.snapshot()["slices"] == [None, z] + [None] * (len(ids) - 2)
+    patched = browser._montage.data["image"][0].copy()              # only the changed tile was sent
+
+    def tile_of(montage, i):                                          # Bokeh's rows go up
+        top, left = browser.grid.picture_corner(i)
+        side = browser.grid.tile - 4
+        return montage[len(montage) - top - side:len(montage) - top, left:left + side]
+    np.testing.assert_array_equal(tile_of(patched, 1), rgba(browser.grid.picture(
+        axial_thumbnail(wb.picture("train", ids[1])[0], z))))
+    browser.draw()                                                    # as a whole page would be drawn, but for
+    redrawn = browser._montage.data["image"][0]                      # the third volume's map, known now
+    tile_of(patched, 2)[:] = tile_of(redrawn, 2)
+    np.testing.assert_array_equal(patched, redrawn)
+    sel.method = next(m for m in sel.param.method.objects if m != sel.method)
+    assert browser.snapshot()["slices"][:3] == [None, None, None]    # no map of this method is known yet
+    sel.sample = ids[3]
+    assert browser.snapshot()["slices"][2] is not None
+
+
 def test_an_uploaded_nifti_volume_is_explained_like_an_uploaded_image(dash, volume_workbench):
     import gzip
 
@@ -256,6 +294,30 @@ def test_an_uploaded_nifti_volume_is_explained_like_an_uploaded_image(dash, volu
         decode_upload(b"not nifti at all", "scan.nii", shape)
     with pytest.raises(UploadError, match="one 3-D volume"):
         decode_upload(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)).to_bytes(), "series.nii", shape)
+
+
+def test_an_uploaded_zip_of_a_dicom_series_is_explained_and_says_which_series(dash, volume_workbench, tmp_path,
+                                                                            monkeypatch):
+    from test_medical import write_series
+    from test_volume_bytes import zipped
+
+    from xcam_viz.dashboard import upload
+
+    write_series(tmp_path / "ct", n=6)
+    write_series(tmp_path / "scout", n=1)
+    content = zipped(*[(f"{p.parent.name}/{p.name}", p) for p in sorted(tmp_path.rglob("*.dcm"))])
+    shown = []
+    monkeypatch.setattr(upload, "notify", lambda message, **kw: shown.append(message))
+    ids = dash.upload.receive(content, "study.zip")
+    sel, shape = dash.selection, volume_workbench.input_shape
+    assert sel.split == "uploads" and sel.sample == ids[0] and dash.overlays.left.result.request.sample == ids[0]
+    assert shown == [f"opened study.zip as {ids[0]}: DICOM series 1, 6 slices (the largest of 2 series in study.zip; "
+                     "left out: series 1, 1 slice; to explain another, zip its files alone)"]
+    expected = upload.fit(xv.data.load_dicom(tmp_path / "ct", window="ct-lung")[0].image[None], shape)
+    np.testing.assert_allclose(volume_workbench.image("uploads", ids[0])[..., 0], expected[0, 0].numpy(), atol=1e-6)
+    assert dash.upload.receive(zipped(("a.txt", b"text")), "notes.zip") == []
+    assert "notes.zip holds no DICOM images" in shown[-1]
+    assert "zip of a DICOM series" in dash.upload.layout[0].object and ".zip" in dash.upload.input.accept
 
 
 def test_serve_takes_nifti_folders_through_a_window(monkeypatch, tmp_path):

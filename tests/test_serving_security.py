@@ -76,7 +76,7 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
 ])
 def test_valid_uploads_are_fitted_to_the_model_input(name, content, channels):
     shape = (channels, 64, 64)
-    images = decode_upload(content, name, shape)
+    images = decode_upload(content, name, shape).images
     assert images.ndim == 4 and tuple(images.shape[1:]) == shape and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.01
     assert len(images) == {"stack.npz": 5, "medmnist.npz": 3}.get(name, 1)
@@ -138,7 +138,7 @@ def test_bad_uploads_are_refused_with_a_reason(name, content, message):
 
 def test_size_limit_is_checked_before_decoding():
     content = encoded(RNG.integers(0, 256, (300, 300, 3), dtype=np.uint8))
-    assert decode_upload(content, "big.png", SHAPE, max_mb=1).shape == (1, *SHAPE)
+    assert decode_upload(content, "big.png", SHAPE, max_mb=1).images.shape == (1, *SHAPE)
     with pytest.raises(UploadError, match=r"MB, more than the 0.1 MB limit"):
         decode_upload(content, "big.png", SHAPE, max_mb=0.1)
     with pytest.raises(UploadError, match="limit"):
@@ -163,7 +163,7 @@ def test_upload_opens_the_image_in_the_uploads_split(dash):
     assert ids == [sel.sample] and sel.split == UPLOAD_SPLIT and ids[0].startswith("upload-")
     assert UPLOAD_SPLIT in sel.param.split.objects and dash.browser.ids == ids
     assert dash.overlays.left.digest not in ("", before), "the overlay of the uploaded image was drawn"
-    expected = decode_upload(encoded(PICTURE), "x.png", wb.input_shape)[0].permute(1, 2, 0).numpy()
+    expected = decode_upload(encoded(PICTURE), "x.png", wb.input_shape).images[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(wb.image(UPLOAD_SPLIT, ids[0]), expected)
     assert dash.upload.receive(encoded(PICTURE), "again.png") == ids and len(wb.splits[UPLOAD_SPLIT]) == 1
     more = dash.upload.receive(npz(images=RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)), "s.npz")

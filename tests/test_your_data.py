@@ -60,11 +60,11 @@ def test_channels_of_manifests_load_data_arrays_and_uploads(tmp_path):
     assert arrays.image_shape == (3, 8, 8) and arrays.attrs["conversion"].startswith("grey")
     buf = io.BytesIO()
     Image.fromarray(np.full((30, 20), 200, np.uint8)).save(buf, format="PNG")
-    upload = decode_upload(buf.getvalue(), "x-ray.png", (3, 16, 16))
+    upload = decode_upload(buf.getvalue(), "x-ray.png", (3, 16, 16)).images
     assert upload.shape == (1, 3, 16, 16) and torch.allclose(upload, torch.full_like(upload, 200 / 255))
     buf = io.BytesIO()
     Image.fromarray(np.full((30, 20), 40000, np.uint16)).save(buf, format="PNG")            # 16-bit grey
-    assert torch.allclose(decode_upload(buf.getvalue(), "scan.png", (1, 8, 8)), torch.tensor(40000 / 65535))
+    assert torch.allclose(decode_upload(buf.getvalue(), "scan.png", (1, 8, 8)).images, torch.tensor(40000 / 65535))
 
 
 def test_real_mismatches_are_refused_naming_the_option(tmp_path):

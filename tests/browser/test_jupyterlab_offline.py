@@ -1,18 +1,20 @@
 """The dashboard notebook in JupyterLab with no network: every request not to the local server is blocked.
 
 JupyterLab runs from the project's environment on a temporary root holding a copy of
-notebooks/dashboard.ipynb; the page runs all cells (the `notebook:run-all-cells` command), and the test
-checks that thumbnails and maps are drawn, that a click on a thumbnail changes the map, that a
-notification shows with its icon font, that no request left the machine and that the console shows no
-error.
+notebooks/dashboard.ipynb with one cell added at the end, the 3-D demo (`xv.Dashboard(demo="volumes")`). The
+page runs every cell above it (the `notebook:run-all-above` command), and the test checks that thumbnails
+and maps are drawn, that a click on a thumbnail changes the map and that a notification shows with its
+icon font; then it runs the volume cell and checks that its three planes are drawn. No request may leave
+the machine and the console must show no error.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,6 +27,7 @@ from .harness import ROOT, Console, free_port, shot, tile_point, wait_state, wai
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TOKEN = "xcam-viz-offline-test"
+VOLUME_CELL = 'volumes = xv.Dashboard(demo="volumes")\nvolumes'
 
 
 class JupyterLab:
@@ -76,7 +79,10 @@ def drawn(locator) -> float:
 
 @pytest.fixture()
 def lab(tmp_path):
-    shutil.copy(ROOT / "notebooks" / "dashboard.ipynb", tmp_path / "dashboard.ipynb")
+    notebook = json.loads((ROOT / "notebooks" / "dashboard.ipynb").read_text())
+    notebook["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                              "source": VOLUME_CELL})
+    (tmp_path / "dashboard.ipynb").write_text(json.dumps(notebook))
     server = JupyterLab(tmp_path)
     yield server
     server.stop()
@@ -98,7 +104,7 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     page.locator(".jp-Notebook").wait_for(timeout=120_000)
     page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget?.sessionContext")
     page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.ready")           # the kernel is up
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")   # no waiting for it
+    run_cells(page, "notebook:run-all-above")                      # all but the volume cell
     page.locator(".xv-state-json").wait_for(state="attached", timeout=300_000)     # the dashboard's output
     first = wait_state(page, lambda s: s["left"] != "" and s["page_ids"], timeout=120)
     page.wait_for_timeout(1000)
@@ -117,5 +123,36 @@ def test_dashboard_notebook_runs_offline_in_jupyterlab(lab, browser):
     assert page.evaluate("[...document.fonts].some(f => f.family.includes('Font Awesome') && f.status === 'loaded')"), \
         "the notification's icon font did not load"
     shot(page, "jupyterlab-offline-notification")
+    run_cells(page, "notebook:run-cell")                           # the volume cell: a second dashboard
+    volume = wait_volumes(page)
+    planes = {name: page.locator(f".xv-plane-{name} .bk-Canvas").first for name in ("axial", "coronal", "sagittal")}
+    planes["axial"].scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    assert all(drawn(plane) > 10 for plane in planes.values()), "the volume's planes are not drawn"
+    assert volume["slices"] == {"axial": volume["grid"][1:], "coronal": volume["grid"][::2],
+                                "sagittal": volume["grid"][:2]}
+    shot(page, "jupyterlab-offline-volumes")
     assert blocked == [], f"the page asked other hosts for: {blocked}"
     assert console.errors == []
+
+
+def run_cells(page, command: str) -> None:
+    """Run a JupyterLab notebook command with the last cell (the volume cell) active; no waiting for it."""
+    page.evaluate("""(command) => {
+      const notebook = window.jupyterapp.shell.currentWidget.content;
+      notebook.activeCellIndex = notebook.widgets.length - 1;
+      window.jupyterapp.commands.execute(command);
+    }""", command)
+
+
+def wait_volumes(page, timeout: float = 300) -> dict:
+    """The volume dashboard's state ("volume" in the second dashboard's state) once its first map is drawn."""
+    deadline = time.monotonic() + timeout
+    while True:
+        probes = page.locator(".xv-state-json")
+        if probes.count() == 2:
+            now = json.loads(probes.nth(1).text_content() or "{}")
+            if now.get("volume") and now.get("left"):
+                return now["volume"]
+        assert time.monotonic() < deadline, "the volume dashboard was not drawn"
+        page.wait_for_timeout(200)

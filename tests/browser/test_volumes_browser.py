@@ -1,26 +1,16 @@
 """The 3-D demo in headless chromium: three planes, a slice slider, a click that moves the crosshair, a
-window preset and the hottest point (screenshots at 1366×768 in test-artifacts/browser/)."""
+window preset and the hottest point (screenshots at 1366×768 in test-artifacts/browser/). The layout of the
+volume views at four screen sizes: test_layout.py."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .harness import Server, open_dashboard, select_option, shot, wait_state
-from .test_layout import CONTAINERS, MEASURE, SIZES
+from .harness import open_dashboard, select_option, shot, tile_point, wait_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PLANES = ("axial", "coronal", "sagittal")
-
-
-@pytest.fixture(scope="module")
-def volume_server(tmp_path_factory):
-    """`xcam-viz demo --volumes` with a temporary feedback database."""
-    feedback = tmp_path_factory.mktemp("volumes") / "feedback.db"
-    srv = Server(["-m", "xcam_viz.cli", "demo", "--volumes", "--quiet", "--port", "{port}"], feedback,
-                 env={"XCAM_VIZ_FEEDBACK": str(feedback)}, timeout=300)
-    yield srv
-    srv.stop()
 
 
 def canvas(page, plane: str):
@@ -105,23 +95,24 @@ def test_paint_on_a_plane_extend_and_save(volume_server, page):
     assert not console.errors, console.errors
 
 
-def test_volume_views_fit_every_screen(volume_server, page):
-    """The layout check of test_layout.py on the volume tabs at its four sizes, and every plane >= 256 px."""
+def test_a_thumbnail_turns_to_the_slice_through_its_maps_maximum(volume_server, page):
+    """The first volume's map is drawn on opening; once another volume is selected, the first thumbnail shows
+    the axial slice through that map's maximum (its pixels patched into the montage in the browser)."""
+    page.set_viewport_size({"width": 1366, "height": 768})
     console = open_dashboard(page, volume_server.url)
-    problems = {}
-    for width, height in SIZES:
-        page.set_viewport_size({"width": width, "height": height})
-        for tab, planes in (("Explain", ".xv-plane-"), ("Feedback", ".xv-brush-"), ("Fine-tune", None)):
-            page.locator(".bk-tab", has_text=tab).click()
-            wait_state(page, lambda s, t=tab: s["tabs"][t])
-            page.wait_for_timeout(700)
-            overflow = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-            assert overflow[0] <= overflow[1], f"{width}x{height} {tab}: the page scrolls sideways {overflow}"
-            if found := page.evaluate(MEASURE, CONTAINERS):
-                problems[f"{width}x{height} {tab}"] = found
-            shot(page, f"volumes-layout-{width}x{height}-{tab}")
-            for plane in PLANES if planes else ():
-                box = page.locator(f"{planes}{plane} .bk-Canvas").first.bounding_box()
-                assert min(box["width"], box["height"]) >= 256, (width, height, tab, plane, box)
-    assert problems == {}
-    assert console.errors == [] and console.bokeh_warnings == []
+    s = wait_state(page, lambda now: now.get("volume") is not None and now["left_sample"] == now["page_ids"][0])
+    assert s["slices"][0] is None                                  # the page was drawn before the first map
+    montage = page.locator(".xv-montage .bk-Canvas")
+    box, (h, w), tile = montage.bounding_box(), s["grid"]["size"], s["grid"]["tile"]
+    clip = {"x": box["x"] + 2 * box["width"] / w, "y": box["y"] + 2 * box["height"] / h,
+            "width": (tile - 4) * box["width"] / w, "height": (tile - 4) * box["height"] / h}
+
+    def first_tile() -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("L"), np.float32)
+    middle = first_tile()
+    page.mouse.click(*tile_point(page, s, 1))
+    now = wait_state(page, lambda now: now["sample"] == s["page_ids"][1] and now["slices"][0] is not None)
+    assert now["slices"][0] != s["volume"]["grid"][0] // 2, "pick a first volume whose map peaks off the middle"
+    page.wait_for_timeout(500)
+    assert np.abs(first_tile() - middle).mean() > 2, "the first thumbnail still shows the middle slice"
+    assert not console.errors, console.errors

@@ -1,5 +1,11 @@
-"""The image browser: one montage image of a page of thumbnails, filters, sorting, click to select."""
+"""The image browser: one montage image of a page of thumbnails, filters, sorting, click to select.
+
+A volume's thumbnail is the axial slice through its map's maximum when that map is known already (computed
+for the Explain tab, or for sorting by a metric), else its middle axial slice: no map is computed for it.
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import panel as pn
@@ -7,6 +13,7 @@ import param
 from bokeh.events import DoubleTap, Tap
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
+from ..data.views import axial_thumbnail
 from ..evidence import METHODS as EVIDENCE_METHODS
 from .controls import cam_name, scored_with
 from .mapview import image_figure, rgba
@@ -64,7 +71,10 @@ class ImageBrowser(pn.viewable.Viewer):
         selection.param.watch(lambda *_: self._sorts(), ["split"])
         selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
         self._sorts()
+        self._slices: dict[str, int | None] = {}          # the axial slice of each volume's thumbnail drawn
         selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
+        if workbench.spatial_dims == 3:
+            selection.param.watch(lambda *_: self._redraw_slices(), ["sample", "method", "layer", "target"])
         self.refilter()
 
     def _sorts(self) -> None:
@@ -186,7 +196,8 @@ class ImageBrowser(pn.viewable.Viewer):
         page's predictions are not known yet they are computed in the background and the page is redrawn."""
         wb, sel = self.workbench, self.selection
         ids = self.page_ids()
-        images = [wb.thumbnail(sel.split, s) for s in ids]      # decoded once, then cached
+        self._slices = self.hottest_slices(ids)
+        images = [self.thumbnail(s, self._slices[s]) for s in ids]
         pred = wb.sample_predictions(sel.version, sel.split, ids, compute=False) if ids else None
         if ids and pred is None:
             version, split = sel.version, sel.split
@@ -217,6 +228,60 @@ class ImageBrowser(pn.viewable.Viewer):
         self._clicked = None
         self._draw_highlight()
 
+    def thumbnail(self, sample: str, z: int | None = None) -> np.ndarray:
+        """The sample's thumbnail (decoded once, then cached); a volume's through axial slice `z` of its picture
+        (the model input's grid, as its maps) when given."""
+        wb, split = self.workbench, self.selection.split
+        if z is None:
+            return wb.thumbnail(split, sample)
+        return wb.thumbnails.get_or_compute(("thumbnail", split, sample, z),
+                                            lambda: axial_thumbnail(wb.picture(split, sample)[0], z))
+
+    def hottest_slices(self, ids: list[str]) -> dict[str, int | None]:
+        """Per sample, the axial slice through the maximum of its volume's map for the selected version, method,
+        layer and target when that map is known already (None: unknown, or an image; the middle slice is shown)."""
+        wb = self.workbench
+        if wb.spatial_dims != 3:
+            return dict.fromkeys(ids)
+        request = self.selection.request()
+        split_maps = None                                 # all of a split's maps, computed to sort by a metric
+        if request.target == "predicted" and request.region is None:
+            split_maps = wb.maps.get(("split", request.version, request.split, request.method, request.layer))
+        return {s: self._hottest_slice(dataclasses.replace(request, sample=s), split_maps) for s in ids}
+
+    def _hottest_slice(self, request, split_maps) -> int | None:
+        """The hottest slice of one request's map, found once per map."""
+        wb, key = self.workbench, ("hottest-slice", request)
+        z = wb.thumbnails.get(key)
+        if z is None:
+            known = wb.maps.get(request)
+            if known is None and split_maps is None:
+                return None
+            values = known.values if known is not None else split_maps.sel(sample=request.sample).values
+            z = int(np.argmax(values.reshape(len(values), -1).max(1)))
+            wb.thumbnails.put(key, z)
+        return z
+
+    @bokeh_update
+    def _redraw_slices(self) -> None:
+        """Redraw the thumbnails whose slice has changed: a map has become known (e.g. of the volume selected
+        before), or another method's is asked for. Only their pixels are sent (a montage is ~0.7 MB)."""
+        ids = self.page_ids()
+        slices = self.hottest_slices(ids)
+        montage_rgba = self._montage.data["image"][0]
+        height = montage_rgba.shape[0]
+        patches = []
+        for i, sample in enumerate(ids):
+            if slices[sample] == self._slices.get(sample):
+                continue
+            picture = rgba(self.grid.picture(self.thumbnail(sample, slices[sample])))   # row 0 at the bottom
+            top, left = self.grid.picture_corner(i)
+            rows = slice(height - top - len(picture), height - top)
+            patches.append(((0, rows, slice(left, left + picture.shape[1])), picture.ravel()))
+        self._slices = slices
+        if patches:
+            self._montage.patch({"image": patches})
+
     @bokeh_update
     def _draw_highlight(self) -> None:
         """Outline the selected image (unless a click in the browser has outlined it already)."""
@@ -239,9 +304,11 @@ class ImageBrowser(pn.viewable.Viewer):
             self._draw_highlight()
 
     def snapshot(self) -> dict:
-        """The page on show and the montage's geometry, for the state probe."""
+        """The page on show, each volume's thumbnail slice (None: the middle one, or an image) and the montage's
+        geometry, for the state probe."""
         grid = self.grid
-        return {"page": self.page, "page_ids": self.page_ids(),
+        ids = self.page_ids()
+        return {"page": self.page, "page_ids": ids, "slices": [self._slices.get(s) for s in ids],
                 "grid": {"cols": grid.cols, "rows": grid.rows, "size": list(grid.size), "tile": grid.tile}}
 
     def __panel__(self):

@@ -145,6 +145,16 @@ class Grid:
         x0, y0, x1, y1 = self.box(i)
         return (x0 + x1) / 2, (y0 + y1) / 2
 
+    def picture_corner(self, i: int) -> tuple[int, int]:
+        """(row, col) of the top left pixel of tile i's picture in the montage array (rows going down)."""
+        row, col = divmod(i, self.cols)
+        return row * (self.tile + CAPTION) + 2, col * self.tile + 2
+
+    def picture(self, image: np.ndarray) -> np.ndarray:
+        """An image as a tile shows it: H×W×3 uint8 of (tile - 4) px square."""
+        side = self.tile - 4
+        return np.asarray(Image.fromarray(to_uint8(image)).resize((side, side), Image.BILINEAR))
+
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
     """`text`, shortened with an ellipsis until it is at most `width` pixels wide."""
@@ -167,8 +177,7 @@ def montage(images: list[np.ndarray], captions: list[str | tuple[str, str]], cor
     for i, (img, text, ok, mark) in enumerate(zip(images, captions, correct, marked)):
         row, col = divmod(i, grid.cols)
         x0, y0 = col * t, row * (t + CAPTION)
-        thumb = Image.fromarray(to_uint8(img)).resize((t - 4, t - 4), Image.BILINEAR)
-        canvas.paste(thumb, (x0 + 2, y0 + 2))
+        canvas.paste(Image.fromarray(grid.picture(img)), grid.picture_corner(i)[::-1])
         draw.rectangle([x0 + 2, y0 + t - 2, x0 + t - 3, y0 + t + CAPTION - 3],
                        fill=UNKNOWN if ok is None else GOOD if ok else BAD)
         left, right = (text, "") if isinstance(text, str) else text

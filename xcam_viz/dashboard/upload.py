@@ -1,18 +1,20 @@
 """Image upload: users open their own images (PNG, JPEG, or image arrays in a .npz; volumes: a NIfTI
-.nii / .nii.gz) in the served app.
+.nii / .nii.gz or a .zip of a DICOM series) in the served app.
 
 A file is checked by its content, never by its name alone: Pillow must identify a PNG or JPEG (and
-decode it whole), an .npz must be a zip of plain arrays (loaded without pickle), nibabel must read a
-NIfTI volume from memory (a .nii.gz inflated at most to `MAX_VOXELS`), and the size is limited before
-anything is decoded. Images are fitted to the model's input size (volumes: put in the canonical
-orientation, windowed as the data was, resampled to the model's grid) and added to the shared "uploads"
-split. Nothing is written to disk and no path is ever taken from the page.
+decode it whole), an .npz must be a zip of plain arrays (loaded without pickle), a volume is read from
+memory by the core (`xcam_viz.data.from_bytes`: NIfTI, or a DICOM series in a zip, inflated at most to
+what `MAX_VOXELS` voxels take), and the size is limited before anything is decoded. Images are fitted to
+the model's input size (volumes: put in the canonical orientation, windowed as the data was, resampled to
+the model's grid) and added to the shared "uploads" split. Nothing is written to disk and no path is ever
+taken from the page.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 import panel as pn
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..data import fit
+from ..data.from_bytes import MAX_VOXELS, read_volume
 from ..data.sources import read_image, unit_image
 from .selection import Selection
 from .tasks import notify
@@ -28,9 +31,8 @@ from .workbench import Workbench
 MAX_UPLOAD_MB = 50.0            # a 4096×3328 scan as a 16-bit PNG is about 20-30 MB
 UPLOAD_SPLIT = "uploads"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zip")
 MAX_PIXELS = 40_000_000          # decoded pixels of one image (decompression bombs)
-MAX_VOXELS = 100_000_000         # voxels of one volume (a 512×512×380 CT); its file inflates to 8 bytes a voxel at most
 MAX_NPZ_IMAGES = 64
 MAX_NPZ_EXPANSION = 20           # uncompressed / compressed size of an .npz (zip bombs)
 
@@ -45,10 +47,18 @@ def websocket_limit(max_upload_mb: float) -> int:
     return int(max_upload_mb * 2**20 * 4 / 3) + 16 * 2**20
 
 
+class Upload(NamedTuple):
+    """An uploaded file's images, N×C×H×W (volumes N×C×D×H×W) float32 in [0, 1] at the model's input size, and
+    what was read in words ("" for pictures)."""
+
+    images: torch.Tensor
+    note: str = ""
+
+
 def decode_upload(content: bytes, filename: str, shape: tuple[int, ...],
-                  max_mb: float = MAX_UPLOAD_MB, window=None) -> torch.Tensor:
-    """The images of an uploaded file as N×C×H×W float32 in [0, 1], fitted to `shape` (C, H, W); for a model of
-    volumes (shape C, D, H, W) a NIfTI volume as 1×C×D×H×W, read through `window` (`xv.data.apply_window`)."""
+                  max_mb: float = MAX_UPLOAD_MB, window=None) -> Upload:
+    """The images of an uploaded file fitted to `shape` (C, H, W); for a model of volumes (shape C, D, H, W)
+    a NIfTI volume or a .zip of a DICOM series as one volume, read through `window` (`xv.data.apply_window`)."""
     name = str(filename or "the file")
     volumes = len(shape) == 4
     if not name.lower().endswith(VOLUME_SUFFIXES if volumes else SUFFIXES):
@@ -58,53 +68,19 @@ def decode_upload(content: bytes, filename: str, shape: tuple[int, ...],
                           "server: upload a smaller or more compressed file (PNG or JPEG), or serve with a higher "
                           "limit (xcam-viz serve --max-upload-mb 100)")
     if volumes:
-        images = _volume(content, name, window)
-    elif content[:4] == b"PK\x03\x04":
-        images = _npz_images(content, name, max_mb)
-    else:
-        images = _picture(content, name)
-    return fit(images, shape)
+        try:
+            volume = read_volume(content, name, window, MAX_VOXELS)
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+        return Upload(fit(torch.from_numpy(volume.values)[None, None], shape), volume.note)
+    if content[:4] == b"PK\x03\x04":
+        return Upload(fit(_npz_images(content, name, max_mb), shape))
+    return Upload(fit(_picture(content, name), shape))
 
 
 def accepted(shape: tuple[int, ...]) -> str:
     """The files an upload takes, in words."""
-    return "NIfTI volume (.nii or .nii.gz)" if len(shape) == 4 else "PNG, JPEG or .npz"
-
-
-def _volume(content: bytes, name: str, window) -> torch.Tensor:
-    """A NIfTI volume read from memory (gzip inflated within bounds), canonical z, y, x, windowed to [0, 1]."""
-    import zlib
-
-    import nibabel as nib
-
-    from ..data.medical import canonical_zyx
-    from ..data.nifti import voxels
-    from ..data.windows import apply_window
-
-    raw = content
-    if content[:2] == b"\x1f\x8b":
-        limit = 8 * MAX_VOXELS + 2**20
-        try:
-            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(content, limit)
-        except zlib.error as err:
-            raise UploadError(f"{name} is not a readable .nii.gz file ({err})") from None
-        if len(raw) >= limit:
-            raise UploadError(f"{name} unpacks to more than {limit / 2**20:.0f} MB; upload a smaller volume")
-    try:
-        image = nib.Nifti1Image.from_bytes(raw)
-        shape = image.shape
-        if len(shape) < 3 or any(s > 1 for s in shape[3:]):
-            raise UploadError(f"{name} has shape {shape}; upload one 3-D volume")
-        if np.prod(shape[:3]) > MAX_VOXELS:
-            raise UploadError(f"{name} has {np.prod(shape[:3]):,} voxels, more than {MAX_VOXELS:,}; upload a "
-                              "smaller volume")
-        values = voxels(image, None)
-    except UploadError:
-        raise
-    except Exception as err:                     # noqa: BLE001 - nibabel raises many kinds for broken files
-        raise UploadError(f"{name} is not a readable NIfTI volume ({type(err).__name__}); upload a .nii or "
-                          ".nii.gz file") from None
-    return torch.from_numpy(apply_window(canonical_zyx(values, image.affine), window))[None, None]
+    return "NIfTI volume (.nii or .nii.gz) or .zip of a DICOM series" if len(shape) == 4 else "PNG, JPEG or .npz"
 
 
 def _picture(content: bytes, name: str) -> torch.Tensor:
@@ -170,7 +146,7 @@ class ImageUpload(pn.viewable.Viewer):
         super().__init__()
         self.workbench, self.selection, self.max_mb = workbench, selection, max_mb
         shape = workbench.input_shape
-        self.input = pn.widgets.FileInput(accept=".nii,.gz" if len(shape) == 4 else ",".join(SUFFIXES),
+        self.input = pn.widgets.FileInput(accept=".nii,.gz,.zip" if len(shape) == 4 else ",".join(SUFFIXES),
                                           css_classes=["xv-upload"], sizing_mode="stretch_width")
         self.input.param.watch(lambda e: self.receive(e.new, self.input.filename), "value")
         size = "×".join(map(str, shape[:0:-1]))
@@ -184,7 +160,8 @@ class ImageUpload(pn.viewable.Viewer):
         if not content:
             return []
         try:
-            images = decode_upload(content, filename, self.workbench.input_shape, self.max_mb, self.workbench.window)
+            images, note = decode_upload(content, filename, self.workbench.input_shape, self.max_mb,
+                                         self.workbench.window)
         except UploadError as err:
             notify(str(err))
             return []
@@ -193,8 +170,8 @@ class ImageUpload(pn.viewable.Viewer):
         sel.param.split.objects = list(self.workbench.splits)
         sel.param.update(split=UPLOAD_SPLIT, sample=ids[0])
         sel.revision += 1                                        # the browser lists the new images
-        notify(f"opened {filename} as {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else ""),
-               level="success", duration=3000)
+        notify(f"opened {filename} as {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+               + (f": {note}" if note else ""), level="success", duration=8000 if note else 3000)
         return ids
 
     def __panel__(self):

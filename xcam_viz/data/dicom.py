@@ -11,7 +11,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import pydicom
@@ -26,16 +26,17 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_TOLERANCE = 0.05            # a step this much off the median one is a gap (scanners round positions)
 
 
-def read_header(path: Path) -> pydicom.Dataset | None:
-    """A DICOM image's header (no pixel data), or None for a file that is not a DICOM image."""
+def read_header(source: Path | BinaryIO) -> pydicom.Dataset | None:
+    """A DICOM image's header (no pixel data) from a file or file object, or None for one that is not a DICOM
+    image."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError):
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
         return None
     return ds if "Rows" in ds else None        # DICOMDIR, reports and structure sets carry no image
 
 
-def check_decodable(ds: pydicom.Dataset, path: Path) -> None:
+def check_decodable(ds: pydicom.Dataset, path: Path | str) -> None:
     """Refuse pixel data compressed in a transfer syntax no installed decoder reads, naming the packages."""
     uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if uid is None:
@@ -110,8 +111,13 @@ class DicomReader(MedicalReader):
         if len(self.shape) == 3:                                                # a 2-D image: (row, column)
             image = display_values(modality_values(datasets[0], files[0]), datasets[0], self.window)
             return (image if image.ndim == 3 else image[None]), None
-        stack = np.stack([modality_values(ds, p) for ds, p in zip(datasets, files)])     # (slice, row, column)
-        return canonical_zyx(display_values(stack, datasets[0], self.window).T, self.affines[i])[None], None
+        return series_volume(datasets, files, self.affines[i], self.window)[None], None
+
+
+def series_volume(datasets: Sequence[pydicom.Dataset], names: Sequence[str], affine: np.ndarray, window) -> np.ndarray:
+    """The slices of one series (in slice order, with pixel data) as a unit volume in ImageSet order (z, y, x)."""
+    stack = np.stack([modality_values(ds, name) for ds, name in zip(datasets, names)])     # (slice, row, column)
+    return canonical_zyx(display_values(stack, datasets[0], window).T, affine)
 
 
 def load_dicom(path, window=None, size: tuple[int, ...] | None = None, labels: Sequence[int] | None = None,
@@ -206,9 +212,15 @@ def _folder_samples(root: Path):
 
 
 def _stack(folder: Path, files: list[tuple[Path, pydicom.Dataset]]) -> DicomSample:
-    """One series as a volume, its slices sorted by position along their normal; refuses mixed orientations
-    or sizes, colour, repeated positions and gaps."""
-    heads = [h for _, h in files]
+    """One series as a volume, its slices sorted by position along their normal (see `series_grid`)."""
+    order, geometry, zooms = series_grid(folder, [file.name for file, _ in files], [head for _, head in files])
+    return DicomSample([files[i][0] for i in order], files[order[0]][1], geometry, zooms)
+
+
+def series_grid(folder, names: Sequence[str], heads: Sequence[pydicom.Dataset]) -> tuple[np.ndarray, Geometry, tuple]:
+    """(slice order, geometry, source zooms) of one series' headers, sorted by position along the slices' normal;
+    refuses mixed orientations or sizes, colour, repeated positions and gaps. `folder` and `names` (of the
+    files) are only named in the errors."""
     if heads[0].get("SamplesPerPixel", 1) != 1:
         raise ValueError(f"{folder}: colour series are not read as volumes; load each file with load_dicom(file)")
     if any("ImagePositionPatient" not in h or "ImageOrientationPatient" not in h for h in heads):
@@ -224,7 +236,7 @@ def _stack(folder: Path, files: list[tuple[Path, pydicom.Dataset]]) -> DicomSamp
     positions = np.asarray([h.ImagePositionPatient for h in heads], float)
     order = np.argsort(positions @ normal, kind="stable")
     distance = (positions @ normal)[order]
-    names = [files[i][0].name for i in order]
+    names = [names[i] for i in order]
     steps = np.diff(distance)
     median = float(np.median(steps))
     if median <= 0:
@@ -239,8 +251,7 @@ def _stack(folder: Path, files: list[tuple[Path, pydicom.Dataset]]) -> DicomSamp
     step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     pixel = _pixel_spacing(heads[0])
     affine = _affine(row * pixel[1], column * pixel[0], step, positions[order[0]])
-    geometry = Geometry(affine, (heads[0].Columns, heads[0].Rows, len(order)))
-    return DicomSample([files[i][0] for i in order], heads[order[0]], geometry, (pixel[1], pixel[0], median))
+    return order, Geometry(affine, (heads[0].Columns, heads[0].Rows, len(order))), (pixel[1], pixel[0], median)
 
 
 def _image_geometry(head: pydicom.Dataset) -> tuple[Geometry, tuple[float, float]]:

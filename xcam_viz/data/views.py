@@ -23,7 +23,7 @@ class Decoded:
     """One image for a viewer: `picture` H×W (grey) or H×W×3 uint8 at up to full resolution, `thumbnail`
     the same at most THUMBNAIL px, `image` the model input C×h×w float32 (what `ds[i].image` is) and
     `stored` the (height, width) of the stored file. A volume's picture is its model input as D×H×W uint8
-    (8 bits once, so a viewer's slice change only slices), its thumbnail the middle axial slice (y up)."""
+    (8 bits once, so a viewer's slice change only slices), its thumbnail the middle axial slice (`axial_thumbnail`)."""
 
     picture: np.ndarray
     thumbnail: np.ndarray
@@ -42,9 +42,13 @@ def decode(ds: ImageSet, i: int, picture_bytes: int = PICTURE_BYTES) -> Decoded:
         image = reader.fit(stored)[0]
         big = to_uint8(stored)
     if ds.spatial_dims == 3:
-        middle = np.ascontiguousarray(big[len(big) // 2, ::-1])           # y up, as viewers draw the axial plane
-        return Decoded(big, reduced(middle, thumbnail=THUMBNAIL), image, tuple(big.shape))
+        return Decoded(big, axial_thumbnail(big, len(big) // 2), image, tuple(big.shape))
     return Decoded(reduced(big, picture_bytes), reduced(big, thumbnail=THUMBNAIL), image, tuple(big.shape[:2]))
+
+
+def axial_thumbnail(volume: np.ndarray, z: int) -> np.ndarray:
+    """A thumbnail of axial slice `z` of a uint8 volume D×H×W, y up as viewers draw the axial plane."""
+    return reduced(np.ascontiguousarray(volume[z, ::-1]), thumbnail=THUMBNAIL)
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
