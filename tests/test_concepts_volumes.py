@@ -143,3 +143,28 @@ def test_large_volumes_are_matched_in_chunks_of_units(layered, monkeypatch):
     np.testing.assert_array_equal(layered.match(sid, roi, "iou").unit, whole.unit)
     np.testing.assert_array_equal(layered.peaks(sid, roi), peaks)
     assert layered.active(sid).tolist() == [True] * 5
+
+
+def test_another_volume_set_and_a_random_3d_net():
+    """Nodules of another seed without the shortcut, a smallcnn3d with random weights and anisotropic input:
+    thresholds are the in-memory quantile, a unit's own mask ranks it first, its peak lies in a region."""
+    from xcam_viz.explain import capture
+
+    torch.manual_seed(3)
+    data = xv.data.synthetic_nodules(n=4, size=48, split="test", seed=7, confounder=0.0)
+    data = xv.data.ImageSet(data.images[:, :, ::2].contiguous(), data.labels, ids=data.ids,
+                            class_names=data.class_names, spacing=(2.0, 1.0, 1.0))     # 24×48×48
+    model = xv.models.build("smallcnn3d", num_classes=2, in_channels=1, width=4)
+    units = dissect(model, data, "block3", quantile=0.95, progress=False)
+    full = capture(model, data.images, "block3", gradients=False).activations["block3"]
+    assert full.shape[2:] == (6, 12, 12)
+    assert torch.allclose(units.thresholds, torch.quantile(full.transpose(0, 1).flatten(1), 0.95, dim=1), atol=1e-5)
+    sid = data.ids[2]
+    masks = units.masks(sid)
+    assert masks.shape == (16, 24, 48, 48)
+    unit = int(masks.flatten(1).sum(1).argmax())
+    ranked = units.match(sid, masks[unit])
+    assert ranked.attrs["rule"] == "iou" and int(ranked.unit[0]) == unit and float(ranked[0]) == 1.0
+    peak = units.peaks(sid, masks[unit], [unit]).sel(unit=unit)
+    assert masks[unit][tuple(peak.values)]
+    assert best_slice(data.images[2].movedim(0, -1).numpy(), peak).shape == (48, 48, 1)

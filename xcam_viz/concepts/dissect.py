@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import ImageSet
 from ..explain import capture
 from ..models import default_layer
-from ..spatial import BATCH_VOXELS, axis_names, batch_for, grid_of, resize
+from ..spatial import BATCH_VOXELS, axis_names, batch_for, resize
 from .labels import LabelStore
 
 RULES = ("auto", "iou", "coverage")
@@ -67,6 +67,7 @@ class Units:
         self.peak = peak                        # (images, units): max activation per image
         self.mean = mean                        # (images, units): mean activation per image
         self.labels = labels if labels is not None else LabelStore(":memory:")
+        self._last: tuple[str | None, torch.Tensor | None] = (None, None)     # the last image's activations
 
     def __len__(self) -> int:
         return len(self.thresholds)
@@ -80,15 +81,24 @@ class Units:
         """Every unit's mask on one image (units × *S bool); `units`: only those."""
         return torch.cat([self._above(part, act) for part, act in self._upsampled(sample_id, units)])
 
+    def _captured(self, sample_id: str) -> torch.Tensor:
+        """The layer's activations on one image at the layer's resolution (units × *s). The last image's are
+        kept: its ranking, masks and peaks are asked for one after the other (one model pass, not three)."""
+        last = self._last
+        if last[0] != sample_id:
+            x = self.data[self.data.index_of(sample_id)].image[None]
+            act = capture(self.model, x, self.layer, gradients=False).activations[self.layer]
+            last = self._last = sample_id, act[0].cpu()
+        return last[1]
+
     def _upsampled(self, sample_id: str, units=None):
         """(unit indices, their activations upsampled to the input) in chunks of at most
         `spatial.BATCH_VOXELS` values: a volume's units never all lie in memory at full resolution."""
-        x = self.data[self.data.index_of(sample_id)].image[None]
-        act = capture(self.model, x, self.layer, gradients=False).activations[self.layer][0].cpu()
+        act, grid = self._captured(sample_id), tuple(self.data.image_shape[1:])
         chosen = torch.arange(len(self)) if units is None else torch.tensor(np.asarray(units, np.int64)).reshape(-1)
-        step = max(1, BATCH_VOXELS // math.prod(grid_of(x)))
+        step = max(1, BATCH_VOXELS // math.prod(grid))
         for part in chosen.split(step):
-            yield part, resize(act[None, part], grid_of(x))[0]
+            yield part, resize(act[None, part], grid)[0]
 
     def _above(self, part: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """The masks of units `part` from their upsampled activations (len × *S)."""
