@@ -122,7 +122,7 @@ def test_thumbnails_are_axial_slices_and_the_layers_name_their_depth(dash, volum
     thumb = volume_workbench.thumbnail("train", volume_workbench.splits["train"].ids[0])
     assert thumb.ndim == 2 and thumb.dtype == np.uint8 and max(thumb.shape) <= 96
     assert all(label.count("×") == 3 for label in dash.controls.layer.options)        # C×d×h×w
-    assert [tab.title for tab in dash.tab_list] == ["Explain", "Feedback", "Fine-tune"]
+    assert [tab.title for tab in dash.tab_list] == ["Explain", "Feedback", "Fine-tune", "Concepts"]
 
 
 def test_window_bounds_invert_apply_window():

@@ -68,9 +68,7 @@ class BrushFeedback(Tab):
     # --- strokes ----------------------------------------------------------------------------------
     def receive(self, data: dict, where: tuple = ()) -> None:
         """Take the strokes a canvas's tool holds (those drawn `where`); new ones get the current brush."""
-        others = [s for s in self.strokes if s.where != where]
-        self.strokes = others + merge_strokes([s for s in self.strokes if s.where == where], data, self.mode,
-                                              self.width, where)
+        self.strokes = merge_strokes(self.strokes, data, self.mode, self.width, where)
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """(relevant, irrelevant) bool masks (H×W, row 0 at the top; volumes D×H×W) painted by the pending

@@ -1,12 +1,14 @@
 """The Concepts tab: draw a region, see the units that fire there, name the concept, watch the report grow.
 
-A layer's units are dissected (`xv.concepts.dissect` over the selected split) in the background the
-first time the tab needs them, and cached on the shared Workbench per model version, split and layer.
-Every stroke of the freehand tool ranks the units by the IoU of their masks with the painted region, or
-for a region too large for any IoU to pass by the share of their masks inside it (`Units.match`);
-"Label" names every unit above the rule's threshold (`Units.label`, kept in the
-Workbench's LabelStore beside the feedback), recolours the unit-embedding scatter and rebuilds the
-explanation report (`xv.report`) in the background.
+The region is painted with the Feedback tab's brush (`painting.PAINTINGS`): over the image, or on any plane
+of a volume, spread to neighbouring slices. A layer's units are dissected (`xv.concepts.dissect` over the
+selected split) in the background the first time the tab needs them, and cached on the shared Workbench
+per model version, split and layer. Every stroke ranks the units by the IoU of their masks with the
+painted region, or for a region too large for any IoU to pass by the share of their masks inside it
+(`Units.match`); the montage shows the best units' top images (unit_montage.py: a volume at each unit's
+best slice). "Label" names every unit above the rule's threshold (`Units.label`, kept in the Workbench's
+LabelStore beside the feedback), recolours the unit-embedding scatter and rebuilds the explanation report
+(`xv.report`, images only so far) in the background.
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ from bokeh.plotting import figure
 
 from ..concepts import THRESHOLDS
 from .controls import layer_options
-from .freehand import FreehandCanvas, merge_strokes
+from .freehand import merge_strokes
 from .mapview import image_figure, rgba
-from .raster import Grid, Stroke, composite, mask_layer, montage, strokes_to_masks
+from .painting import PAINTINGS
+from .raster import Grid, Stroke, composite, mask_layer, strokes_to_masks
 from .tab import Tab
 from .tasks import bokeh_update, notify
+from .unit_montage import unit_layer, unit_montage, unit_views
 from .workbench import one_thread
 
 TABLE_ROWS = 10               # units listed, best first
@@ -42,16 +46,9 @@ RULE_NAMES = {"iou": "IoU", "coverage": "share of the unit's mask inside"}
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
 UNLABELLED = "(unlabelled)"
 FAST_SCORES = 128 * 128       # input pixels up to which the report scores deletion / insertion by default
+REPORT_DIMS = (2,)            # xv.report lays out images (y, x) only: volumes get no report yet
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-UNIT_COLOUR = (1.0, 0.78, 0.0)
 UNLABELLED_COLOUR = "#c8c8c8"
-
-
-def unit_layer(mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """An RGBA layer painting a unit's mask (H×W bool) in amber."""
-    rgba = np.zeros((*mask.shape, 4), np.float32)
-    rgba[mask] = (*UNIT_COLOUR, alpha)
-    return rgba
 
 
 class ConceptsPanel(Tab):
@@ -60,7 +57,6 @@ class ConceptsPanel(Tab):
 
     title = param.String(default="Concepts", constant=True)
     attribute = probe_key = "concepts"
-    spatial_dims = (2,)                          # volumes: not yet
     probed = ("layer", "phase", "strokes", "matches", "labelled", "report_version")
     layer = param.Selector(objects={}, label="Layer")
     width = param.Integer(default=6, bounds=(1, 32), label="Brush width (image pixels)")
@@ -71,7 +67,8 @@ class ConceptsPanel(Tab):
                             label="…large regions: share of the unit's mask inside above")
     report_evidence = param.Boolean(default=False, label="Evidence maps in the report (slow)")
     report_faithfulness = param.Boolean(default=True, label="Deletion / insertion scores in the report (slow)")
-    strokes = param.List(default=[], item_type=Stroke, doc="the strokes painting the region, oldest first")
+    strokes = param.List(default=[], item_type=Stroke, doc="the strokes painting the region, oldest first (before "
+                         "the spreads to other slices of a volume)")
     phase = param.String(default="idle", doc="idle | dissecting | ready")
     rule = param.String(default="iou", doc="the matching rule of the ranking on show (iou | coverage)")
     matches = param.List(default=[], doc="[unit, score] of the best-matching units, best first")
@@ -93,8 +90,11 @@ class ConceptsPanel(Tab):
         self._ready = self._shown = None              # units prepared (key, split size); (split, sample) shown
         self._image = np.zeros((*self.shape, 3), np.float32)
         self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
+        self._roi, self._picture = np.zeros(self.shape, bool), self._image     # the region and picture drawn
         self._scatter_labels: list[str] = []
-        self.canvas = FreehandCanvas(self.shape, self.receive, plot_width, css_class="xv-concept-roi")
+        self.painting = PAINTINGS[len(self.shape)](self.shape, self.receive, plot_width, self._moved, self._painted,
+                                                   css="xv-concept-roi")
+        self.canvas = self.painting.canvas
         self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=MONTAGE_TILE)
         self.montage_image = np.full((*self.grid.size, 3), 245, np.uint8)     # H×W×3, the montage on show
         self._montage = ColumnDataSource({"image": [rgba(self.montage_image)]})
@@ -119,7 +119,8 @@ class ConceptsPanel(Tab):
         self.sync_presets()
         controls = pn.Column(
             pn.widgets.Select.from_param(self.param.layer, css_classes=["xv-concept-layer"], **size),
-            pn.widgets.IntSlider.from_param(self.param.width, **size), pn.Row(buttons["undo"], buttons["clear"]),
+            pn.widgets.IntSlider.from_param(self.param.width, **size), *self.painting.widgets(),
+            pn.Row(buttons["undo"], buttons["clear"]),
             self.preset_select, self.concept_input,
             pn.widgets.FloatSlider.from_param(self.param.threshold, **size),
             pn.widgets.FloatSlider.from_param(self.param.coverage, **size), buttons["label"], self.status,
@@ -128,15 +129,17 @@ class ConceptsPanel(Tab):
         montage_figure = image_figure((h, w), w, toolbar_location=None, tools="", css_classes=["xv-concept-montage"])
         montage_figure.image_rgba("image", x=0, y=0, dw=w, dh=h, source=self._montage)
         wrap = {"flex_wrap": "wrap", "sizing_mode": "stretch_width"}       # boxes go below each other when narrow
+        self.report_panel = pn.Column(
+            "### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
+            pn.widgets.Checkbox.from_param(self.param.report_faithfulness), pn.Row(buttons["update"], self.download),
+            visible=self.workbench.spatial_dims in REPORT_DIMS, margin=0)
         self.layout = pn.FlexBox(
-            self.canvas.pane, controls, pn.Column(self.table_title, self.table, width=260),
-            pn.Column("**Top images of the best units** · one row per unit, its mask in amber",
-                      pn.pane.Bokeh(montage_figure), width=w + 20),
+            self.painting.panel, controls, pn.Column(self.table_title, self.table, width=260),
+            pn.Column("**Top images of the best units** · one row per unit, its mask in amber"
+                      + (" on its best slice" if len(self.shape) > 2 else ""), pn.pane.Bokeh(montage_figure),
+                      width=w + 20),
             pn.pane.Bokeh(self._scatter_figure()),
-            pn.Column("### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
-                      pn.widgets.Checkbox.from_param(self.param.report_faithfulness),
-                      pn.Row(buttons["update"], self.download), self.dictionary, width=CONTROLS + 60),
-            name=self.title, **wrap)
+            pn.Column(self.report_panel, self.dictionary, width=CONTROLS + 60), name=self.title, **wrap)
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
 
@@ -177,20 +180,33 @@ class ConceptsPanel(Tab):
         if self._shown != (sel.split, sel.sample):
             self._shown = (sel.split, sel.sample)
             self._image = self.workbench.image(sel.split, sel.sample)
-            self.canvas.show_strokes([])
             with param.parameterized.discard_events(self):
                 self.strokes = []
+            self.painting.clear()
+            self.painting.show_strokes([])
             self._show_matches(None)
             self._draw_canvas()
         self._prepare()
 
-    def receive(self, data: dict) -> None:
-        """Take the strokes the freehand tool holds; new ones get the current width."""
-        self.strokes = merge_strokes(self.strokes, data, "relevant", self.width)
+    def receive(self, data: dict, where: tuple = ()) -> None:
+        """Take the strokes a canvas's tool holds (those drawn `where`); new ones get the current width."""
+        self.strokes = merge_strokes(self.strokes, data, "relevant", self.width, where)
 
     def roi(self) -> np.ndarray:
-        """The painted region (H×W bool, row 0 at the top)."""
-        return strokes_to_masks(self.strokes, self.shape)[0]
+        """The painted region (H×W bool, row 0 at the top; a volume's D×H×W, spread to other slices as asked)."""
+        return self.painting.spread(self._painted())
+
+    def _painted(self) -> np.ndarray:
+        return strokes_to_masks(self.strokes, self.shape, self.painting.rasterise)[0]
+
+    def _moved(self) -> None:
+        """A volume's planes moved or the spreads changed: each canvas holds its slice's strokes; a new region
+        is matched, else only the planes are redrawn."""
+        self.painting.show_strokes(self.strokes)
+        if np.array_equal(self.roi(), self._roi):
+            self.painting.draw(self._picture)
+        else:
+            self._strokes_changed()
 
     @param.depends("strokes", watch=True)
     def _strokes_changed(self) -> None:
@@ -201,18 +217,24 @@ class ConceptsPanel(Tab):
         self._draw_canvas()
 
     def _draw_canvas(self) -> None:
-        self.canvas.show(composite(self._image, unit_layer(self._best, 0.45),
-                                   mask_layer(self.roi(), np.zeros(self.shape, bool), alpha=0.45)))
+        self._roi = self.roi()
+        self._picture = composite(self._image, unit_layer(self._best, 0.45),
+                                  mask_layer(self._roi, np.zeros(self.shape, bool), alpha=0.45))
+        self.painting.draw(self._picture)
 
     @param.depends("undo_event", watch=True)
     def undo(self) -> None:
-        self.strokes = self.strokes[:-1]
-        self.canvas.show_strokes(self.strokes)
+        """Remove the last spread to other slices, else the last stroke."""
+        if not self.painting.undo():
+            self.strokes = self.strokes[:-1]
+            self.painting.show_strokes(self.strokes)
 
     @param.depends("clear_event", watch=True)
     def clear(self) -> None:
+        """Drop every stroke (and spread)."""
+        self.painting.clear()
         self.strokes = []
-        self.canvas.show_strokes(self.strokes)
+        self.painting.show_strokes(self.strokes)
 
     # --- units: dissection, matching, labelling ---------------------------------------------------
     def _prepare(self) -> None:
@@ -247,20 +269,11 @@ class ConceptsPanel(Tab):
         """The ranking, the best unit's mask on the image and the montage of the best units' top images."""
         wb = self.workbench
         units = wb.units(*key)
-        split = key[1]
         with wb.lock, one_thread():
             ranked = units.match(sample, roi)
-            best = [int(u) for u, v in zip(ranked.unit.values[:BEST_UNITS], ranked.values) if v > 0]
-            tops = {u: units.top_images(u, self.grid.cols) for u in best}
-            masks = {sid: units.masks(sid).numpy() for sid in {sample, *(s for ids in tops.values() for s in ids)}}
-        images, captions, correct, marked = [], [], [], []
-        for u, ids in tops.items():
-            images += [composite(wb.image(split, s), unit_layer(masks[s][u])) for s in ids]
-            captions += [(f"unit {u}", s[-4:]) for s in ids]
-            correct += wb.outcomes(key[0], split, ids)
-            marked += [s == sample for s in ids]
-        best_mask = masks[sample][best[0]] if best else np.zeros(self.shape, bool)
-        return ranked, best_mask, montage(images, captions, correct, marked, self.grid)
+            chosen = unit_views(units, ranked, sample, roi, BEST_UNITS, self.grid.cols)
+        best_mask = chosen.views[chosen.best[0], sample][1] if chosen.best else np.zeros(self.shape, bool)
+        return ranked, best_mask, unit_montage(wb, key[0], key[1], sample, chosen, self.grid)
 
     def _matched(self, key, sample: str, out) -> None:
         if key != self.key or sample != self.selection.sample:
@@ -317,7 +330,8 @@ class ConceptsPanel(Tab):
         self.preset, self.concept = name, ""
         self._show_labels()
         self._fill_table()
-        self.build_report()
+        if self.workbench.spatial_dims in REPORT_DIMS:
+            self.build_report()
 
     # --- labels: scatter, dictionary, report ------------------------------------------------------
     def _show_labels(self) -> None:
@@ -404,9 +418,12 @@ class ConceptsPanel(Tab):
                                    f"{seconds:.0f} s)\n\nWhat is new: " + "; ".join(rep.changes))
         self.report_version = rep.version
 
+    def watched(self):
+        return super().watched() + self.painting.watched()
+
     def snapshot(self) -> dict:
         """What the tab shows, for the state probe (browser tests)."""
         return {"layer": self.layer, "phase": self.phase, "strokes": len(self.strokes), "matches": self.matches[:5],
                 "labelled": self.labelled, "scatter": dict(Counter(self._scatter_labels)),
-                "report": self.report_version, "frame": list(self.canvas.frame)}
+                "report": self.report_version, "frame": list(self.canvas.frame), **self.painting.snapshot()}
 

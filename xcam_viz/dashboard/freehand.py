@@ -66,12 +66,14 @@ class FreehandCanvas:
 
 
 def merge_strokes(strokes: list[Stroke], data: dict, kind: str, width: float, where: tuple = ()) -> list[Stroke]:
-    """The strokes the tool holds (index i is stroke i): known ones get their new points and keep their
-    kind and width; new ones get `kind`, `width` and `where`."""
-    merged = list(strokes[:len(data.get("xs", []))])
+    """The strokes once the tool drawing `where` holds `data` (its index i is the i-th stroke drawn there): those
+    drawn elsewhere stay; known ones get their new points and keep their kind and width; new ones get `kind`,
+    `width` and `where`."""
+    others = [s for s in strokes if s.where != where]
+    merged = [s for s in strokes if s.where == where][:len(data.get("xs", []))]
     for i, (x, y) in enumerate(zip(data.get("xs", []), data.get("ys", []))):
         if i < len(merged):
             merged[i].xs, merged[i].ys = list(x), list(y)
         else:
             merged.append(Stroke(list(x), list(y), kind, float(width), where))
-    return merged
+    return others + merged

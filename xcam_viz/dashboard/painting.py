@@ -1,6 +1,7 @@
-"""Where the brush paints: the whole image, or any plane of a volume (the Feedback tab draws with either).
+"""Where the brush paints: the whole image, or any plane of a volume (the Feedback and Concepts tabs draw with either).
 
-`ImagePainting` is one canvas over the image. `VolumePainting` is one canvas per plane (`volume.PLANES`)
+`ImagePainting` is one canvas over the image. The Concepts tab paints its region with the same classes
+(`css` names their canvases apart). `VolumePainting` is one canvas per plane (`volume.PLANES`)
 through its own point (slice sliders): a stroke keeps the slice it was drawn on and is rasterised into
 the D×H×W mask there; the pending masks can be spread to the k slices on each side (`xv.feedback.extend`)
 or filled between painted slices (`xv.feedback.interpolate`). Every plane shows the masks' slice through
@@ -38,9 +39,9 @@ class ImagePainting:
     """One canvas over the image; strokes are drawn `where` ()."""
 
     def __init__(self, shape: tuple[int, int], receive: Callable[[dict, tuple], None], width: int, on_change,
-                 painted):
+                 painted, css: str = "xv-brush"):
         self.shape = shape
-        self.canvas = FreehandCanvas(shape, lambda data: receive(data, ()), width, css_class="xv-brush")
+        self.canvas = FreehandCanvas(shape, lambda data: receive(data, ()), width, css_class=css)
         self.frame = self.canvas.frame
         self.panel = self.canvas.pane
 
@@ -85,17 +86,17 @@ class VolumePainting(Crosshair):
     fill_event = param.Event(label="Fill between painted slices")
 
     def __init__(self, shape: tuple[int, int, int], receive: Callable[[dict, tuple], None], width: int,
-                 on_change: Callable[[], None], painted: Callable[[], np.ndarray]):
+                 on_change: Callable[[], None], painted: Callable[[], np.ndarray], css: str = "xv-brush"):
         super().__init__(shape)
-        self.painted = painted
+        self.painted, self.css = painted, css
         side = max(width, MIN_PLANE) / max(shape)
         self.canvases, columns = {}, []
         for plane in PLANES:
             grid = (shape[plane.rows], shape[plane.cols])
             canvas = FreehandCanvas(grid, lambda data, p=plane: receive(data, self.where(p)), round(grid[1] * side),
-                                    css_class=f"xv-brush-{plane.name}")
+                                    css_class=f"{css}-{plane.name}")
             self.canvases[plane.name] = canvas
-            slider = self.slider(plane, canvas.frame[0], f"xv-brush-slice-{plane.name}")
+            slider = self.slider(plane, canvas.frame[0], f"{css}-slice-{plane.name}")
             columns.append(pn.Column(pn.pane.HTML(plane.name, margin=(0, 5)), canvas.pane, slider))
         self.canvas = self.canvases[PLANES[0].name]
         self.frame = self.canvas.frame
@@ -108,8 +109,8 @@ class VolumePainting(Crosshair):
 
     def widgets(self) -> list:
         size = {"width": 230}
-        buttons = [pn.widgets.Button.from_param(self.param[name], css_classes=[f"xv-{name.split('_')[0]}"], **size)
-                   for name in ("extend_event", "fill_event")]
+        buttons = [pn.widgets.Button.from_param(self.param[f"{name}_event"], css_classes=[f"xv-{name}",
+                                                f"{self.css}-{name}"], **size) for name in ("extend", "fill")]
         return [pn.widgets.Select.from_param(self.param.along, **size),
                 pn.widgets.IntSlider.from_param(self.param.reach, **size), *buttons]
 
