@@ -15,7 +15,8 @@ from .harness import open_dashboard, shot, state, wait_state
 pytestmark = pytest.mark.browser
 SIZES = [(1280, 720), (1366, 768), (1600, 1000), (1920, 1080)]
 TABS = ("Explain", "Feedback", "Fine-tune", "Concepts")
-VOLUME_TABS = {"Explain": ".xv-plane-", "Feedback": ".xv-brush-", "Fine-tune": None}   # tab: its planes' class
+VOLUME_TABS = {"Explain": ".xv-plane-", "Feedback": ".xv-brush-", "Fine-tune": None,   # tab: its planes' class
+               "Concepts": ".xv-concept-roi-"}
 PLANES = ("axial", "coronal", "sagittal")
 MIN_PLANE = 256
 CONTAINERS = {"sidebar": "#sidebar", "images": ".xv-images", "tabs": ".xv-tabs"}
