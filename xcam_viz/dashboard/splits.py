@@ -18,6 +18,19 @@ def demo_splits(demo: str = "demo") -> dict[str, ImageSet]:
     return {split: EXAMPLES[demo].load(split) for split in EXAMPLES[demo].splits}
 
 
+UPFRONT_CELLS = 2 ** 24        # pixels or voxels of a split predicted whole when the server starts (~4,000 images
+#                                of 64², ~300 of 224², ~150 volumes of 48³); a larger split is predicted page by page
+
+
+def predicted_upfront(data: ImageSet) -> bool:
+    """Whether a split is predicted whole when the server starts (sessions then open with every outcome known):
+    only an in-memory split with at most UPFRONT_CELLS pixels or voxels, so no session waits for a long pass."""
+    cells = len(data)
+    for size in data.image_shape[1:]:
+        cells *= int(size)
+    return not data.lazy and cells <= UPFRONT_CELLS
+
+
 def opening_split(splits: dict[str, ImageSet]) -> str:
     """The split a session opens on: the training split, where users paint, else the first one."""
     return TRAIN_SPLIT if TRAIN_SPLIT in splits else next(iter(splits))

@@ -94,12 +94,13 @@ class Workbench:
         return cls(demo_model(progress=False), split_rules.demo_splits(), feedback)
 
     def warm(self) -> Workbench:
-        """Compute what every new session needs first (the layers and the predictions of every split for the
-        version sessions open on), so sessions open quickly. Other versions are computed when first shown:
-        a demo cache holding many fine-tuned versions would otherwise cost a pass over every image per version."""
+        """Compute what every new session needs first (the layers, and the predictions of the splits that are
+        cheap to predict whole, for the version sessions open on), so sessions open quickly. Other versions are
+        computed when first shown: a demo cache holding many fine-tuned versions would otherwise cost a pass over
+        every image per version."""
         self.layers(self.base_version)
         for split, data in self.splits.items():
-            if not data.lazy:                               # a lazy split is predicted page by page
+            if split_rules.predicted_upfront(data):         # others are predicted page by page
                 self.predictions(self.base_version, split)
         return self
 
