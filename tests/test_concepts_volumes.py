@@ -143,6 +143,7 @@ def test_large_volumes_are_matched_in_chunks_of_units(layered, monkeypatch):
     np.testing.assert_array_equal(layered.match(sid, roi, "iou").unit, whole.unit)
     np.testing.assert_array_equal(layered.peaks(sid, roi), peaks)
     assert layered.active(sid).tolist() == [True] * 5
+    assert layered.masks(sid, []).shape == (0, DEPTH, SIZE, SIZE) and layered.peaks(sid, roi, []).shape == (0, 3)
 
 
 def test_another_volume_set_and_a_random_3d_net():

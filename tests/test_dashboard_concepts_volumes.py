@@ -1,12 +1,14 @@
 """The Concepts tab on volumes without a browser: a region painted on slices ranks and labels units; the
 montage shows each unit's best slice."""
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from xcam_viz.concepts import best_slice
 from xcam_viz.dashboard import Dashboard, Workbench
-from xcam_viz.dashboard.unit_montage import unit_views
+from xcam_viz.dashboard.unit_montage import drawn, unit_views
 from xcam_viz.demo import demo_volume_model, demo_volumes
 
 MARKED = 1                      # train volume 1 carries the skin marker on slices 21-26 (y 2-7, x 13-17)
@@ -83,6 +85,9 @@ def test_the_montage_shows_each_units_best_slice(concepts, volume_workbench):
             activation = units.activations(s, [unit])[0]
             assert activation[tuple(peak.values)] == activation.max()
             assert best_slice(mask, peak).shape == (48, 48)
+    volume = wb.image("train", sample)                          # tiles are drawn as the planes: y up
+    np.testing.assert_array_equal(drawn(volume, peak), volume[int(peak.sel(axis="z"))][::-1])
+    np.testing.assert_array_equal(drawn(volume[0], peak.isel(axis=[1, 2])), volume[0])      # an image as stored
     concepts.width = 6
     concepts.painting.z = z
     concepts.canvas.paths.data = {"xs": [[x - 1.5, x + 2.5]], "ys": [[y + 0.5, y + 0.5]]}
@@ -106,3 +111,12 @@ def test_labels_go_to_the_store_without_a_report_on_volumes(concepts, volume_wor
     assert concepts.labelled["skin marker"] == len(labelled) and "skin marker" in concepts.dictionary.object
     assert concepts.report_version == 0 and not concepts.report_panel.visible      # xv.report takes images only
     assert concepts.snapshot()["scatter"]["skin marker"] == len(labelled)
+
+
+def test_a_region_where_no_unit_fires_ranks_all_at_zero(concepts, caplog):
+    concepts.width = 2
+    with caplog.at_level(logging.WARNING, logger="xcam_viz.dashboard"):
+        concepts.canvas.paths.data = {"xs": [[44.5, 46.5]], "ys": [[45.5, 45.5]]}     # air in a corner of the slice
+    assert caplog.records == []
+    assert len(concepts.matches) == 10 and all(score == 0 for _, score in concepts.matches)
+    assert concepts.montage_image.std() == 0 and not concepts._best.any()        # no unit to show

@@ -1,13 +1,13 @@
 """The 3-D demo in headless chromium: three planes, a slice slider, a click that moves the crosshair, a
-window preset and the hottest point (screenshots at 1366×768 in test-artifacts/browser/). The layout of the
-volume views at four screen sizes: test_layout.py."""
+window preset, the hottest point and a Concepts region (screenshots at 1366×768 in test-artifacts/browser/).
+The layout of the volume views at four screen sizes: test_layout.py."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .harness import open_dashboard, select_option, shot, tile_point, wait_state
+from .harness import drag, open_dashboard, select_option, shot, tile_point, wait_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PLANES = ("axial", "coronal", "sagittal")
@@ -19,6 +19,12 @@ def canvas(page, plane: str):
 
 def picture(page, plane: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(canvas(page, plane).screenshot())).convert("L"), np.float32)
+
+
+def montage_picture(page) -> np.ndarray:
+    montage = page.locator(".xv-concept-montage .bk-Canvas").first
+    montage.scroll_into_view_if_needed()
+    return np.asarray(Image.open(io.BytesIO(montage.screenshot())).convert("L"), np.float32)
 
 
 def test_three_planes_slices_crosshair_window_and_hottest_point(volume_server, page):
@@ -92,6 +98,39 @@ def test_paint_on_a_plane_extend_and_save(volume_server, page):
     saved = FeedbackStore(volume_server.feedback).annotations(s["sample"])[-1].relevant
     assert saved.shape == (d, h, w)
     assert [int(i) for i in np.flatnonzero(saved.any((1, 2)))] == list(range(z - 2, z + 3))
+    assert not console.errors, console.errors
+
+
+def test_concepts_rank_units_for_a_region_on_slices(volume_server, page):
+    """A stroke across a nodule on the axial plane of the Concepts tab, extended to ±2 slices, ranks the
+    units that fire there; the montage shows their best slices."""
+    from xcam_viz.demo import demo_volumes
+
+    nodule = demo_volumes("test", 3).masks[2].numpy()                 # nodules-test-0-00002: units fire on it
+    page.set_viewport_size({"width": 1366, "height": 768})
+    console = open_dashboard(page, volume_server.url)
+    select_option(page, "xv-split", "test")                          # 200 volumes to dissect, not train's 400
+    s = wait_state(page, lambda now: now["split"] == "test")
+    page.mouse.click(*tile_point(page, s, 2))
+    page.locator(".bk-tab", has_text="Concepts").click()
+    s = wait_state(page, lambda now: now["sample"].endswith("test-0-00002") and now["concepts"]["phase"] == "ready",
+                   timeout=90)
+    d, h, w = s["volume"]["grid"]
+    z = s["concepts"]["brush_point"][0]
+    ys, xs = np.nonzero(nodule[z])
+    row = h - (ys.min() + ys.max() + 1) / 2                           # canvas rows go down, indices up
+    before = montage_picture(page)
+    page.locator(".xv-concept-roi-axial .bk-Canvas").first.scroll_into_view_if_needed()
+    drag(page, ".xv-concept-roi-axial", s["concepts"]["brush_frames"]["axial"], (h, w),
+         [(xs.min() + 0.5, row), (xs.max() + 0.5, row)])
+    one = wait_state(page, lambda now: now["concepts"]["strokes"] == 1 and now["concepts"]["matches"]
+                     and now["concepts"]["matches"][0][1] > 0, timeout=60)["concepts"]["matches"][0][1]
+    page.locator(".xv-concept-roi-extend .bk-btn").click()                # one slice: IoU 0.05; five: 0.18
+    wait_state(page, lambda now: now["concepts"]["spreads"] == [["extend", 2, 0]]
+               and now["concepts"]["matches"][0][1] > max(0.1, one), timeout=60)
+    page.wait_for_timeout(1000)
+    assert np.abs(montage_picture(page) - before).mean() > 5, "the montage shows no unit"
+    shot(page, "volumes-1366-concepts")
     assert not console.errors, console.errors
 
 

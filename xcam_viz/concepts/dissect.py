@@ -97,8 +97,8 @@ class Units:
         act, grid = self._captured(sample_id), tuple(self.data.image_shape[1:])
         chosen = torch.arange(len(self)) if units is None else torch.tensor(np.asarray(units, np.int64)).reshape(-1)
         step = max(1, BATCH_VOXELS // math.prod(grid))
-        for part in chosen.split(step):
-            yield part, resize(act[None, part], grid)[0]
+        for part in chosen.split(step):             # no units: one empty part
+            yield part, resize(act[None, part], grid)[0] if len(part) else act.new_zeros((0, *grid))
 
     def _above(self, part: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """The masks of units `part` from their upsampled activations (len × *S)."""

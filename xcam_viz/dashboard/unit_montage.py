@@ -2,7 +2,7 @@
 
 Each tile shows the image through the unit's peak on it (`Units.peaks`; on the painted image, the peak
 inside the region) with the unit's mask in amber: an image whole, a volume at the unit's best slice
-(`xv.concepts.best_slice`), its depth in the caption.
+(`xv.concepts.best_slice`, y up as the planes draw it), its depth in the caption.
 """
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def unit_layer(mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return rgba
 
 
+def drawn(array: np.ndarray, peak: xr.DataArray) -> np.ndarray:
+    """`array` at a unit's best slice as the dashboard draws it: an image as stored (row 0 at the top), a
+    volume's axial slice y up, as its planes and thumbnails show it."""
+    picture = best_slice(array, peak)
+    return picture[::-1] if len(peak) > 2 else picture
+
+
 class UnitViews(NamedTuple):
     """The best units (best first), each one's top images, and each (unit, image) shown's (peak, mask)."""
 
@@ -37,7 +44,7 @@ def unit_views(units: Units, ranked: xr.DataArray, sample: str, roi: np.ndarray,
     (the painted image: the best unit, its peak inside `roi`). One model pass per image, for its units only."""
     best = [int(u) for u, v in zip(ranked.unit.values[:rows], ranked.values) if v > 0]
     tops = {u: units.top_images(u, cols) for u in best}
-    shown: dict[str, list[int]] = {sample: best[:1]}          # image -> units shown on it
+    shown: dict[str, list[int]] = {sample: best[:1]} if best else {}      # image -> units shown on it
     for u, ids in tops.items():
         for s in ids:
             shown.setdefault(s, []).append(u)
@@ -57,7 +64,7 @@ def unit_montage(workbench, version: str, split: str, sample: str, chosen: UnitV
     for u, ids in chosen.tops.items():
         for s in ids:
             peak, mask = chosen.views[u, s]
-            images.append(composite(best_slice(workbench.image(split, s), peak), unit_layer(best_slice(mask, peak))))
+            images.append(composite(drawn(workbench.image(split, s), peak), unit_layer(drawn(mask, peak))))
             depth = " ".join(f"{axis}{int(i)}" for axis, i in zip(peak.axis.values[:-2], peak.values[:-2]))
             captions.append((f"unit {u}", f"{s[-4:]} {depth}".strip()))
         correct += workbench.outcomes(version, split, ids)
