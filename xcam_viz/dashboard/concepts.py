@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, Range1d
-from bokeh.plotting import figure
+from bokeh.models import ColumnDataSource
 
 from ..concepts import THRESHOLDS
 from .controls import layer_options
@@ -35,6 +34,7 @@ from .raster import Grid, Stroke, composite, mask_layer, strokes_to_masks
 from .tab import Tab
 from .tasks import bokeh_update, notify
 from .unit_montage import unit_layer, unit_montage, unit_views
+from .unit_scatter import UnitScatter
 from .workbench import one_thread
 
 TABLE_ROWS = 10               # units listed, best first
@@ -44,11 +44,8 @@ MONTAGE_TILE = 96             # px per thumbnail: masks and captions legible
 CONTROLS = 250
 RULE_NAMES = {"iou": "IoU", "coverage": "share of the unit's mask inside"}
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
-UNLABELLED = "(unlabelled)"
 FAST_SCORES = 128 * 128       # input pixels up to which the report scores deletion / insertion by default
 REPORT_DIMS = (2,)            # xv.report lays out images (y, x) only: volumes get no report yet
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-UNLABELLED_COLOUR = "#c8c8c8"
 
 
 class ConceptsPanel(Tab):
@@ -91,14 +88,13 @@ class ConceptsPanel(Tab):
         self._image = np.zeros((*self.shape, 3), np.float32)
         self._best = np.zeros(self.shape, bool)       # mask of the best-matching unit on the image
         self._roi, self._picture = np.zeros(self.shape, bool), self._image     # the region and picture drawn
-        self._scatter_labels: list[str] = []
         self.painting = PAINTINGS[len(self.shape)](self.shape, self.receive, plot_width, self._moved, self._painted,
                                                    css="xv-concept-roi")
         self.canvas = self.painting.canvas
         self.grid = Grid(cols=TOP_IMAGES, rows=BEST_UNITS, tile=MONTAGE_TILE)
         self.montage_image = np.full((*self.grid.size, 3), 245, np.uint8)     # H×W×3, the montage on show
         self._montage = ColumnDataSource({"image": [rgba(self.montage_image)]})
-        self._scatter = ColumnDataSource(self._scatter_data(None))
+        self.scatter = UnitScatter()
         self.table = pn.pane.DataFrame(pd.DataFrame(columns=["unit", "IoU", "concept"]), index=False, width=230,
                                        css_classes=["xv-concept-units"])
         self.table_title = pn.pane.Markdown("**Units ranked by IoU with the region**", margin=(0, 10))
@@ -138,7 +134,7 @@ class ConceptsPanel(Tab):
             pn.Column("**Top images of the best units** · one row per unit, its mask in amber"
                       + (" on its best slice" if len(self.shape) > 2 else ""), pn.pane.Bokeh(montage_figure),
                       width=w + 20),
-            pn.pane.Bokeh(self._scatter_figure()),
+            pn.pane.Bokeh(self.scatter.figure),
             pn.Column(self.report_panel, self.dictionary, width=CONTROLS + 60), name=self.title, **wrap)
         selection.param.watch(lambda *_: self.sync_layers(), ["version"])
         selection.param.watch(lambda *_: self.refresh(), ["split", "sample", "version"])
@@ -339,45 +335,12 @@ class ConceptsPanel(Tab):
         if not self.ready:
             return
         current = self.workbench.labels.current(self.layer)
-        self._send_scatter(self._scatter_data(self.workbench.unit_embedding(*self.key), current))
+        self.scatter.show(self.workbench.unit_embedding(*self.key), current, self.workbench.concept_names())
         self.labelled = dict(Counter(name for name, _ in current.values()))
         rows = [f"| {name} | {count} | {', '.join(str(u) for u, (n, _) in sorted(current.items()) if n == name)} |"
                 for name, count in sorted(self.labelled.items())]
         header = f"**Concept dictionary** · {self.layer}\n\n| concept | units | which |\n|---|---|---|\n"
         self.dictionary.object = header + "\n".join(rows) if rows else f"No concept labelled in {self.layer} yet."
-
-    @bokeh_update
-    def _send_scatter(self, data: dict) -> None:
-        for axis, values in zip(self._scatter_ranges, (data["pc1"], data["pc2"])):
-            if len(values):
-                low, high = float(np.min(values)), float(np.max(values))
-                pad = 0.08 * (high - low) or 1.0
-                axis.update(start=low - pad, end=high + pad)
-        self._scatter.data = data
-
-    def _scatter_data(self, embedding, current: dict | None = None) -> dict:
-        if embedding is None:
-            return {k: [] for k in ("pc1", "pc2", "unit", "concept", "cluster", "colour")}
-        self._scatter_labels = [current.get(int(u), (UNLABELLED,))[0] for u in embedding.unit.values]
-        names = self.workbench.concept_names()
-        colours = [UNLABELLED_COLOUR if n == UNLABELLED else PALETTE[names.index(n) % len(PALETTE)]
-                   for n in self._scatter_labels]
-        return {"pc1": embedding.pc1.values, "pc2": embedding.pc2.values, "unit": embedding.unit.values,
-                "concept": self._scatter_labels, "cluster": embedding.cluster.values, "colour": colours}
-
-    def _scatter_figure(self):
-        """The unit embedding as a plain Bokeh scatter: colours computed here, the legend grouped in the browser
-        (a HoloViews categorical colour mapping logged a Bokeh warning per update)."""
-        fig = figure(width=320, height=320, title="Units: PCA of activation profiles", toolbar_location=None,
-                     tools="hover", tooltips=[("unit", "@unit"), ("concept", "@concept"), ("cluster", "@cluster")],
-                     x_axis_label="pc1", y_axis_label="pc2", x_range=Range1d(-1, 1), y_range=Range1d(-1, 1),
-                     css_classes=["xv-concept-scatter"])
-        self._scatter_ranges = fig.x_range, fig.y_range     # set from the data (Bokeh warns on empty data ranges)
-        fig.scatter("pc1", "pc2", source=self._scatter, size=7, fill_color="colour", line_color="#555555",
-                    legend_field="concept")
-        fig.legend.location, fig.legend.label_text_font_size = "bottom_right", "8pt"
-        fig.legend.background_fill_alpha = 0.6
-        return fig
 
     @param.depends("update_event", watch=True)
     def build_report(self) -> None:
@@ -424,6 +387,6 @@ class ConceptsPanel(Tab):
     def snapshot(self) -> dict:
         """What the tab shows, for the state probe (browser tests)."""
         return {"layer": self.layer, "phase": self.phase, "strokes": len(self.strokes), "matches": self.matches[:5],
-                "labelled": self.labelled, "scatter": dict(Counter(self._scatter_labels)),
+                "labelled": self.labelled, "scatter": dict(Counter(self.scatter.labels)),
                 "report": self.report_version, "frame": list(self.canvas.frame), **self.painting.snapshot()}
 
