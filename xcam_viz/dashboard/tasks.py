@@ -120,7 +120,7 @@ class Runner:
         self.closed = False
         self._applied: list[float] = []                 # submit times of results applied, until written
         if served:
-            self.doc.on_session_destroyed(self.close)
+            self.doc.on_session_destroyed(lambda session_context: self.close())
 
     # --- on the loop thread ---------------------------------------------------------------------
     def submit(self, channel: str, work: Callable[[], Any], apply: Callable[[Any], None]) -> None:
@@ -145,7 +145,7 @@ class Runner:
         if not self.closed:
             self.loop.add_callback(self._locked, fn, *args)
 
-    def close(self, session_context=None) -> None:
+    def close(self) -> None:
         """Close every channel (the session is gone): nothing starts or is applied any more."""
         self.closed = True
         for state in self.channels.values():
