@@ -87,7 +87,7 @@ def fake_socket():
 
 @pytest.mark.parametrize("lock_held", [False, True], ids=["wakeup-order", "socket-busy"])
 def test_a_patch_queued_during_a_write_is_sent(fake_socket, lock_held):
-    assert transport.patch(), "the fix is applied on the Panel version the project pins"
+    transport.patch()                   # where the installed Panel needs it (a new broken one: add it to BROKEN)
     sent, stranded = asyncio.run(queued_during_a_write(lock_held))
     assert sent == ["M1", "M2"] and not stranded
 

@@ -29,6 +29,7 @@ from typing import Any
 import panel as pn
 from panel.io.document import unlocked
 from panel.io.state import set_curdoc
+from tornado.ioloop import IOLoop
 
 from . import transport
 
@@ -110,8 +111,6 @@ class Runner:
         served = bool(self.doc and self.doc.session_context)
         self.background = served if background is None else background
         if self.background:
-            from tornado.ioloop import IOLoop
-
             self.executor, self.loop = executor or EXECUTOR, loop or IOLoop.current()
         else:
             self.executor, self.loop = executor or INLINE, loop or INLINE
@@ -188,7 +187,7 @@ class Runner:
         """Call `fn(*args)` with the session's document locked and current; a served session's call is a
         coroutine the loop runs, which also records when the patches of the results it applied are written."""
         if self._session() is None:
-            with set_curdoc(self.doc) if self.doc is not None else contextlib.nullcontext():
+            with set_curdoc(self.doc) if self.background and self.doc is not None else contextlib.nullcontext():
                 fn(*args)
             return None
 
