@@ -62,6 +62,9 @@ STATE_JS = """() => {
   return pre ? JSON.parse(pre.textContent) : null;
 }"""
 
+STROKES_JS = """() => Array.from(window.Bokeh ? Bokeh.documents[0].all_models : [])
+  .filter((m) => m.data && m.data.xs !== undefined).map((m) => m.data.xs.length)"""
+
 
 @pytest.fixture
 def workshop(tmp_path):
@@ -138,8 +141,12 @@ class Participant:
         try:
             await self.page.wait_for_function(f"(a) => {{ const s = ({STATE_JS})(); return !!s && ({condition}); }}",
                                               arg=arg, polling=50, timeout=timeout * 1000)
-        except Exception as err:                        # say what was awaited: an action lost
-            raise AssertionError(f"{self.author}: {what} not shown within {timeout} s: {await self.state()}") from err
+        except Exception as err:                        # say what was awaited, and where it was lost
+            s = await self.state() or {}
+            server = await asyncio.to_thread(server_stats, self.server, s.get("session"))
+            raise AssertionError(f"{self.author}: {what} not shown within {timeout} s (probe seq {s.get('seq')}, "
+                                 f"server's {server['seq']}; the page's stroke sources hold "
+                                 f"{await self.page.evaluate(STROKES_JS)} strokes): {s}") from err
         current = await self.state()
         mine = {k: current[k] for k in self.expected}
         assert mine == self.expected, f"{self.author} sees another state: {mine} != {self.expected}"

@@ -91,7 +91,7 @@ class Channel:
     inflight: int | None = None
     shown: int = 0
     failed: int | None = None                           # the newest key whose work or apply failed
-    waiting: tuple | None = None                        # the latest request (key, work, apply, submitted), unstarted
+    waiting: tuple | None = None                        # the latest request (key, work, apply, asked at), unstarted
     started: float = 0.0
 
 
@@ -131,7 +131,9 @@ class Runner:
             return
         state = self.channels.setdefault(channel, Channel(channel))
         state.latest += 1
-        state.waiting = (state.latest, work, apply, time.monotonic())
+        asked = time.monotonic() if self._session() is not None else None     # (a session's first requests,
+        state.waiting = (state.latest, work, apply, asked)                     # made as its page is built, wait
+                                                                               # for the page: not timed)
         self._next(state)
 
     def busy(self, channel: str) -> bool:
@@ -153,12 +155,12 @@ class Runner:
     def _next(self, state: Channel) -> None:
         if self.closed or state.inflight is not None or state.waiting is None:
             return
-        key, work, apply, submitted = state.waiting
+        key, work, apply, asked = state.waiting
         state.waiting, state.inflight, state.started = None, key, time.monotonic()
         self.loop.call_later(WATCHDOG_S, self._watch, state, key)
-        self.executor.submit(self._compute, state, key, work, apply, submitted)
+        self.executor.submit(self._compute, state, key, work, apply, asked)
 
-    def _finish(self, state: Channel, key: int, outcome, apply: Callable, submitted: float) -> None:
+    def _finish(self, state: Channel, key: int, outcome, apply: Callable, asked: float | None) -> None:
         state.inflight = None
         if self.closed:
             return
@@ -168,8 +170,8 @@ class Runner:
                 try:
                     apply(result)
                     state.shown = max(state.shown, key)     # (an apply may have submitted and shown a newer one)
-                    if self._session() is not None:
-                        self._applied.append(submitted)
+                    if asked is not None:
+                        self._applied.append(asked)
                 except Exception as apply_err:          # noqa: BLE001 - shown to the user, the app stays usable
                     err = apply_err
             if err is not None:
@@ -198,10 +200,10 @@ class Runner:
         async def run():
             await self.doc.session_context.with_locked_document(locked)
             if self._applied:
-                submitted, self._applied = self._applied, []
+                applied, self._applied = self._applied, []
                 await transport.written(self.doc)
                 now = time.monotonic()
-                LATENCY.extend(now - t for t in submitted)
+                LATENCY.extend(now - t for t in applied)
         return run()
 
     def _session(self):
@@ -209,7 +211,7 @@ class Runner:
         return getattr(getattr(self.doc, "session_context", None), "session", None) if self.background else None
 
     # --- on a worker ----------------------------------------------------------------------------
-    def _compute(self, state: Channel, key: int, work: Callable, apply: Callable, submitted: float) -> None:
+    def _compute(self, state: Channel, key: int, work: Callable, apply: Callable, asked: float | None) -> None:
         outcome = SKIPPED
         try:
             if key == state.latest and not self.closed:     # else superseded while it waited for a worker
@@ -217,4 +219,4 @@ class Runner:
         except Exception as err:                       # noqa: BLE001 - handed to the loop, which shows it
             outcome = (None, err)
         finally:
-            self.loop.add_callback(self._locked, self._finish, state, key, outcome, apply, submitted)
+            self.loop.add_callback(self._locked, self._finish, state, key, outcome, apply, asked)
