@@ -30,7 +30,7 @@ import pytest
 
 from xcam_viz.dashboard.controls import METHOD_LABELS
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, demo_servers, image_point, tile_at
+from .harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, demo_servers, image_point, tile_at
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -144,9 +144,12 @@ class Participant:
         except Exception as err:                        # say what was awaited, and where it was lost
             s = await self.state() or {}
             server = await asyncio.to_thread(server_stats, self.server, s.get("session"))
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await self.page.screenshot(path=ARTIFACTS / f"load-{self.author}.png")
             raise AssertionError(f"{self.author}: {what} not shown within {timeout} s (probe seq {s.get('seq')}, "
                                  f"server's {server['seq']}; the page's stroke sources hold "
-                                 f"{await self.page.evaluate(STROKES_JS)} strokes): {s}") from err
+                                 f"{await self.page.evaluate(STROKES_JS)} strokes; console {self.errors}): {s}"
+                                 ) from err
         current = await self.state()
         mine = {k: current[k] for k in self.expected}
         assert mine == self.expected, f"{self.author} sees another state: {mine} != {self.expected}"
