@@ -1,6 +1,5 @@
 """The dashboard's logic without a browser: geometry, caches, selection, components, sessions."""
 import json
-import threading
 
 import holoviews as hv
 import numpy as np
@@ -13,7 +12,6 @@ from xcam_viz.dashboard.cache import LRUCache
 from xcam_viz.dashboard.mapview import palette, thresholded
 from xcam_viz.dashboard.overlay import SAME
 from xcam_viz.dashboard.raster import Grid, Stroke, montage, plot_to_pixel, stroke_mask, strokes_to_masks
-from xcam_viz.dashboard.tasks import Runner
 from xcam_viz.demo import demo_data
 from xcam_viz.finetune import DEFAULTS, STRATEGIES
 
@@ -94,48 +92,6 @@ def test_lru_cache_evicts_by_bytes():
     assert cache.get_or_compute("x", lambda: np.ones(1))[0] == 1 and cache.get("x") is not None
     cache.clear(lambda k: k == "x")
     assert "x" not in cache
-
-
-class _Doc:
-    """Stands in for a served session's Bokeh document: next-tick callbacks run when `run` is called."""
-
-    session_context = None
-
-    def __init__(self):
-        self.callbacks, self.lock = [], threading.Lock()
-
-    def add_next_tick_callback(self, fn):
-        with self.lock:
-            self.callbacks.append(fn)
-
-    def run(self):
-        with self.lock:
-            todo, self.callbacks[:] = list(self.callbacks), []
-        for fn in todo:
-            fn()
-
-
-def test_runner_applies_the_first_and_the_newest_of_a_burst():
-    doc, gate, applied = _Doc(), threading.Event(), []
-    runner = Runner(background=True)
-    runner.doc = doc
-    runner.submit("c", lambda: gate.wait(5) and 0, applied.append)
-    for i in (1, 2, 3):
-        runner.submit("c", lambda i=i: i, applied.append)
-    gate.set()
-    for _ in range(200):
-        doc.run()
-        if applied == [3] and not runner.busy("c"):
-            break
-        threading.Event().wait(0.01)
-    assert applied == [3]                      # 0 was superseded while it ran; 1 and 2 never ran
-
-
-def test_runner_shows_errors_and_stays_usable(caplog):
-    runner, applied = Runner(background=False), []
-    runner.submit("c", lambda: 1 / 0, applied.append)
-    runner.submit("c", lambda: 7, applied.append)
-    assert applied == [7] and "ZeroDivisionError" in caplog.text
 
 
 # --- workbench -------------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from .controls import ExplainControls
 from .overlay import OverlayPair
 from .page import configure
 from .selection import Selection
+from .sessions import PROBES, ROUTES, VERSIONS
 from .splits import demo_splits
 from .stores import default_feedback_path
 from .tab import Session
-from .tasks import Runner, next_tick
+from .tasks import Runner
 from .tuning import FinetunePanel
 from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
 from .workbench import Workbench
@@ -93,11 +94,14 @@ def shared_workbench(model=None, data=None, feedback=None, demo: str = "demo") -
 
 class StateProbe(param.Parameterized):
     """A hidden element carrying the session's state as JSON (read by the browser tests and tools): the
-    selection, the browser's and every tab's `snapshot()`."""
+    selection, the browser's and every tab's `snapshot()`, and `seq`, the number of times it was published.
+    The server gives a session's `seq` too (`/xcam-viz/stats?session=ID`): equal numbers say that the page
+    shows the session's newest state."""
 
     def __init__(self, dashboard: Dashboard):
         super().__init__()
         self.dashboard = dashboard
+        self.seq = 0
         self._scheduled = False
         self.pane = pn.pane.HTML("", css_classes=["xv-state"], visible=False, margin=0)
         watched = [(dashboard.selection, ["split", "sample", "version", "layer", "method", "target", "revision"]),
@@ -106,12 +110,18 @@ class StateProbe(param.Parameterized):
                    *(pair for tab in dashboard.tab_list for pair in tab.watched())]
         for obj, names in watched:                      # after the other watchers of these parameters
             obj.param.watch(self.update, names, precedence=1)
+        PROBES[self.session] = self
         self.update()
+
+    @property
+    def session(self) -> str:
+        doc = self.dashboard.runner.doc
+        return doc.session_context.id if doc is not None and doc.session_context else "local"
 
     def state(self) -> dict:
         d = self.dashboard
-        sel, doc = d.selection, d.runner.doc
-        out = {"session": doc.session_context.id if doc is not None and doc.session_context else "local",
+        sel = d.selection
+        out = {"session": self.session,
                "split": sel.split, "sample": sel.sample, "version": sel.version, "layer": sel.layer,
                "method": sel.method, "target": sel.target, "revision": sel.revision,
                **d.browser.snapshot(), "versions": d.workbench.versions,
@@ -129,11 +139,12 @@ class StateProbe(param.Parameterized):
             self._publish()
         elif not self._scheduled:
             self._scheduled = True
-            next_tick(runner.doc, self._publish)
+            runner.soon(self._publish)
 
     def _publish(self):
         self._scheduled = False
-        text = json.dumps(self.state()).replace("&", "&amp;").replace("<", "&lt;")
+        self.seq += 1
+        text = json.dumps({**self.state(), "seq": self.seq}).replace("&", "&amp;").replace("<", "&lt;")
         self.pane.object = f'<pre class="xv-state-json">{text}</pre>'
 
 
@@ -188,7 +199,7 @@ class Dashboard(pn.viewable.Viewer):
                                      css_classes=["xv-images"], margin=(0, 10)),
                            self.tabs, self.probe.pane, sizing_mode="stretch_width")
         if self.runner.background:             # versions other sessions fine-tune appear in the pickers
-            pn.state.add_periodic_callback(self._refresh_versions, period=3000)
+            VERSIONS.add(self)
 
     def __getattr__(self, name: str):
         """A tab by its attribute name (dash.overlays, dash.brush, dash.tuning, dash.concepts)."""
@@ -208,10 +219,6 @@ class Dashboard(pn.viewable.Viewer):
         for i, tab in enumerate(self.tab_list):
             tab.active = i == self.tabs.active
 
-    def _refresh_versions(self) -> None:
-        if self.workbench.versions != self.selection.param.version.objects:
-            self.selection.sync_version()      # the views watch the version choices
-
     @property
     def sidebar(self) -> pn.Column:
         return self.controls.layout
@@ -224,7 +231,8 @@ class Dashboard(pn.viewable.Viewer):
         """The dashboard in a page template: controls in the sidebar, browser and tabs in the main area."""
         configure()
         return pn.template.BootstrapTemplate(title=title, sidebar=[self.sidebar], main=[self.main],
-                                             sidebar_width=SIDEBAR_WIDTH, header_background="#2f5d8a")
+                                             sidebar_width=SIDEBAR_WIDTH, header_background="#2f5d8a",
+                                             busy_indicator=None)   # Panel's is one for all sessions
 
     def servable(self, title: str = "xcam-viz", **kw):
         """Mark the dashboard's page template to be served by `panel serve`."""
@@ -254,7 +262,8 @@ def serve(model=None, data=None, feedback=None, port: int = 5006, address: str =
     print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
     return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},
                     port=port, address=address, show=show, title="xcam-viz", websocket_origin=origins,
-                    websocket_max_message_size=websocket_limit(max_upload_mb), **kw)
+                    websocket_max_message_size=websocket_limit(max_upload_mb),
+                    extra_patterns=[*ROUTES, *kw.pop("extra_patterns", [])], **kw)
 
 
 def session() -> pn.template.BootstrapTemplate:

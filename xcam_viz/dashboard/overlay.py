@@ -38,6 +38,8 @@ class OverlayPair(Tab):
     compare_version = param.Selector(objects=[SAME], default=SAME, label="Right: model version")
     compare_method = param.Selector(objects=[SAME], default=SAME, label="Right: method")
     compare_layer = param.Selector(objects=[SAME], default=SAME, label="Right: layer")
+    shown = param.Integer(default=0, doc="maps shown so far: the state probe republishes after every one, even of "
+                                         "a map identical to the one before (two blank maps, one map under two names)")
 
     def __init__(self, session, display: Display | None = None, width: int = 200, **params):
         super().__init__(session, **params)
@@ -46,6 +48,7 @@ class OverlayPair(Tab):
         shared, view = VIEWS[workbench.spatial_dims]
         self.picture = shared(workbench)                             # both sides show the selected image
         self._notified = None
+        self._asked: dict = {}                                       # the request each side last submitted
         self.left = view(self.display, self.picture, width)
         self.right = view(self.display, self.picture, width, linked=self.left)
         self.views = {"left": self.left, "right": self.right}
@@ -96,9 +99,9 @@ class OverlayPair(Tab):
         """Recompute (or fetch from the caches) and show the maps of the given sides (default both)."""
         for side in sides or ("left", "right"):
             request = self.request(side)
-            shown = self.views[side].result
-            if shown is not None and shown.request == request:
+            if self._asked.get(side) == request:
                 continue                                # e.g. the right side of a left-only change
+            self._asked[side] = request
             self.runner.submit(side, lambda r=request: self._compute(r), lambda out, s=side: self._apply(s, *out))
 
     def _compute(self, request):
@@ -112,8 +115,7 @@ class OverlayPair(Tab):
             return request, picture, None, map_problem(err, tuple(wb.input_shape[1:]))
 
     def _apply(self, side: str, request, picture: tuple, result: MapResult | None, problem: str) -> None:
-        if request != self.request(side):           # the selection moved on meanwhile
-            return
+        """Show a side's map (the runner applies only the side's latest request)."""
         self.picture.show((request.split, request.sample), picture[0])
         view = self.views[side]
         if result is None:
@@ -128,6 +130,7 @@ class OverlayPair(Tab):
             view.show(result, head + shortened(names[result.target_class], TITLE_CHARS - len(head)))
         if side == "left":
             self._describe(request, result, problem, picture[1])
+        self.shown += 1
 
     def _describe(self, request, result: MapResult | None, problem: str, stored: tuple[int, int]) -> None:
         wb = self.workbench
@@ -150,7 +153,7 @@ class OverlayPair(Tab):
                             f"{result.seconds * 1000:.0f} ms")
 
     def watched(self):
-        return [(view, ["digest"]) for view in self.views.values()] + self.picture.watched()
+        return [(self, ["shown"])] + self.picture.watched()
 
     def snapshot(self) -> dict:
         """The digests and titles of the two maps on show, and which image the left map is of (two blank

@@ -1,0 +1,71 @@
+"""What a dashboard server keeps across its sessions: one check for new model versions for all of them, and
+what tests and tools read of it (`/xcam-viz/stats`: a session's probe sequence number, the server's latency).
+
+Nothing here flips every session's page: a session hears of new versions only when its own choices are out
+of date, through its own Runner (its loop, its document lock).
+"""
+from __future__ import annotations
+
+import json
+import weakref
+
+import numpy as np
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.web import RequestHandler
+
+from .tasks import LATENCY
+
+VERSION_POLL_MS = 3000
+
+
+class VersionWatch:
+    """One periodic check, on the server's loop, for model versions other sessions (or processes) saved.
+    Each Workbench's versions are listed once per check; only sessions whose version choices differ are told."""
+
+    def __init__(self):
+        self.dashboards: weakref.WeakSet = weakref.WeakSet()
+        self._callback: PeriodicCallback | None = None
+        self._loop: IOLoop | None = None
+
+    def add(self, dashboard) -> None:
+        """Watch for `dashboard` (call on the server's loop thread)."""
+        self.dashboards.add(dashboard)
+        loop = IOLoop.current()
+        if self._loop is not loop:                       # a first session, or a new server in this process
+            if self._callback is not None:
+                self._callback.stop()
+            self._loop, self._callback = loop, PeriodicCallback(self.check, VERSION_POLL_MS)
+            self._callback.start()
+
+    def check(self) -> None:
+        listed: dict[int, list[str]] = {}
+        for dashboard in list(self.dashboards):
+            workbench = dashboard.workbench
+            versions = listed.setdefault(id(workbench), workbench.versions)
+            if versions != dashboard.selection.param.version.objects:
+                dashboard.runner.soon(dashboard.selection.sync_version)
+
+
+VERSIONS = VersionWatch()
+PROBES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # session id -> its StateProbe
+
+
+def stats(session: str | None = None) -> dict:
+    """The server's latency (submit to patches written, every session's) and, for a session id, its probe's
+    sequence number (None for an unknown or closed session)."""
+    seconds = np.array(LATENCY)
+    latency = ({"count": int(seconds.size), "p50": float(np.percentile(seconds, 50)),
+                "p95": float(np.percentile(seconds, 95))} if seconds.size else {"count": 0})
+    probe = PROBES.get(session) if session else None
+    return {"latency_s": latency, "seq": probe.seq if probe is not None else None}
+
+
+class StatsHandler(RequestHandler):
+    """GET /xcam-viz/stats[?session=ID]: `stats()` as JSON (a session's number only to who knows its id)."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(stats(self.get_argument("session", None))))
+
+
+ROUTES = [(r"/xcam-viz/stats", StatsHandler)]
