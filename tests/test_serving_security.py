@@ -213,26 +213,26 @@ class FakeWorkbench:
 def test_serve_passes_auth_and_the_websocket_limit(monkeypatch):
     import panel as pn
 
-    from xcam_viz.dashboard import dashboard
+    from xcam_viz.dashboard import server
 
     seen = {}
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
+    monkeypatch.setattr(server, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(pn, "serve", lambda apps, **kw: seen.update(kw))
-    dashboard.serve(max_upload_mb=2)
+    server.serve(max_upload_mb=2)
     assert seen["websocket_max_message_size"] == websocket_limit(2) and "basic_auth" not in seen
     assert seen["address"] == "127.0.0.1"
-    dashboard.serve(basic_auth="s3cret")
+    server.serve(basic_auth="s3cret")
     assert seen["basic_auth"] == "s3cret" and len(seen["cookie_secret"]) >= 32
 
 
 def test_bokeh_server_gets_the_websocket_limit_and_binds_localhost(monkeypatch):
     import signal
 
-    from xcam_viz.dashboard import dashboard
+    from xcam_viz.dashboard import server as serving
 
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
+    monkeypatch.setattr(serving, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(signal, "signal", lambda *a: None)          # pn.serve would take over Ctrl+C
-    server = dashboard.serve(port=0, max_upload_mb=3, start=False)
+    server = serving.serve(port=0, max_upload_mb=3, start=False)
     try:
         assert server._tornado.settings["websocket_max_message_size"] == websocket_limit(3)
         assert server.address == "127.0.0.1"
