@@ -262,10 +262,12 @@ class FinetunePanel(Tab):
             notify(describe(err))
             return
         self._steps = {"step": [], "loss": [], "ce": [], "explanation": []}
-        self.progress, self.phase, self.results.object = 0, self.job.progress["phase"], ""
+        self.progress, self.results.object = 0, ""
         self.warning.visible = False
         self.launch_button.disabled, self.cancel_button.disabled = True, False
-        self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
+        self.poll()                                                     # queued or started: say which at once
+        if not self.job.done:
+            self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
 
     def owner(self) -> str:
         """Who launches runs (one at a time each): the participant of a per-user workspace, else this browser
