@@ -300,8 +300,12 @@ def test_basic_auth_asks_for_the_password(guarded):
     with pytest.raises(urllib.error.HTTPError) as refused:
         plain.open(guarded.url, timeout=30)
     assert refused.value.code == 302 and "login" in refused.value.headers["Location"]
+    with pytest.raises(urllib.error.HTTPError) as refused:                   # the instructor's page too
+        plain.open(guarded.url + "instructor", timeout=30)
+    assert refused.value.code == 302 and "login" in refused.value.headers["Location"]
     with plain.open(guarded.url + "login", timeout=30) as r:
-        assert 'name="password"' in r.read().decode()
+        login_page = r.read().decode()
+    assert 'name="password"' in login_page and "src=" not in login_page and "href=" not in login_page   # offline
 
     def login(password):
         session = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))

@@ -1,5 +1,6 @@
 """A workshop on one server without a browser: per-user workspaces, the fair fine-tuning queue, the
 instructor's table, and the serve flags (the browser side: tests/browser/test_workshop.py)."""
+import base64
 import copy
 import io
 import os
@@ -12,11 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from xcam_viz import models
 from xcam_viz.dashboard import MapRequest, Workbench
-from xcam_viz.dashboard.instructor import InstructorPage, participants, participants_csv, table_html
-from xcam_viz.dashboard.server import users_file
+from xcam_viz.dashboard.instructor import (
+    THUMB_PX,
+    InstructorPage,
+    participants,
+    participants_csv,
+    table_html,
+    thumbnail_uri,
+)
+from xcam_viz.dashboard.server import LOGIN_PAGE, users_file
 from xcam_viz.dashboard.workspaces import Workspaces, folder_name
 from xcam_viz.demo import demo_data
 from xcam_viz.finetune import ModelVersions
@@ -272,6 +281,16 @@ def test_runs_queue_train_on_their_own_feedback_and_fill_the_instructors_table(s
     assert page.csv_file().read() == participants_csv(spaces)
 
 
+def test_the_thumbnail_shows_the_saved_regions(spaces):
+    ana = spaces.workbench("ana")
+    train = ana.splits["train"]
+    ana.feedback.add(train.ids[0], irrelevant=np.ones(train.image_shape[1:], bool), author="ana")
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(thumbnail_uri(ana, train.ids[0]).split(",")[1]))))
+    assert picture.shape[:2] == (THUMB_PX, THUMB_PX)
+    assert (picture[..., 0].astype(int) - picture[..., 1] > 60).all()        # red all over: irrelevant
+    assert thumbnail_uri(ana, "not-a-sample") is None
+
+
 def test_the_table_of_nobody_and_its_html():
     assert "No participant" in table_html(pd.DataFrame(), [])
     frame = pd.DataFrame([{"participant": "a", "test accuracy": 0.5, "state": "queued", "queue position": 2.0,
@@ -295,6 +314,8 @@ def test_users_file_is_checked(tmp_path):
     good = tmp_path / "users.json"
     good.write_text('{"ana": "pw1", "instructor": "pw2"}')
     assert users_file(str(good)) == good
+    page = LOGIN_PAGE.read_text()                 # Panel's own login page links its logo from a CDN
+    assert 'name="username"' in page and 'name="password"' in page and "src=" not in page and "href=" not in page
 
 
 def test_cli_serve_workshop_flags(monkeypatch):

@@ -72,11 +72,22 @@ def participants_csv(spaces: Workspaces) -> str:
 
 
 def thumbnail_uri(workbench: Workbench, sample: str | None) -> str | None:
-    """A small PNG data URI of a sample's thumbnail (None when no split holds it)."""
+    """A small PNG data URI of a sample's thumbnail with its saved regions on it (images: relevant green,
+    irrelevant red, as the Feedback tab paints them); None when no split holds the sample."""
     split = next((name for name, data in workbench.splits.items() if sample in data.ids), None)
     if split is None:
         return None
-    picture = Image.fromarray(np.ascontiguousarray(workbench.thumbnail(split, sample)))
+    picture = Image.fromarray(np.ascontiguousarray(workbench.thumbnail(split, sample))).convert("RGB")
+    if workbench.spatial_dims == 2:                 # a volume's thumbnail is one slice: its masks are not drawn
+        rgb = np.asarray(picture, dtype=np.float32).copy()
+        saved = workbench.feedback.annotations(sample)
+        for kind, colour in (("relevant", (0, 170, 0)), ("irrelevant", (220, 0, 0))):
+            masks = [getattr(a, kind) for a in saved if getattr(a, kind) is not None]
+            if masks:
+                union = Image.fromarray(np.logical_or.reduce(masks).astype(np.uint8) * 255)
+                shown = np.asarray(union.resize(picture.size, Image.NEAREST)) > 0
+                rgb[shown] = 0.35 * rgb[shown] + 0.65 * np.array(colour, np.float32)
+        picture = Image.fromarray(rgb.round().astype(np.uint8))
     picture.thumbnail((THUMB_PX, THUMB_PX))
     out = io.BytesIO()
     picture.save(out, format="PNG")
@@ -136,6 +147,7 @@ class InstructorPage:
                                                 label="Download the table (CSV)", color="primary",
                                                 css_classes=["xv-csv"], width=260, margin=(5, 10))
         self.frame = pd.DataFrame()
+        self._thumbnails: dict[str, tuple[tuple, str | None]] = {}     # per participant: (what it shows, URI)
         self.refresh()
 
     def csv_file(self) -> io.StringIO:
@@ -144,9 +156,8 @@ class InstructorPage:
     def refresh(self) -> None:
         """Read every workspace again; redraw what changed."""
         self.frame = participants(self.spaces)
-        workbenches = [self.spaces.workbench(name) for name in self.frame.get("participant", [])]
-        thumbnails = [thumbnail_uri(wb, sample) for wb, sample in zip(workbenches, self.frame.get("last painted", []))]
-        table = table_html(self.frame, thumbnails)
+        rows = self.frame.to_dict("records")
+        table = table_html(self.frame, [self._thumbnail(row) for row in rows])
         if table != self.table.object:
             self.table.object = table
         queue = self.spaces.queue.snapshot()
@@ -156,6 +167,15 @@ class InstructorPage:
                    f"{queue['running']} running, {queue['waiting']} waiting, at most {queue['max_runs']} at once · "
                    f"updated {time.strftime('%H:%M:%S')}")
         self.summary.object = summary
+
+    def _thumbnail(self, row: dict) -> str | None:
+        """The participant's last painted image, drawn again only when their annotations changed."""
+        shows = (row["annotations"], row["last painted"])
+        known = self._thumbnails.get(row["participant"])
+        if known is None or known[0] != shows:
+            known = shows, thumbnail_uri(self.spaces.workbench(row["participant"]), row["last painted"])
+            self._thumbnails[row["participant"]] = known
+        return known[1]
 
     def template(self) -> pn.template.BootstrapTemplate:
         """The page, updating itself while a browser shows it."""

@@ -22,6 +22,7 @@ from .upload import MAX_UPLOAD_MB, websocket_limit
 from .workspaces import COOKIE, Workspaces
 
 COOKIE_DAYS = 30
+LOGIN_PAGE = Path(__file__).with_name("login.html")     # Panel's own links its logo from a CDN: blank offline
 
 
 def users_file(basic_auth: str | None) -> Path | None:
@@ -72,7 +73,8 @@ def serve(model=None, data=None, feedback=None, port: int = 5006, address: str =
     spaces = Workspaces(root, workspaces, workspace_dir, queue)
     origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
     if basic_auth:          # per-user: a secret kept with the workspaces, so logins outlive a restart
-        kw.update(basic_auth=str(users or basic_auth), cookie_secret=kw.get("cookie_secret") or spaces.secret.hex())
+        kw.update(basic_auth=str(users or basic_auth), cookie_secret=kw.get("cookie_secret") or spaces.secret.hex(),
+                  basic_login_template=str(LOGIN_PAGE))
     notes = {note for data in root.splits.values() if (note := data.attrs.get("conversion"))}
     kind = "volumes" if len(root.input_shape) == 4 else "images"
     print(" · ".join([", ".join(f"{name}: {len(data)} {kind}" for name, data in root.splits.items()),
