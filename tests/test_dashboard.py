@@ -288,7 +288,7 @@ def test_finetune_settings_are_the_core_defaults_unless_changed(dash, monkeypatc
     assert len(advanced) == 1 and advanced[0].collapsed
     assert [w.value for w in advanced[0].objects[:3]] == [DEFAULTS[k] for k in ("lam", "epochs", "lr")]
 
-    def record(version, split, **settings):
+    def record(version, split, owner, **settings):
         calls.append((version, split, settings))
         raise RuntimeError("recorded")
     monkeypatch.setattr(dash.workbench, "finetune", record)

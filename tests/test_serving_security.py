@@ -213,26 +213,26 @@ class FakeWorkbench:
 def test_serve_passes_auth_and_the_websocket_limit(monkeypatch):
     import panel as pn
 
-    from xcam_viz.dashboard import dashboard
+    from xcam_viz.dashboard import server
 
     seen = {}
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
+    monkeypatch.setattr(server, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(pn, "serve", lambda apps, **kw: seen.update(kw))
-    dashboard.serve(max_upload_mb=2)
+    server.serve(max_upload_mb=2)
     assert seen["websocket_max_message_size"] == websocket_limit(2) and "basic_auth" not in seen
     assert seen["address"] == "127.0.0.1"
-    dashboard.serve(basic_auth="s3cret")
+    server.serve(basic_auth="s3cret")
     assert seen["basic_auth"] == "s3cret" and len(seen["cookie_secret"]) >= 32
 
 
 def test_bokeh_server_gets_the_websocket_limit_and_binds_localhost(monkeypatch):
     import signal
 
-    from xcam_viz.dashboard import dashboard
+    from xcam_viz.dashboard import server as serving
 
-    monkeypatch.setattr(dashboard, "build_workbench", lambda *a: FakeWorkbench())
+    monkeypatch.setattr(serving, "build_workbench", lambda *a: FakeWorkbench())
     monkeypatch.setattr(signal, "signal", lambda *a: None)          # pn.serve would take over Ctrl+C
-    server = dashboard.serve(port=0, max_upload_mb=3, start=False)
+    server = serving.serve(port=0, max_upload_mb=3, start=False)
     try:
         assert server._tornado.settings["websocket_max_message_size"] == websocket_limit(3)
         assert server.address == "127.0.0.1"
@@ -300,8 +300,12 @@ def test_basic_auth_asks_for_the_password(guarded):
     with pytest.raises(urllib.error.HTTPError) as refused:
         plain.open(guarded.url, timeout=30)
     assert refused.value.code == 302 and "login" in refused.value.headers["Location"]
+    with pytest.raises(urllib.error.HTTPError) as refused:                   # the instructor's page too
+        plain.open(guarded.url + "instructor", timeout=30)
+    assert refused.value.code == 302 and "login" in refused.value.headers["Location"]
     with plain.open(guarded.url + "login", timeout=30) as r:
-        assert 'name="password"' in r.read().decode()
+        login_page = r.read().decode()
+    assert 'name="password"' in login_page and "src=" not in login_page and "href=" not in login_page   # offline
 
     def login(password):
         session = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))

@@ -31,7 +31,9 @@ def _serve(args: argparse.Namespace) -> int:
         serve(model=args.model, data=args.data, feedback=args.feedback, port=args.port, address=args.address,
               show=args.show, websocket_origin=args.allow_websocket_origin,
               basic_auth=args.basic_auth or os.environ.get("XCAM_VIZ_PASSWORD"), size=args.size and tuple(args.size),
-              channels=args.channels, max_upload_mb=args.max_upload_mb, window=args.window)
+              channels=args.channels, max_upload_mb=args.max_upload_mb, window=args.window,
+              workspaces=args.workspaces, workspace_dir=args.workspace_dir, max_runs=args.max_runs,
+              instructors=args.instructor or ["instructor"])
     except (ValueError, FileNotFoundError) as err:          # the model, data or settings do not fit: say why
         raise SystemExit(f"xcam-viz serve: {err}") from None
     return 0
@@ -94,6 +96,12 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, e.g. 2 (got {text})")
+    return int(text)
+
+
 def _fitting(command: argparse.ArgumentParser) -> None:
     """--size and --channels: what images given as paths are fitted to."""
     command.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
@@ -145,6 +153,19 @@ def parser() -> argparse.ArgumentParser:
                             "prefer the environment variable XCAM_VIZ_PASSWORD (not shown in the process list)")
     serve.add_argument("--max-upload-mb", type=_megabytes, default=50.0,       # dashboard.upload.MAX_UPLOAD_MB
                        help="largest image file users may upload (default: 50 MB, room for a 4096×3328 scan)")
+    serve.add_argument("--workspaces", choices=("shared", "per-user"), default="shared",
+                       help="shared: one feedback store and model lineage for everyone (a team annotating "
+                            "together); per-user: each participant their own, from the same v0 (a workshop; "
+                            "named by --basic-auth, else an anonymous name per browser). See docs/workshop.md")
+    serve.add_argument("--workspace-dir", metavar="DIR",
+                       help="folder of the per-user workspaces (default: <feedback database>-workspaces/ beside "
+                            "it); reuse it after a restart, remove it to start again")
+    serve.add_argument("--max-runs", type=_at_least_one,
+                       help="fine-tuning runs at once; the others wait in line (default: the number of cores "
+                            "minus one, at least 1)")
+    serve.add_argument("--instructor", action="append", metavar="USER",
+                       help="a user of the --basic-auth file who may open /instructor (repeat for several; "
+                            "default: instructor); the link the server prints opens it too")
     _fitting(serve)
     serve.set_defaults(run=_serve)
     explain = sub.add_parser("explain", help="CAMs of a whole data set into a .zarr store or .nc file (resumable)")

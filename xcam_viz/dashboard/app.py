@@ -2,7 +2,8 @@
 
     panel serve xcam_viz/dashboard/app.py    # the demo; XCAM_VIZ_MODEL / _DATA / _FEEDBACK override it
 """
-from xcam_viz.dashboard.dashboard import Dashboard, serve, session  # noqa: F401 - the public entry points
+from xcam_viz.dashboard.dashboard import Dashboard, session  # noqa: F401 - the public entry points
+from xcam_viz.dashboard.server import serve  # noqa: F401
 
 if __name__.startswith("bokeh_app"):
     session().servable(title="xcam-viz")

@@ -1,4 +1,4 @@
-"""`xv.Dashboard`: the components composed into one app; serving it (`serve`, `session`).
+"""`xv.Dashboard`: the components composed into one app; a `panel serve` script's page (`session`).
 
 Each browser session gets its own Dashboard (its own selection); the Workbench — model versions,
 data, caches, feedback store — is built once per server process and shared.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import holoviews as hv
@@ -24,13 +23,13 @@ from .controls import ExplainControls
 from .overlay import OverlayPair
 from .page import configure
 from .selection import Selection
-from .sessions import PROBES, ROUTES, VERSIONS
+from .sessions import PROBES, VERSIONS
 from .splits import demo_splits
 from .stores import default_feedback_path
 from .tab import Session
 from .tasks import Runner
 from .tuning import FinetunePanel
-from .upload import MAX_UPLOAD_MB, ImageUpload, websocket_limit
+from .upload import MAX_UPLOAD_MB, ImageUpload
 from .workbench import Workbench
 
 hv.Store.set_current_backend("bokeh")
@@ -237,33 +236,6 @@ class Dashboard(pn.viewable.Viewer):
     def servable(self, title: str = "xcam-viz", **kw):
         """Mark the dashboard's page template to be served by `panel serve`."""
         return self.template(title).servable(title=title, **kw)
-
-
-def serve(model=None, data=None, feedback=None, port: int = 5006, address: str = "127.0.0.1",
-          show: bool = False, websocket_origin: list[str] | None = None, basic_auth: str | None = None,
-          max_upload_mb: float = MAX_UPLOAD_MB, size: tuple[int, ...] | None = None, channels: int | None = None,
-          demo: str = "demo", window=None, **kw):
-    """Serve the dashboard (one Dashboard per browser session on one shared Workbench); blocks.
-
-    basic_auth: a password, or a JSON file of {user: password}, asked for on Panel's login page.
-    max_upload_mb: the largest image a user may upload; the server drops larger websocket messages.
-    size, channels: what data given as paths is fitted to (default: what the model takes; `build_workbench`).
-    demo: the demo served when neither model nor data is given ("demo" or "volumes").
-    window: the window medical volumes given as paths are read through (a preset of `xv.data.WINDOWS`).
-    """
-    workbench = build_workbench(model, data, feedback, size, channels, demo, window).warm()
-    origins = websocket_origin or [f"{host}:{port}" for host in {address, "localhost", "127.0.0.1"}]
-    if basic_auth:
-        kw.update(basic_auth=basic_auth, cookie_secret=kw.get("cookie_secret") or secrets.token_hex(32))
-    notes = {note for data in workbench.splits.values() if (note := data.attrs.get("conversion"))}
-    kind = "volumes" if len(workbench.input_shape) == 4 else "images"
-    print(" · ".join([", ".join(f"{name}: {len(data)} {kind}" for name, data in workbench.splits.items()),
-                      "model input " + "×".join(map(str, workbench.input_shape)), *sorted(notes)]), flush=True)
-    print(f"xcam-viz dashboard on http://{address}:{port}/", flush=True)
-    return pn.serve({"/": lambda: Dashboard(workbench=workbench, max_upload_mb=max_upload_mb).template()},
-                    port=port, address=address, show=show, title="xcam-viz", websocket_origin=origins,
-                    websocket_max_message_size=websocket_limit(max_upload_mb),
-                    extra_patterns=[*ROUTES, *kw.pop("extra_patterns", [])], **kw)
 
 
 def session() -> pn.template.BootstrapTemplate:

@@ -2,7 +2,8 @@
 
 It calls `xv.finetune` through the Workbench on the training split's saved feedback and only shows
 what the run returns; every setting left untouched is passed as None, so the core's `DEFAULTS` (the
-settings the repair benchmark picked) decide it.
+settings the repair benchmark picked) decide it. Runs wait in the server's fair queue
+(`finetune.runqueue`) for a free slot; meanwhile the tab shows the place in line and the expected wait.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .controls import cam_name, scored_with
 from .splits import HELD_OUT
 from .tab import Tab
 from .tasks import describe, notify
+from .workbench import SHARED
 
 POLL_MS = 250
 WIDGET = 235                # a column of the tab; two side by side where they fit, else one above the other
@@ -99,6 +101,23 @@ def table_pane(css_class: str) -> pn.pane.DataFrame:
                              stylesheets=["th { text-align: start !important; }"])     # headers over their cells
 
 
+def duration(seconds: float) -> str:
+    """A wait in words, rounded as far as an estimate deserves."""
+    if seconds < 60:
+        return f"{max(5, 5 * round(seconds / 5)):.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def queue_text(ticket) -> str:
+    """Where a waiting run stands: its place in line, the runs going on, the expected wait."""
+    queue, estimate = ticket.queue.snapshot(), ticket.estimate
+    wait = ("it should start in about " + duration(estimate) if estimate is not None else
+            "the wait is estimated once a run has shown its pace")
+    return (f"**Waiting for a free slot: position {ticket.position} in the queue** ({queue['running']} running, "
+            f"at most {queue['max_runs']} at once); {wait}. It trains on the feedback saved when you launched it.")
+
+
 def _plain(markdown: str) -> str:
     """Markdown without its emphasis (a tooltip shows text)."""
     return markdown.replace("**", "")
@@ -116,7 +135,7 @@ class FinetunePanel(Tab):
 
     title = param.String(default="Fine-tune", constant=True)
     attribute, probe_key = "tuning", "finetune"
-    probed = ("progress", "phase", "new_version", "outcome")
+    probed = ("progress", "phase", "new_version", "outcome", "position")
     launch_event = param.Event(label="Launch fine-tuning")
     cancel_event = param.Event(label="Cancel")
     split = param.Selector(objects=[], label="Train on split")
@@ -128,6 +147,7 @@ class FinetunePanel(Tab):
     lr = param.Number(default=DEFAULTS["lr"], bounds=(1e-6, 0.5), label="Learning rate")
     progress = param.Number(default=0, bounds=(0, 100))
     phase = param.String(default="idle")
+    position = param.Integer(default=0, doc="place in the fine-tuning queue while waiting (1: next); 0 otherwise")
     new_version = param.String(default="")
     outcome = param.Dict(default={}, doc="the last finished run: versions, flag, warning, metrics, settings")
 
@@ -231,31 +251,48 @@ class FinetunePanel(Tab):
 
     @param.depends("launch_event", watch=True)
     def launch(self) -> None:
-        """Start fine-tuning in the background (errors, e.g. no feedback yet, become notifications)."""
+        """Queue fine-tuning; it runs in the background when a slot is free (errors, e.g. no feedback yet,
+        become notifications)."""
         if self.job is not None and not self.job.done:
             notify("a fine-tuning run is already going on", "warning", 3000)
             return
         try:
-            self.job = self.workbench.finetune(self.selection.version, self.split, **self.settings())
+            self.job = self.workbench.finetune(self.selection.version, self.split, self.owner(), **self.settings())
         except Exception as err:                  # noqa: BLE001 - e.g. no feedback on this split
             notify(describe(err))
             return
         self._steps = {"step": [], "loss": [], "ce": [], "explanation": []}
-        self.progress, self.phase, self.results.object = 0, "starting", ""
+        self.progress, self.results.object = 0, ""
         self.warning.visible = False
         self.launch_button.disabled, self.cancel_button.disabled = True, False
-        self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
+        self.poll()                                                     # queued or started: say which at once
+        if not self.job.done:
+            self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_MS)   # server or notebook loop
+
+    def owner(self) -> str:
+        """Who launches runs (one at a time each): the participant of a per-user workspace, else this browser
+        session's user or the session itself (a team shares the workspace)."""
+        if self.workbench.workspace != SHARED:
+            return self.workbench.workspace
+        doc = self.runner.doc
+        return pn.state.user or (doc.session_context.id if doc is not None and doc.session_context else
+                                 f"session-{id(self)}")
 
     @param.depends("cancel_event", watch=True)
     def cancel(self) -> None:
         if self.job is not None:
+            waiting = self.job.state == "queued"
             self.job.cancel()
-            self.status.object = "cancelling after the current step…"
+            self.status.object = "cancelled before it started" if waiting else "cancelling after the current step…"
 
     def poll(self) -> None:
-        """Show the job's progress and losses; when it has finished, its results."""
+        """Show the run's place in the queue, then its progress and losses; when it has finished, its results."""
         job = self.job
         if job is None:
+            return
+        self.position = job.position
+        if job.state == "queued":
+            self.status.object, self.phase = queue_text(job), "queued"
             return
         p = job.progress
         self.progress = self.bar.value = int(round(100 * p["fraction"]))
@@ -285,8 +322,9 @@ class FinetunePanel(Tab):
         except Exception as err:                  # noqa: BLE001
             notify(f"fine-tuning failed: {describe(err)}")
             return "failed"
-        if result.cancelled:
-            self.status.object = "cancelled: no version was saved"
+        if result is None or result.cancelled:
+            self.status.object = ("cancelled before it started" if result is None else
+                                  "cancelled: no version was saved")
             return "cancelled"
         self.progress = self.bar.value = 100
         self.workbench.add_version(result.version, result.model)
@@ -341,7 +379,10 @@ class FinetunePanel(Tab):
 
     def snapshot(self) -> dict:
         """What the tab shows, for the state probe (browser tests)."""
+        job = self.job
+        queue = {"state": job.state, "position": self.position, "estimate_s": job.estimate} if job else {}
         return {"phase": self.phase, "progress": self.progress, "version": self.new_version,
+                "workspace": self.workbench.workspace, "queue": queue,
                 "results": bool(self.results.object), "warning_shown": bool(self.warning.visible),
                 "split": self.split, "strategy": self.strategy, "settings": self.settings(), **self.outcome}
 

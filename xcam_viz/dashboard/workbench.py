@@ -1,7 +1,8 @@
 """The shared side of the dashboard: data splits, model versions, predictions, maps and feedback.
 
-One `Workbench` serves every browser session of a server: it holds the heavy read-only things and
-caches what the core computes (captures per image, layer and target; finished maps; predictions),
+One `Workbench` serves every browser session of a workspace (a server's only one, or each participant's:
+`for_participant`, sharing the data, caches and base model with the others): it holds the heavy read-only
+things and caches what the core computes (captures per image, layer and target; finished maps; predictions),
 so a method change reuses a capture and costs no model pass. Model passes are serialised by a lock
 (capture hooks live on the shared model). It imports no Panel: the dashboard's logic is testable
 without a browser.
@@ -9,6 +10,7 @@ without a browser.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from ..data import ImageSet, check_images
 from ..data.loading import check_channels
 from ..data.views import decode
 from ..evidence import METHODS as EVIDENCE_METHODS
+from ..finetune.runqueue import RunQueue
 from ..models.kind import is_segmenter
 from . import splits as split_rules
 from .cache import LRUCache
@@ -31,6 +34,7 @@ from .maps import MapRequest, MapResult, NotFinite, region_value
 from .stores import default_feedback_path, default_labels_path, default_versions_dir, versions_registry
 
 NO_LABEL = "no label"
+SHARED = "shared"           # the name of the workspace everyone shares
 
 
 
@@ -62,19 +66,27 @@ class Workbench:
             if not data.lazy:                               # lazy readers check each image as they decode it
                 check_images(data.images, f"images of split {name!r}")
         check_channels(model, self.splits)
+        self.shared_splits = frozenset(self.splits)         # every workspace's (uploads are each one's own)
+        self.lock = threading.RLock()                       # one model pass at a time
+        self.captures = LRUCache(capture_bytes)
+        self.maps = LRUCache(64 * 2**20)
+        self.thumbnails = LRUCache(64 * 2**20)              # decoded images of the pages shown (lazy splits)
+        self.pictures = LRUCache(64 * 2**20)                # full-resolution pictures of the images selected
+        self.queue = RunQueue()                             # fine-tuning runs, shared by every workspace
+        self.workspace = SHARED                             # whose workspace: SHARED, or a participant's name
+        self._own(model.eval(), feedback, versions_dir)
+
+    def _own(self, model: nn.Module, feedback, versions_dir=None) -> None:
+        """What a workspace keeps for itself: feedback, model versions from `model`, concept labels, and what
+        is computed per version."""
         if feedback is None or isinstance(feedback, (str, Path)):
             from ..feedback import FeedbackStore
 
             feedback = FeedbackStore(feedback or default_feedback_path())
         self.feedback = feedback
-        self.lock = threading.RLock()                       # one model pass at a time
         self.registry = versions_registry(model, versions_dir or default_versions_dir(feedback))
         self.base_version = self.registry.register(model) if self.registry is not None else "v0"
-        self._models: dict[str, nn.Module] = {self.base_version: model.eval()}
-        self.captures = LRUCache(capture_bytes)
-        self.maps = LRUCache(64 * 2**20)
-        self.thumbnails = LRUCache(64 * 2**20)              # decoded images of the pages shown (lazy splits)
-        self.pictures = LRUCache(64 * 2**20)                # full-resolution pictures of the images selected
+        self._models: dict[str, nn.Module] = {self.base_version: model}
         self._predictions: dict[tuple[str, str], xr.Dataset] = {}
         self._layers: dict[str, list] = {}
         self._meta: dict[str, dict] = {}
@@ -85,6 +97,24 @@ class Workbench:
                          for train in self.training_splits()}       # None where another split scores runs
         self._units: dict[tuple, object] = {}
         self._embeddings: dict[tuple, xr.Dataset] = {}
+
+    def for_participant(self, name: str, feedback) -> Workbench:
+        """A Workbench of one participant's own: feedback in the SQLite file `feedback`, model versions beside
+        it that start from this one's base model, concept labels and uploads. The data, the base model, the
+        caches, the model lock and the run queue stay shared, so the base model's maps are computed once."""
+        own = copy.copy(self)
+        own.splits, own.workspace = dict(self.splits), name
+        own._own(self.model(self.base_version), feedback)
+        base, mine = self.base_version, own.base_version
+        own._predictions = {(mine, split): p for (version, split), p in self._predictions.items()
+                            if version == base and split in self.shared_splits}
+        own._layers = {mine: self._layers[base]} if base in self._layers else {}
+        own._kinds = {mine: self._kinds[base]} if base in self._kinds else {}
+        return own
+
+    def _key(self, version: str):
+        """A version in the keys of the shared caches: the base model is every workspace's, others their own."""
+        return "base" if version == self.base_version else (self.workspace, version)
 
     @classmethod
     def demo(cls, feedback=None) -> Workbench:
@@ -163,9 +193,10 @@ class Workbench:
             return {"metrics": meta["metrics"], "layer": meta.get("layer"), "method": meta.get("method")}
         return self.measured.get(version, {"metrics": {}, "layer": None, "method": None})
 
-    def finetune(self, version: str, split: str, **settings):
-        """Start xv.finetune in the background from `version` on the feedback saved for the training split
-        `split`; returns the job. Settings left out (or None) are the core's defaults.
+    def finetune(self, version: str, split: str, owner: str | None = None, **settings):
+        """Queue xv.finetune from `version` on the feedback saved now for the training split `split`; returns
+        the run's `Ticket` in the shared `queue` (it starts when a slot is free; `owner`, default the workspace,
+        may have one run at a time). Settings left out (or None) are the core's defaults.
 
         Before/after metrics are measured on the other labelled splits, or on the held-out share of `split`
         when there is none (`evaluation_data`); the core holds its validation images out of the rest. The new
@@ -180,9 +211,10 @@ class Workbench:
             raise ValueError(f"fine-tuning trains on {' or '.join(self.training_splits()) or 'a training split'}, "
                              f"not on {split!r}" + ("" if self.training_splits() else
                                                    ": give the dashboard a labelled split named 'train'"))
-        return finetune(None, self.training_data(split), feedback=self.feedback, base_version=version,
-                        versions_dir=self.registry.directory, eval_data=self.evaluation_data(split),
-                        background=True, **settings)
+        job = finetune(None, self.training_data(split), feedback=self.feedback, base_version=version,
+                       versions_dir=self.registry.directory, eval_data=self.evaluation_data(split),
+                       background=True, start=False, **settings)
+        return self.queue.submit(job, owner or self.workspace, self.workspace)
 
     def evaluation_data(self, train: str | None) -> dict[str, ImageSet]:
         """What a run on `train` is scored on: the other labelled splits, else its held-out share (HELD_OUT)."""
@@ -271,7 +303,7 @@ class Workbench:
         these samples (a page of a large lazy split) and cached; compute=False gives None instead of computing."""
         if (version, split) in self._predictions:
             return self._predictions[(version, split)].sel(sample=list(ids))
-        key = ("predictions", version, split, tuple(ids))
+        key = ("predictions", self._key(version), split, tuple(ids))
         if not compute:
             return self.thumbnails.get(key)
         data = self.splits[split]
@@ -358,7 +390,8 @@ class Workbench:
         """The cached capture of (version, image, layer, target, region): one forward + gradient pass."""
         from ..explain import capture
 
-        key = ("capture", request.version, request.split, request.sample, request.layer, target, request.region)
+        key = ("capture", self._key(request.version), request.split, request.sample, request.layer, target,
+               request.region)
 
         def compute():
             data = self.splits[request.split]
@@ -368,7 +401,7 @@ class Workbench:
                 cap = capture(self.model(request.version), x, [request.layer], target, region_value(request.region))
             if target == "predicted" and cap.logits.ndim == 2:   # the forward's logits are the prediction too:
                 prob = models.probabilities(cap.logits).cpu().numpy()  # keep it, and the capture under its class
-                self.thumbnails.put(("predictions", request.version, request.split, (request.sample,)),
+                self.thumbnails.put(("predictions", self._key(request.version), request.split, (request.sample,)),
                                     models.prediction_dataset(prob, data.subset([i])))
                 self.captures.put((*key[:5], int(cap.target[0]), key[6]), cap)
             return cap
@@ -376,7 +409,7 @@ class Workbench:
 
     def saliency(self, request: MapRequest) -> MapResult:
         """The map a request asks for, from the caches when possible."""
-        return self.maps.get_or_compute(request, lambda: self._compute(request))
+        return self.maps.get_or_compute((self._key(request.version), request), lambda: self._compute(request))
 
     def _compute(self, request: MapRequest) -> MapResult:
         from ..explain import finish, weigh
@@ -408,7 +441,8 @@ class Workbench:
         def compute():
             with self.lock:
                 return explain(self.model(version), self.splits[split], method=method, layer=layer)
-        return self.maps.get_or_compute(("split", version, split, method, layer), compute)
+        own = split if split in self.shared_splits else (self.workspace, split)       # uploads are not shared
+        return self.maps.get_or_compute(("split", self._key(version), own, method, layer), compute)
 
     # --- concepts -------------------------------------------------------------------------------
     def units(self, version: str, split: str, layer: str):

@@ -253,6 +253,11 @@ class FeedbackStore:
         """Ids of the samples with live annotations, in the order they were first annotated."""
         return [r[0] for r in self._query(f"SELECT sample_id FROM ({_LIVE}) GROUP BY sample_id ORDER BY MIN(id)")]
 
+    def latest_sample_id(self) -> str | None:
+        """The sample of the newest live annotation (None when there is none)."""
+        rows = self._query(_LIVE + " ORDER BY id DESC LIMIT 1")
+        return rows[0]["sample_id"] if rows else None
+
     def annotations(self, sample_id=None) -> list[Annotation]:
         """Live annotations of one sample (all samples when None), oldest first."""
         where, args = ("", ()) if sample_id is None else (" AND sample_id = ?", (str(sample_id),))

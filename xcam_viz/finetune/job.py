@@ -1,6 +1,8 @@
 """Progress reporting and cancellation for a fine-tuning run, blocking or in a background thread."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,22 +57,49 @@ class FinetuneJob:
     progress: dict with phase, epoch, epochs, step, total_steps, fraction (0..1), losses (the
     last step's total / ce / explanation) and seconds. cancel(): stop after the current step
     (the run then returns a result with `cancelled=True` and saves no version). result(): wait
-    for and return the `FinetuneResult`, re-raising the run's error if it failed.
+    for and return the `FinetuneResult`, re-raising the run's error if it failed. A job made with
+    start=False waits for `start()` (the dashboard's run queue starts it when a slot is free).
     """
 
-    def __init__(self, run: Callable[[Control], Any], on_progress: Callable[[dict], None] | None = None):
+    def __init__(self, run: Callable[[Control], Any], on_progress: Callable[[dict], None] | None = None,
+                 start: bool = True):
         self._control = Control(on_progress)
         self._result = None
         self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._callbacks: list[Callable[[FinetuneJob], None]] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, args=(run,), name="xcam-viz-finetune", daemon=True)
+        if start:
+            self.start()
+
+    def start(self, nice: int = 0, threads: int | None = None) -> FinetuneJob:
+        """Run in the background thread, `nice` steps below the other threads' CPU priority (Linux, where
+        priorities are per thread) and on `threads` torch threads (None: torch's setting)."""
+        self._priority = (nice, threads)
         self._thread.start()
+        return self
 
     def _main(self, run) -> None:
+        lower_priority(*self._priority)
         try:
             self._result = run(self._control)
         except BaseException as err:            # handed to result()
             self._error = err
             self._control.report(phase="failed")
+        with self._lock:
+            self._finished.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def add_done_callback(self, callback: Callable[[FinetuneJob], None]) -> None:
+        """Call `callback(job)` once the run has finished (in the job's thread; at once if it has)."""
+        with self._lock:
+            if not self._finished.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
 
     def __repr__(self) -> str:
         p = self.progress
@@ -81,12 +110,21 @@ class FinetuneJob:
         return self._control.progress
 
     @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._finished.is_set()
 
     @property
     def cancelled(self) -> bool:
         return self._control.cancel_requested
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the run failed with (None while it runs, or when it succeeded)."""
+        return self._error
 
     def cancel(self) -> None:
         """Ask the run to stop; it does so after the step in flight (use `result()` to wait)."""
@@ -94,8 +132,7 @@ class FinetuneJob:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to `timeout` seconds; True when the run has finished."""
-        self._thread.join(timeout)
-        return self.done
+        return self._finished.wait(timeout)
 
     def result(self, timeout: float | None = None):
         """The `FinetuneResult` (waits for the run); re-raises the run's error."""
@@ -104,3 +141,15 @@ class FinetuneJob:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+def lower_priority(nice: int = 0, threads: int | None = None) -> None:
+    """Lower the calling thread's CPU priority by `nice` steps (Linux only: elsewhere a priority is per process,
+    and the server's own threads must keep theirs) and set its torch threads."""
+    if nice and sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
