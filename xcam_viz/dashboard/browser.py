@@ -144,7 +144,7 @@ class ImageBrowser(pn.viewable.Viewer):
             self.runner.submit("metric", lambda: self.metric_scores(key),
                                lambda scores: (self._scores.__setitem__(key, scores), self.refilter()))
             return
-        self.ids = self.filtered()
+        self.ids, self._ids_split = self.filtered(), self.selection.split
         self.page = 0
         self.draw()
 
@@ -266,7 +266,10 @@ class ImageBrowser(pn.viewable.Viewer):
     @bokeh_update
     def _redraw_slices(self) -> None:
         """Redraw the thumbnails whose slice has changed: a map has become known (e.g. of the volume selected
-        before), or another method's is asked for. Only their pixels are sent (a montage is ~0.7 MB)."""
+        before), or another method's is asked for. Only their pixels are sent (a montage is ~0.7 MB). Nothing
+        while the page still lists another split's volumes: refiltering for the new split draws it whole."""
+        if self._ids_split != self.selection.split:
+            return
         ids = self.page_ids()
         slices = self.hottest_slices(ids)
         montage_rgba = self._montage.data["image"][0]
