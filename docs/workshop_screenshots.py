@@ -24,8 +24,8 @@ from browser.harness import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
     Server,
-    drag,
-    open_card,
+    paint_and_save,
+    set_epochs,
     state,
     tile_point,
     wait_state,
@@ -54,16 +54,8 @@ def paint_and_launch(page, tile: int) -> None:
     first = state(page)
     page.mouse.click(*tile_point(page, first, tile))
     wait_state(page, lambda s: s["sample"] == first["page_ids"][tile])
-    page.locator(".bk-tab", has_text="Feedback").click()
-    ready = wait_state(page, lambda s: s["tabs"]["Feedback"])
-    drag(page, ".xv-brush", ready["brush_frame"], ready["image_shape"], [(8, 40), (12, 48), (16, 56)])
-    wait_state(page, lambda s: s["strokes"] == 1)
-    page.locator(".xv-save button").click()
-    wait_state(page, lambda s: s["strokes"] == 0 and s["revision"] > ready["revision"])
-    page.locator(".bk-tab", has_text="Fine-tune").click()
-    open_card(page, "xv-finetune-advanced", ".xv-finetune-epochs input")
-    page.locator(".xv-finetune-epochs input").fill("1")
-    page.locator(".xv-finetune-epochs input").press("Enter")
+    paint_and_save(page, [(8, 40), (12, 48), (16, 56)])
+    set_epochs(page, 1)
     page.locator(".xv-launch button").click()
     wait_state(page, lambda s: s["finetune"]["phase"] != "idle")
 

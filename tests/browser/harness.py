@@ -241,3 +241,23 @@ def page_text(page, css: str | None = None) -> str:
     """Every text of the page (or of the first element matching `css`), through Bokeh's shadow roots
     (innerText stops at them), scripts and styles left out."""
     return " ".join(page.evaluate(PAGE_TEXT, css).split())
+
+
+def paint_and_save(page, points: list[tuple[float, float]] = ((20, 22), (34, 28), (44, 36))) -> None:
+    """On the Feedback tab, one stroke through image (col, row) `points` with the brush as it is, then Save."""
+    page.locator(".bk-tab", has_text="Feedback").click()
+    before = wait_state(page, lambda s: s["tabs"]["Feedback"])
+    drag(page, ".xv-brush", before["brush_frame"], before["image_shape"], list(points))
+    wait_state(page, lambda s: s["strokes"] == 1)
+    page.locator(".xv-save button").click()
+    wait_state(page, lambda s: s["strokes"] == 0 and s["revision"] > before["revision"])
+
+
+def set_epochs(page, epochs: int) -> None:
+    """On the Fine-tune tab, the advanced setting "Epochs" (sent before a later click on Launch)."""
+    page.locator(".bk-tab", has_text="Fine-tune").click()
+    field = page.locator(".xv-finetune-epochs input")
+    if not field.is_visible():
+        open_card(page, "xv-finetune-advanced", ".xv-finetune-epochs input")
+    field.fill(str(epochs))
+    field.press("Enter")

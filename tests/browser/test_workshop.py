@@ -24,10 +24,10 @@ from .harness import (
     ROOT,
     VIEWPORT,
     Server,
-    drag,
-    open_card,
     open_dashboard,
     page_text,
+    paint_and_save,
+    set_epochs,
     shot,
     state,
     tile_point,
@@ -100,23 +100,6 @@ def join(browser, url: str, tile: int):
     return page, console, chosen
 
 
-def paint_and_save(page) -> None:
-    page.locator(".bk-tab", has_text="Feedback").click()
-    before = wait_state(page, lambda s: s["tabs"]["Feedback"])
-    drag(page, ".xv-brush", before["brush_frame"], before["image_shape"], [(20, 22), (34, 28), (44, 36)])
-    wait_state(page, lambda s: s["strokes"] == 1)
-    page.locator(".xv-save button").click()
-    wait_state(page, lambda s: s["strokes"] == 0 and s["revision"] > before["revision"])
-
-
-def one_epoch(page) -> None:
-    """The Fine-tune tab, with its advanced setting "epochs" at 1."""
-    page.locator(".bk-tab", has_text="Fine-tune").click()
-    open_card(page, "xv-finetune-advanced", ".xv-finetune-epochs input")
-    page.locator(".xv-finetune-epochs input").fill("1")
-    page.locator(".xv-finetune-epochs input").press("Enter")              # sent before the launch click
-
-
 def launched(page) -> dict:
     return wait_state(page, lambda s: s["finetune"]["phase"] != "idle" and s["finetune"]["queue"])["finetune"]
 
@@ -128,7 +111,7 @@ def test_three_participants_queue_their_own_runs_and_the_instructor_sees_them(wo
     for (page, _, _), name in zip(people, names):
         assert f"xcam-viz · {name}'s workspace" in page_text(page, ".title")
         paint_and_save(page)
-        one_epoch(page)
+        set_epochs(page, 1)
     for page, _, _ in people:                                       # at once: one click after the other
         page.locator(".xv-launch button").click()
     first = [launched(page) for page, _, _ in people]
@@ -169,7 +152,7 @@ def test_a_killed_server_restarts_with_every_stroke_and_version(workshop, browse
     page, console, _ = join(browser, workshop.url, 5)
     name = state(page)["finetune"]["workspace"]
     paint_and_save(page)
-    one_epoch(page)
+    set_epochs(page, 1)
     page.locator(".xv-launch button").click()
     wait_state(page, lambda s: s["finetune"]["phase"] == "done", timeout=RUN_TIMEOUT)
     page.locator(".bk-tab", has_text="Explain").click()
@@ -177,9 +160,7 @@ def test_a_killed_server_restarts_with_every_stroke_and_version(workshop, browse
     page.mouse.click(*tile_point(page, first, 6))
     wait_state(page, lambda s: s["sample"] == first["page_ids"][6])
     paint_and_save(page)
-    page.locator(".bk-tab", has_text="Fine-tune").click()
-    page.locator(".xv-finetune-epochs input").fill("50")                 # long enough to be killed mid-run
-    page.locator(".xv-finetune-epochs input").press("Enter")
+    set_epochs(page, 50)                                                 # long enough to be killed mid-run
     page.locator(".xv-launch button").click()
     wait_state(page, lambda s: s["finetune"]["phase"] == "training", timeout=60)
     before = workshop.stores()

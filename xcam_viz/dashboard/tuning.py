@@ -309,7 +309,8 @@ class FinetunePanel(Tab):
             lines.append(f"validation accuracy after epoch {p['validation']['epoch']}: "
                          f"{p['validation']['accuracy']:.1%}")
         self.status.object = "<br>".join(lines)
-        self.phase = self._finish() if job.done else p["phase"]
+        ended = p["phase"] in ("done", "cancelled", "failed")     # said by the run before its result is here
+        self.phase = self._finish() if job.done else "finishing" if ended else p["phase"]
 
     def _finish(self) -> str:
         """Stop polling and show the outcome; returns the final phase."""

@@ -195,15 +195,13 @@ class Workbench:
 
     def finetune(self, version: str, split: str, owner: str | None = None, **settings):
         """Queue xv.finetune from `version` on the feedback saved now for the training split `split`; returns
-        the run's `Ticket` in the shared `queue` (it starts when a slot is free; `owner`, default the workspace,
-        may have one run at a time). Settings left out (or None) are the core's defaults.
+        the run's `Ticket` in the shared `queue`: it runs in a process of its own when a slot is free (`owner`,
+        default the workspace, may have one run at a time). Settings left out (or None) are the core's defaults.
 
         Before/after metrics are measured on the other labelled splits, or on the held-out share of `split`
         when there is none (`evaluation_data`); the core holds its validation images out of the rest. The new
         model becomes the registry's next version.
         """
-        from ..finetune import finetune
-
         if self.registry is None:
             raise ValueError("this model was not made by xv.models.build, so its versions cannot be saved: "
                              "fine-tuning from the dashboard needs a model xv.models.build / xv.models.load made")
@@ -211,9 +209,14 @@ class Workbench:
             raise ValueError(f"fine-tuning trains on {' or '.join(self.training_splits()) or 'a training split'}, "
                              f"not on {split!r}" + ("" if self.training_splits() else
                                                    ": give the dashboard a labelled split named 'train'"))
-        job = finetune(None, self.training_data(split), feedback=self.feedback, base_version=version,
-                       versions_dir=self.registry.directory, eval_data=self.evaluation_data(split),
-                       background=True, start=False, **settings)
+        data = self.training_data(split)
+        feedback = self.feedback.feedback(data)            # what is saved now: later strokes count next time
+        if not len(feedback):
+            raise ValueError(f"no feedback saved on {split} yet: paint a region on a few of its images in the "
+                             "Feedback tab and save each one, then launch")
+        job = self.queue.process_job(dict(model=None, ds=data, feedback=feedback, base_version=version,
+                                          versions_dir=self.registry.directory,
+                                          eval_data=self.evaluation_data(split), **settings))
         return self.queue.submit(job, owner or self.workspace, self.workspace)
 
     def evaluation_data(self, train: str | None) -> dict[str, ImageSet]:

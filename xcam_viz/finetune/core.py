@@ -92,7 +92,7 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
              patience: int | None = None, warmup: float | None = None, validation: ImageSet | None = None,
              base_version: str | None = None,
              versions_dir=None, eval_data: dict[str, ImageSet] | None = None, seed: int = 0,
-             background: bool = False, start: bool = True, on_progress=None):
+             background: bool = False, on_progress=None):
     """Fine-tune `model` on the training images `ds` with explanation `feedback`; returns a
     `FinetuneResult` (background=True: a `FinetuneJob` at once; its `.result()` gives it).
 
@@ -116,9 +116,6 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
             the registry holds its weights. The result is the next version; none is overwritten.
         eval_data: {"test": ImageSet, ...} scored before and after (accuracy; pointing game and IoU
             of `method` CAMs of `layer` for the predicted class against the ground-truth masks).
-        background, start: background=True returns a `FinetuneJob` running in a thread; with start=False
-            it waits for `job.start()` (the data and feedback are read now; the dashboard's run queue
-            starts the job when a slot is free).
         on_progress: called with the progress dict after every step (from the job's thread).
 
     The model passed in is never changed: the run trains a copy.
@@ -147,10 +144,10 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
                                     "irrelevant": bool(fb.has_irrelevant.any())})
     settings.update(strategy="+".join(s.name for s in strategies) or "labels only", feedback_samples=len(fb))
     versions = ModelVersions(versions_dir or tempfile.mkdtemp(prefix="xcam-viz-versions-"))
-    initial, base = _base(model, base_version, versions)
+    start, base = _base(model, base_version, versions)
     if settings["layer"] is None:
-        settings["layer"] = models.default_layer(initial, tuple(ds.image_shape))
-    models.get_layer(initial, settings["layer"])
+        settings["layer"] = models.default_layer(start, tuple(ds.image_shape))
+    models.get_layer(start, settings["layer"])
     eval_data = dict(eval_data or {})
     for name, data in [*eval_data.items(), ("validation", validation)]:
         if data is not None and not isinstance(data, ImageSet):
@@ -158,11 +155,11 @@ def finetune(model: nn.Module | None, ds: ImageSet, feedback: FeedbackStore | Fe
     train_others, validation = _split_validation(ds, positions, validation, seed)
 
     def run(control: Control) -> FinetuneResult:
-        return _run(initial, base, versions, _Run(ds, positions, fb, strategies, settings, train_others, validation),
+        return _run(start, base, versions, _Run(ds, positions, fb, strategies, settings, train_others, validation),
                     eval_data, control)
 
     if background:
-        return FinetuneJob(run, on_progress, start)
+        return FinetuneJob(run, on_progress)
     return run(Control(on_progress))
 
 

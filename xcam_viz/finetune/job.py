@@ -1,8 +1,6 @@
 """Progress reporting and cancellation for a fine-tuning run, blocking or in a background thread."""
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,50 +49,28 @@ class Control:
             raise Cancelled
 
 
-class FinetuneJob:
-    """A fine-tuning run in a background thread.
+class BackgroundJob:
+    """What a fine-tuning run in the background offers, however it runs: `progress`, `cancel()`, `wait()`,
+    `result()`, `done` and callbacks when it ends. A subclass runs it (`start()`) and calls `_finish`."""
 
-    progress: dict with phase, epoch, epochs, step, total_steps, fraction (0..1), losses (the
-    last step's total / ce / explanation) and seconds. cancel(): stop after the current step
-    (the run then returns a result with `cancelled=True` and saves no version). result(): wait
-    for and return the `FinetuneResult`, re-raising the run's error if it failed. A job made with
-    start=False waits for `start()` (the dashboard's run queue starts it when a slot is free).
-    """
-
-    def __init__(self, run: Callable[[Control], Any], on_progress: Callable[[dict], None] | None = None,
-                 start: bool = True):
-        self._control = Control(on_progress)
+    def __init__(self):
         self._result = None
         self._error: BaseException | None = None
         self._finished = threading.Event()
-        self._callbacks: list[Callable[[FinetuneJob], None]] = []
+        self._callbacks: list[Callable] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._main, args=(run,), name="xcam-viz-finetune", daemon=True)
-        if start:
-            self.start()
 
-    def start(self, nice: int = 0, threads: int | None = None) -> FinetuneJob:
-        """Run in the background thread, `nice` steps below the other threads' CPU priority (Linux, where
-        priorities are per thread) and on `threads` torch threads (None: torch's setting)."""
-        self._priority = (nice, threads)
-        self._thread.start()
-        return self
-
-    def _main(self, run) -> None:
-        lower_priority(*self._priority)
-        try:
-            self._result = run(self._control)
-        except BaseException as err:            # handed to result()
-            self._error = err
-            self._control.report(phase="failed")
+    def _finish(self, result=None, error: BaseException | None = None) -> None:
+        """Record how the run ended, wake up waiters, call the done callbacks."""
+        self._result, self._error = result, error
         with self._lock:
             self._finished.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
 
-    def add_done_callback(self, callback: Callable[[FinetuneJob], None]) -> None:
-        """Call `callback(job)` once the run has finished (in the job's thread; at once if it has)."""
+    def add_done_callback(self, callback: Callable) -> None:
+        """Call `callback(job)` once the run has finished (from the thread that sees it end; at once if it has)."""
         with self._lock:
             if not self._finished.is_set():
                 self._callbacks.append(callback)
@@ -103,32 +79,20 @@ class FinetuneJob:
 
     def __repr__(self) -> str:
         p = self.progress
-        return f"FinetuneJob({p['phase']}, step {p['step']}/{p['total_steps']})"
+        return f"{type(self).__name__}({p['phase']}, step {p['step']}/{p['total_steps']})"
 
     @property
     def progress(self) -> dict:
-        return self._control.progress
-
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
+        raise NotImplementedError
 
     @property
     def done(self) -> bool:
         return self._finished.is_set()
 
     @property
-    def cancelled(self) -> bool:
-        return self._control.cancel_requested
-
-    @property
     def error(self) -> BaseException | None:
         """The error the run failed with (None while it runs, or when it succeeded)."""
         return self._error
-
-    def cancel(self) -> None:
-        """Ask the run to stop; it does so after the step in flight (use `result()` to wait)."""
-        self._control.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to `timeout` seconds; True when the run has finished."""
@@ -143,13 +107,49 @@ class FinetuneJob:
         return self._result
 
 
-def lower_priority(nice: int = 0, threads: int | None = None) -> None:
-    """Lower the calling thread's CPU priority by `nice` steps (Linux only: elsewhere a priority is per process,
-    and the server's own threads must keep theirs) and set its torch threads."""
-    if nice and sys.platform.startswith("linux"):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    if threads:
-        import torch
+class FinetuneJob(BackgroundJob):
+    """A fine-tuning run in a background thread.
 
-        torch.set_num_threads(threads)
+    progress: dict with phase, epoch, epochs, step, total_steps, fraction (0..1), losses (the
+    last step's total / ce / explanation) and seconds. cancel(): stop after the current step
+    (the run then returns a result with `cancelled=True` and saves no version). result(): wait
+    for and return the `FinetuneResult`, re-raising the run's error if it failed. A job made with
+    start=False waits for `start()`.
+    """
+
+    def __init__(self, run: Callable[[Control], Any], on_progress: Callable[[dict], None] | None = None,
+                 start: bool = True):
+        super().__init__()
+        self._control = Control(on_progress)
+        self._thread = threading.Thread(target=self._main, args=(run,), name="xcam-viz-finetune", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> FinetuneJob:
+        self._thread.start()
+        return self
+
+    def _main(self, run) -> None:
+        try:
+            result = run(self._control)
+        except BaseException as err:            # handed to result()
+            self._control.report(phase="failed")
+            self._finish(error=err)
+            return
+        self._finish(result)
+
+    @property
+    def progress(self) -> dict:
+        return self._control.progress
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._control.cancel_requested
+
+    def cancel(self) -> None:
+        """Ask the run to stop; it does so after the step in flight (use `result()` to wait)."""
+        self._control.cancel()

@@ -1,10 +1,10 @@
 """A fair queue for fine-tuning runs on a shared server: at most `max_runs` at once, the others wait in
 the order they came, one run per participant.
 
-Runs are threads of the server's process started at a lower CPU priority (`NICE`) on few torch threads,
-so the model work that draws the participants' maps keeps its share of the cores. Each participant sees
-their place in line and an estimate of the wait (`RunQueue.estimate`), and may cancel a queued run (it
-never starts) or a running one (it stops after the step in flight).
+Runs are processes of their own (`process_job`: `ProcessJob`) started at a lower CPU priority (`NICE`)
+on few torch threads, so the model work that draws the participants' maps keeps its share of the
+cores. Each participant sees their place in line and an estimate of the wait (`RunQueue.estimate`),
+and may cancel a queued run (it never starts) or a running one (it stops after the step in flight).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import threading
 import time
 from collections import deque
 
-from .job import FinetuneJob
+from .job import BackgroundJob
+from .process import ProcessJob
 
 NICE = 10                   # priority steps below the map workers
 FINISHED = ("done", "failed", "cancelled")
@@ -38,7 +39,7 @@ class Ticket:
     `position` (1 for the next run to start, 0 once started) and `estimate` (seconds until it starts).
     """
 
-    def __init__(self, queue: RunQueue, job: FinetuneJob, owner: str, workspace: str, number: int):
+    def __init__(self, queue: RunQueue, job: BackgroundJob, owner: str, workspace: str, number: int):
         self.queue, self.job, self.owner, self.workspace, self.number = queue, job, owner, workspace, number
         self.state = "queued"
         self.submitted = queue.clock()
@@ -86,7 +87,7 @@ class RunQueue:
 
     Args:
         max_runs: runs at once (default: `default_max_runs()`, one per core but one).
-        nice: how many priority steps below the server's other threads a run works (Linux).
+        nice: how many priority steps below the server a run's process works (`process_job`).
         threads: torch threads per run (default: the cores left for runs, shared among `max_runs`).
 
     Example:
@@ -109,8 +110,13 @@ class RunQueue:
         self._durations: deque[float] = deque(maxlen=10)
         self._numbers = 0
 
-    def submit(self, job: FinetuneJob, owner: str, workspace: str | None = None) -> Ticket:
-        """Queue a job made with start=False for `owner` (one active run each); it starts when a slot is free."""
+    def process_job(self, arguments: dict) -> ProcessJob:
+        """A run of `xv.finetune(**arguments)` in a process of its own, at this queue's priority and threads."""
+        return ProcessJob(arguments, self.nice, self.threads)
+
+    def submit(self, job: BackgroundJob, owner: str, workspace: str | None = None) -> Ticket:
+        """Queue a job not started yet (`process_job`, or a `FinetuneJob` made with start=False) for `owner` (one
+        active run each); it starts when a slot is free."""
         with self._lock:
             active = next((t for t in (*self._running, *self._waiting) if t.owner == owner), None)
             if active is not None:
@@ -182,7 +188,7 @@ class RunQueue:
                 ticket.state, ticket.started = "running", self.clock()
                 self._running.append(ticket)
                 ticket.job.add_done_callback(lambda job, ticket=ticket: self._finished(ticket))
-                ticket.job.start(self.nice, self.threads)
+                ticket.job.start()
 
     def _finished(self, ticket: Ticket) -> None:
         """A job's thread ends: record how long it ran, close its ticket, start the next one."""
