@@ -91,6 +91,12 @@ def cpu_seconds(pids) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has spent (all cores) since boot."""
+    user, nice, system, idle, iowait, *rest = map(int, Path("/proc/stat").read_text().split("\n")[0].split()[1:])
+    return (user + nice + system + sum(rest[:3])) / os.sysconf("SC_CLK_TCK")
+
+
 def browser_pids() -> list[int]:
     """This test's Chromium processes (descendants of this process named chromium or chrome)."""
     parents, names = {}, {}
@@ -265,7 +271,8 @@ async def drive(server, folder: Path) -> dict:
         await asyncio.sleep(2)
         baseline, clock, participants, opening = server.rss_mb(), {"until": None}, [], asyncio.Lock()
         began = time.monotonic()
-        cpu = {"server": -cpu_seconds([server.pid]), "browsers": -cpu_seconds(browser_pids())}
+        cpu = {"server": -cpu_seconds([server.pid]), "browsers": -cpu_seconds(browser_pids()),
+               "machine": -machine_busy_seconds()}
 
         async def arrive(i: int) -> Participant:
             context = await browsers[i % BROWSERS].new_context(viewport=VIEWPORT)
@@ -281,7 +288,8 @@ async def drive(server, folder: Path) -> dict:
 
         done = await asyncio.gather(*(arrive(i) for i in range(SESSIONS)))
         cpu = {"server": cpu["server"] + cpu_seconds([server.pid]),
-               "browsers": cpu["browsers"] + cpu_seconds(browser_pids()), "wall": time.monotonic() - began}
+               "browsers": cpu["browsers"] + cpu_seconds(browser_pids()),
+               "machine": cpu["machine"] + machine_busy_seconds(), "wall": time.monotonic() - began}
         peak = server.rss_mb()
         for participant in done:
             await participant.page.context.close()
@@ -312,7 +320,8 @@ def report(result: dict, stats: dict) -> str:
              f"p95 {np.percentile(clicks, 95):.2f} s"),
             ("final action → page shows the server's state", f"max {settled.max():.2f} s (limit {FINAL} s)"),
             ("CPU seconds over the run", f"server {cpu['server']:.0f} · browsers {cpu['browsers']:.0f} · "
-                                         f"wall {cpu['wall']:.0f}"),
+             f"the rest (Playwright, other work) {cpu['machine'] - cpu['server'] - cpu['browsers']:.0f} · "
+             f"{cpu['wall']:.0f} s × {os.cpu_count()} cores"),
             ("server RSS (MB)", f"{result['baseline']:.0f} before · {result['peak']:.0f} open · "
                                 f"{result['after']:.0f} after closing"),
             ("load average at the end", load)]
