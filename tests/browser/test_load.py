@@ -237,8 +237,10 @@ class Participant:
         """Every kind of action once (in an order of its own), then more until the clock's deadline (set once
         everyone has arrived), thinking between actions; then wait until the page shows the server's state."""
         first = self.rng.sample(ACTIONS, len(ACTIONS))
-        while first or clock["until"] is None or time.monotonic() < clock["until"]:
+        while True:
             await self.act(first.pop(0) if first else self.rng.choices(ACTIONS, [4, 2, 2, 2])[0])
+            if not first and clock["until"] is not None and time.monotonic() >= clock["until"]:
+                break
             await asyncio.sleep(self.rng.uniform(*THINK))
         await self.settle()
 
