@@ -58,8 +58,9 @@ class VersionWatch:
         listed: dict[int, list[str]] = {}
         for dashboard in list(self.dashboards):
             workbench = dashboard.workbench
-            versions = listed.setdefault(id(workbench), workbench.versions)
-            if versions != dashboard.selection.param.version.objects:
+            if id(workbench) not in listed:
+                listed[id(workbench)] = workbench.versions
+            if listed[id(workbench)] != dashboard.selection.param.version.objects:
                 dashboard.runner.soon(dashboard.selection.sync_version)
 
 
