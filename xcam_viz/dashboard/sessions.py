@@ -6,6 +6,8 @@ of date, through its own Runner (its loop, its document lock).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import weakref
 
@@ -18,14 +20,26 @@ from .tasks import LATENCY
 VERSION_POLL_MS = 3000
 
 
+def release_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the system (glibc's `malloc_trim`; elsewhere only
+    the collection). CPython keeps freed memory for reuse, so without it a server's RSS stays at the peak of
+    its busiest hour: 20 closed workshop sessions held ~200 MB."""
+    gc.collect()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 class VersionWatch:
     """One periodic check, on the server's loop, for model versions other sessions (or processes) saved.
-    Each Workbench's versions are listed once per check; only sessions whose version choices differ are told."""
+    Each Workbench's versions are listed once per check; only sessions whose version choices differ are told.
+    When sessions have gone since the last check, their memory is released (`release_memory`)."""
 
     def __init__(self):
         self.dashboards: weakref.WeakSet = weakref.WeakSet()
         self._callback: PeriodicCallback | None = None
         self._loop: IOLoop | None = None
+        self._alive = 0
 
     def add(self, dashboard) -> None:
         """Watch for `dashboard` (call on the server's loop thread)."""
@@ -38,11 +52,15 @@ class VersionWatch:
             self._callback.start()
 
     def check(self) -> None:
+        if len(self.dashboards) < self._alive:
+            release_memory()
+        self._alive = len(self.dashboards)
         listed: dict[int, list[str]] = {}
         for dashboard in list(self.dashboards):
             workbench = dashboard.workbench
-            versions = listed.setdefault(id(workbench), workbench.versions)
-            if versions != dashboard.selection.param.version.objects:
+            if id(workbench) not in listed:
+                listed[id(workbench)] = workbench.versions
+            if listed[id(workbench)] != dashboard.selection.param.version.objects:
                 dashboard.runner.soon(dashboard.selection.sync_version)
 
 
@@ -51,13 +69,13 @@ PROBES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # session 
 
 
 def stats(session: str | None = None) -> dict:
-    """The server's latency (submit to patches written, every session's) and, for a session id, its probe's
-    sequence number (None for an unknown or closed session)."""
+    """The server's latency (submit to patches written, every session's), how many sessions' dashboards are
+    alive, and, for a session id, its probe's sequence number (None for an unknown or closed session)."""
     seconds = np.array(LATENCY)
     latency = ({"count": int(seconds.size), "p50": float(np.percentile(seconds, 50)),
                 "p95": float(np.percentile(seconds, 95))} if seconds.size else {"count": 0})
     probe = PROBES.get(session) if session else None
-    return {"latency_s": latency, "seq": probe.seq if probe is not None else None}
+    return {"latency_s": latency, "sessions": len(VERSIONS.dashboards), "seq": probe.seq if probe is not None else None}
 
 
 class StatsHandler(RequestHandler):
