@@ -7,9 +7,10 @@ Every action must show in the participant's own state probe (no action lost, no 
 after its final action every page must show its last choice, with the probe's sequence number equal to the
 server's, within FINAL seconds. At the end: every saved row is in the feedback store, the server log and the
 consoles are clean, and once the pages have closed every session's dashboard is freed and the server's RSS
-returns to within RSS_MARGIN of the one-session baseline. The server-side latency (a request's submit to its patches written, from the server's
-`/xcam-viz/stats`) and the CPU time of the server and of the browsers go to load.md (benchmarks/results/ with
-XCAM_VIZ_PUBLISH=1, else the test's tmp_path); no latency goal is asserted: 20 browsers share the 2 cores.
+returns to within RSS_MARGIN of the one-session baseline. The server-side latency (a request's submit to its
+patches written, from the server's `/xcam-viz/stats`) and the CPU time of the server and of the browsers go to
+load.md (benchmarks/results/ with XCAM_VIZ_PUBLISH=1, else the test's tmp_path); no latency goal is asserted:
+20 browsers share the 2 cores.
 """
 from __future__ import annotations
 
