@@ -73,6 +73,7 @@ class ImageBrowser(pn.viewable.Viewer):
         selection.param.watch(lambda *_: self.refilter(), ["split", "version", "revision"])
         self._sorts()
         self._slices: dict[str, int | None] = {}          # the axial slice of each volume's thumbnail drawn
+        self._ids_split = selection.split                 # the split `ids` lists
         selection.param.watch(lambda *_: self._draw_highlight(), ["sample"])
         if workbench.spatial_dims == 3:
             selection.param.watch(lambda *_: self._redraw_slices(), ["sample", "method", "layer", "target"])
