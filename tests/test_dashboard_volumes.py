@@ -254,7 +254,7 @@ def test_a_volume_thumbnail_shows_the_slice_through_its_maps_maximum_once_known(
     browser.draw()
     assert browser.snapshot()["slices"] == [None] * len(ids)         # middle slices
     sel.sample = ids[1]
-    assert {key.sample for key in wb.maps._data} == {ids[1]}, "thumbnails compute no map: only the two views'"
+    assert {key[1].sample for key in wb.maps._data} == {ids[1]}, "thumbnails compute no map: only the two views'"
     assert browser.snapshot()["slices"] == [None] * len(ids)         # the map came after the page was updated
     z = hottest_voxel(dash.overlays.left.result.values)[0]
     sel.sample = ids[2]

@@ -41,8 +41,13 @@ PICTURE = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
+# Modules that unpickle only what travels through a pipe between the server and the child process it forked
+# (fine-tuning runs): nothing from a file, an upload or the network.
+PRIVATE_PIPES = {"xcam_viz/finetune/process.py"}
+
+
 def test_every_torch_load_in_the_package_passes_weights_only_true():
-    calls, unsafe = [], []
+    calls, unsafe, piped = [], [], set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
@@ -56,12 +61,14 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
                 if not ok:
                     unsafe.append(where)
             if owner in ("pickle", "dill", "joblib") and node.func.attr in ("load", "loads"):
-                unsafe.append(where)
+                module = str(path.relative_to(PACKAGE.parent))
+                piped.add(module) if module in PRIVATE_PIPES else unsafe.append(where)
             if node.func.attr == "load" and owner == "np" and not (
                     isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value is False):
                 unsafe.append(where)
     assert calls, "the package loads checkpoints somewhere: the search found no torch.load"
     assert unsafe == [], f"loads that may unpickle code: {unsafe}"
+    assert piped == PRIVATE_PIPES, "an allowed private pipe no longer unpickles: drop it from PRIVATE_PIPES"
 
 
 # --- uploads: type by content, size, decoding limits ----------------------------------------------

@@ -6,6 +6,7 @@ flag holds the socket's write lock (as Bokeh does while it sends the OK reply to
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import tornado.locks
@@ -88,7 +89,8 @@ def fake_socket():
 @pytest.mark.parametrize("lock_held", [False, True], ids=["wakeup-order", "socket-busy"])
 def test_a_patch_queued_during_a_write_is_sent(fake_socket, lock_held):
     transport.patch()                   # where the installed Panel needs it (a new broken one: add it to BROKEN)
-    sent, stranded = asyncio.run(queued_during_a_write(lock_held))
+    with ThreadPoolExecutor(1) as alone:   # a loop of its own: Playwright's sync API may hold this thread's loop
+        sent, stranded = alone.submit(asyncio.run, queued_during_a_write(lock_held)).result()
     assert sent == ["M1", "M2"] and not stranded
 
 

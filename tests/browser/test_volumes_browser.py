@@ -124,9 +124,6 @@ def test_concepts_rank_units_for_a_region_on_slices(volume_server, page):
     assert not console.errors, console.errors
 
 
-@pytest.mark.xfail(strict=False, reason="issue 23: failed at the end of session 7 after the scheduling and page-by-page"
-                   " prediction merges (the first tile's slice stays None after the next volume is selected); "
-                   "passed on the volui branch before them")
 def test_a_thumbnail_turns_to_the_slice_through_its_maps_maximum(volume_server, page):
     """A volume's thumbnail shows its middle axial slice until its map is known; once another volume is
     selected, it shows the slice through that map's maximum (its pixels patched into the montage). On the

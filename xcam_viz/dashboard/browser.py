@@ -248,15 +248,17 @@ class ImageBrowser(pn.viewable.Viewer):
         request = self.selection.request()
         split_maps = None                                 # all of a split's maps, computed to sort by a metric
         if request.target == "predicted" and request.region is None:
-            split_maps = wb.maps.get(("split", request.version, request.split, request.method, request.layer))
+            split_maps = wb.explain_split(request.version, request.split, request.method, request.layer,
+                                          compute=False)
         return {s: self._hottest_slice(dataclasses.replace(request, sample=s), split_maps) for s in ids}
 
     def _hottest_slice(self, request, split_maps) -> int | None:
         """The hottest slice of one request's map, found once per map."""
-        wb, key = self.workbench, ("hottest-slice", request)
+        wb = self.workbench
+        key = ("hottest-slice", wb.version_key(request.version), request)
         z = wb.thumbnails.get(key)
         if z is None:
-            known = wb.maps.get(request)
+            known = wb.saliency(request, compute=False)
             if known is None and split_maps is None:
                 return None
             values = known.values if known is not None else split_maps.sel(sample=request.sample).values

@@ -112,7 +112,7 @@ class Workbench:
         own._kinds = {mine: self._kinds[base]} if base in self._kinds else {}
         return own
 
-    def _key(self, version: str):
+    def version_key(self, version: str):
         """A version in the keys of the shared caches: the base model is every workspace's, others their own."""
         return "base" if version == self.base_version else (self.workspace, version)
 
@@ -306,7 +306,7 @@ class Workbench:
         these samples (a page of a large lazy split) and cached; compute=False gives None instead of computing."""
         if (version, split) in self._predictions:
             return self._predictions[(version, split)].sel(sample=list(ids))
-        key = ("predictions", self._key(version), split, tuple(ids))
+        key = ("predictions", self.version_key(version), split, tuple(ids))
         if not compute:
             return self.thumbnails.get(key)
         data = self.splits[split]
@@ -393,7 +393,7 @@ class Workbench:
         """The cached capture of (version, image, layer, target, region): one forward + gradient pass."""
         from ..explain import capture
 
-        key = ("capture", self._key(request.version), request.split, request.sample, request.layer, target,
+        key = ("capture", self.version_key(request.version), request.split, request.sample, request.layer, target,
                request.region)
 
         def compute():
@@ -404,15 +404,16 @@ class Workbench:
                 cap = capture(self.model(request.version), x, [request.layer], target, region_value(request.region))
             if target == "predicted" and cap.logits.ndim == 2:   # the forward's logits are the prediction too:
                 prob = models.probabilities(cap.logits).cpu().numpy()  # keep it, and the capture under its class
-                self.thumbnails.put(("predictions", self._key(request.version), request.split, (request.sample,)),
-                                    models.prediction_dataset(prob, data.subset([i])))
+                predictions_key = ("predictions", self.version_key(request.version), request.split, (request.sample,))
+                self.thumbnails.put(predictions_key, models.prediction_dataset(prob, data.subset([i])))
                 self.captures.put((*key[:5], int(cap.target[0]), key[6]), cap)
             return cap
         return self.captures.get_or_compute(key, compute)
 
-    def saliency(self, request: MapRequest) -> MapResult:
-        """The map a request asks for, from the caches when possible."""
-        return self.maps.get_or_compute((self._key(request.version), request), lambda: self._compute(request))
+    def saliency(self, request: MapRequest, compute: bool = True) -> MapResult | None:
+        """The map a request asks for, from the caches when possible; compute=False gives None if not known."""
+        key = (self.version_key(request.version), request)
+        return self.maps.get_or_compute(key, lambda: self._compute(request)) if compute else self.maps.get(key)
 
     def _compute(self, request: MapRequest) -> MapResult:
         from ..explain import finish, weigh
@@ -437,15 +438,17 @@ class Workbench:
             raise NotFinite(f"the model's outputs for {request.sample} are NaN or infinite, so its map is meaningless")
         return MapResult(request, values, False, int(cap.target[0]), time.perf_counter() - start)
 
-    def explain_split(self, version: str, split: str, method: str, layer: str) -> xr.DataArray:
-        """CAMs of a whole split (for sorting by a metric), cached."""
+    def explain_split(self, version: str, split: str, method: str, layer: str,
+                      compute: bool = True) -> xr.DataArray | None:
+        """CAMs of a whole split (for sorting by a metric), cached; compute=False gives None if not known."""
         from ..explain import explain
 
-        def compute():
+        def run():
             with self.lock:
                 return explain(self.model(version), self.splits[split], method=method, layer=layer)
         own = split if split in self.shared_splits else (self.workspace, split)       # uploads are not shared
-        return self.maps.get_or_compute(("split", self._key(version), own, method, layer), compute)
+        key = ("split", self.version_key(version), own, method, layer)
+        return self.maps.get_or_compute(key, run) if compute else self.maps.get(key)
 
     # --- concepts -------------------------------------------------------------------------------
     def units(self, version: str, split: str, layer: str):
