@@ -28,19 +28,21 @@ class Dashboard:
 
 
 def test_one_check_tells_only_the_sessions_whose_versions_are_out_of_date(monkeypatch):
-    monkeypatch.setattr(sessions, "release_memory", lambda: released.append(1))
+    monkeypatch.setattr(sessions, "release_memory", lambda idle=(): released.append(len(idle)))
     watch, released = sessions.VersionWatch(), []
-    shared = Workbench(["v0", "v1"])
-    current, behind, own = Dashboard(shared, ["v0", "v1"]), Dashboard(shared, ["v0"]), Dashboard(Workbench(["v0"]),
-                                                                                                  ["v0"])
-    watch.dashboards.update([current, behind, own])
+    shared, mine = Workbench(["v0", "v1"]), Workbench(["v0"])     # (workspaces keep their Workbenches)
+    current, behind, own = Dashboard(shared, ["v0", "v1"]), Dashboard(shared, ["v0"]), Dashboard(mine, ["v0"])
+    watch.add(current), watch.add(behind), watch.add(own)
     watch.check()
     assert shared.listed == 1                      # once per Workbench, however many sessions share it
     assert (current.told, behind.told, own.told) == ([], [behind.selection.sync_version], [])
     assert released == []
     del behind
     watch.check()
-    assert released == [1]                         # a session has gone: its memory is handed back
+    assert released == [0]                         # a session has gone: its memory is handed back
+    del current, own
+    watch.check()
+    assert released == [0, 2]                      # none left: the caches of both Workbenches go too
 
 
 class Probe:

@@ -119,6 +119,10 @@ def test_a_run_in_its_own_process_sends_back_its_error():
     assert ticket.wait(120) and ticket.state == "failed" and job.pid is not None
     with pytest.raises(TypeError, match="ds must be an ImageSet"):
         ticket.result()
+    assert job.arguments is None                     # sent to the child: the queue keeps no copy of the data
+    waiting = queue.process_job(dict(model=None, ds=None, feedback=None))
+    waiting.cancel()                                 # cancelled before it started: nothing is kept either
+    assert waiting.arguments is None and not waiting.started
 
 
 def test_the_wait_is_estimated_from_finished_runs():

@@ -1,11 +1,14 @@
-"""Load: a 20-participant workshop in real Chromium pages (4 browsers x 5 contexts) on one served demo.
+"""Load: a 20-participant workshop in real Chromium pages (4 browsers x 5 contexts) on one served demo, with a
+workspace per participant (`--workspaces per-user`: each browser context is an anonymous participant).
 
 Participants arrive one after another (their pages load one at a time) and act until SECONDS after the last
 one arrived, thinking THINK seconds (8 s on average) between actions: they select images, switch layer and
-method, paint a stroke and save it under their own author name. The browsers run niced below the server.
-Every action must show in the participant's own state probe (no action lost, no other session's state), and
-after its final action every page must show its last choice, with the probe's sequence number equal to the
-server's, within FINAL seconds. At the end: every saved row is in the feedback store, the server log and the
+method, paint a stroke and save it under their own author name; LAUNCHERS of them launch a one-epoch
+fine-tuning run after their first annotation (and cancel it at the end if it has not finished, so no run
+outlives the test). The browsers run niced below the server. Every action must show in the participant's own
+state probe (no action lost, no other session's state), and after its final action every page must show its
+last choice, with the probe's sequence number equal to the server's, within FINAL seconds. At the end: every
+participant's workspace holds exactly their saved rows (none lost, none of another's), the server log and the
 consoles are clean, and once the pages have closed every session's dashboard is freed and the server's RSS
 returns to within RSS_MARGIN of the one-session baseline. The server-side latency (a request's submit to its
 patches written, from the server's `/xcam-viz/stats`) and the CPU time of the server and of the browsers go to
@@ -30,8 +33,9 @@ import numpy as np
 import pytest
 
 from xcam_viz.dashboard.controls import METHOD_LABELS
+from xcam_viz.dashboard.workspaces import folder_name
 
-from .harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, demo_servers, image_point, tile_at
+from .harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, Server, image_point, tile_at
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.xfail(strict=False, reason="issue 22: passed once on a shared machine (load.md) but failed "
@@ -43,6 +47,7 @@ THINK = (4.0, 12.0)          # seconds between a participant's actions (uniform:
 BROWSER_NICE = 5             # the browsers' niceness above the server's
 TIMEOUT = 90                 # the longest wait for one action's result (while pages open, actions queue)
 FINAL = 10                   # seconds from a participant's final action to its page showing the server's state
+LAUNCHERS = 5                # participants who launch a fine-tuning run (one epoch)
 STROKE_TRIES = 5             # strokes a participant paints before one is drawn on the page (see annotate)
 RSS_MARGIN = 200             # MB over the one-session baseline allowed once every session has closed
 METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam"]    # the quick ones
@@ -72,8 +77,13 @@ STROKES_JS = """() => Array.from(window.Bokeh ? Bokeh.documents[0].all_models : 
 
 @pytest.fixture
 def workshop(tmp_path):
-    """The served demo the participants work in: one shared workspace (feedback database `server.feedback`)."""
-    yield from demo_servers(tmp_path)
+    """`xcam-viz serve --workspaces per-user` of the demo; `server.workspaces` is the workspaces' folder."""
+    feedback = tmp_path / "feedback.db"
+    server = Server(["-m", "xcam_viz.cli", "serve", "--port", "{port}", "--feedback", str(feedback),
+                     "--workspaces", "per-user", "--workspace-dir", str(tmp_path / "workspaces")], feedback)
+    server.workspaces = tmp_path / "workspaces"
+    yield server
+    server.stop()
 
 
 def server_stats(server, session: str | None = None) -> dict:
@@ -136,6 +146,8 @@ class Participant:
         self.expected: dict = {}
         self.errors: list[str] = []
         self.saved = self.actions = self.presses = 0
+        self.workspace, self.launches = "", int(index < LAUNCHERS)    # (the warm-up participant, 99, launches none)
+        self.run_ended = ""                       # how this participant's run ended: done, cancelled (at the end)
         self.latency: list[float] = []            # seconds from a thumbnail click to its new map, in the browser
         self.last_input = 0.0                     # when the participant last clicked, chose or saved
         self.settled = float("nan")               # seconds from the final action to the page showing it all
@@ -169,13 +181,19 @@ class Participant:
         await self.page.goto(url, timeout=TIMEOUT * 1000)
         s = await self.wait("the first overlay", "s.left !== ''")
         self.expected = {k: s[k] for k in ("session", "sample", "layer", "method")}
+        self.workspace = s["finetune"]["workspace"]
         labels = await self.page.locator(".xv-layer select option").all_text_contents()
         self.layers = {label: label.split(" · ")[0] for label in labels}
         self.methods = {METHOD_LABELS.get(m, m): m for m in METHODS}
-        await self.page.locator(".bk-tab", has_text="Feedback").click()   # participants paint here; the maps
-        author = self.page.locator(".bk-input-group", has_text="Author").locator("input")   # and the probe go
-        await author.fill(self.author)                     # on updating. The first action waits for the probe,
-        await author.press("Enter")                        # so the tab's redraw has arrived before any stroke
+        await self.tab("Feedback")                         # participants paint here; the maps and the probe go on
+        author = self.page.locator(".bk-input-group", has_text="Author").locator("input")   # updating
+        await author.fill(self.author)
+        await author.press("Enter")
+
+    async def tab(self, title: str) -> None:
+        """Bring a tab on screen (once the probe says so, the tab's redraw has arrived)."""
+        await self.page.locator(".bk-tab", has_text=title).click()
+        await self.wait(f"the {title} tab", "s.tabs[a]", title)
 
     async def select_image(self) -> None:
         s = await self.state()
@@ -204,6 +222,8 @@ class Participant:
 
     async def annotate(self) -> None:
         page = self.page
+        if not (await self.state())["tabs"]["Feedback"]:
+            await self.tab("Feedback")
         canvas = page.locator(".xv-brush .bk-Canvas")
         await canvas.wait_for(state="visible")
         box, s = await canvas.bounding_box(), await self.state()
@@ -227,11 +247,38 @@ class Participant:
         await self.wait("the saved annotation", "s.strokes === 0 && s.revision > a", s["revision"])
         self.saved += 1
 
+    async def launch(self) -> None:
+        """Fine-tune (one epoch) on the feedback saved so far; the page says the run is queued or running."""
+        page = self.page
+        await self.tab("Fine-tune")
+        epochs = page.locator(".xv-finetune-epochs input")
+        if not await epochs.is_visible():
+            await page.locator(".xv-finetune-advanced .card-header").first.click()
+            await epochs.wait_for(state="visible")
+        await epochs.fill("1")
+        await epochs.press("Enter")                        # sent before the click below, on the same socket
+        self.last_input = time.monotonic()
+        await page.locator(".xv-launch button").click()
+        await self.wait("the launched run", "s.finetune.phase !== 'idle' && s.finetune.queue.state !== undefined")
+        self.launches -= 1
+
+    async def end_run(self) -> None:
+        """Cancel this participant's run unless it has ended (after the final check: no run outlives the test)."""
+        phase = (await self.state())["finetune"]["phase"]
+        if phase not in ("idle", "done", "cancelled", "failed"):
+            await self.tab("Fine-tune")
+            await self.page.locator(".xv-cancel button").click()
+            s = await self.wait("the run ended", "['done', 'cancelled', 'failed'].includes(s.finetune.phase)")
+            phase = s["finetune"]["phase"]
+        self.run_ended = "" if phase == "idle" else phase
+
     async def act(self, action: str) -> None:
         if action == "image":
             await self.select_image()
         elif action == "annotate":
             await self.annotate()
+            if self.launches:
+                await self.launch()
         else:
             await self.choose(action, self.layers if action == "layer" else self.methods)
         self.actions += 1
@@ -246,6 +293,7 @@ class Participant:
                 break
             await asyncio.sleep(self.rng.uniform(*THINK))
         await self.settle()
+        await self.end_run()
 
     async def settle(self) -> None:
         """Wait until the page shows this participant's choices with the server's sequence number."""
@@ -322,6 +370,8 @@ def report(result: dict, stats: dict) -> str:
             ("actions / annotations saved", f"{sum(p.actions for p in participants)} / "
                                             f"{sum(p.saved for p in participants)}"),
             ("strokes the page took as a press, painted again", str(sum(p.presses for p in participants))),
+            ("fine-tuning runs launched (one epoch, one at a time)", ", ".join(
+                f"{n} {phase}" for phase, n in Counter(p.run_ended for p in participants if p.run_ended).items())),
             ("server latency, submit → patches written (n)", f"p50 {latency['p50'] * 1000:.0f} ms · "
              f"p95 {latency['p95'] * 1000:.0f} ms ({latency['count']})"),
             ("browser: thumbnail click → new map on the page", f"p50 {np.percentile(clicks, 50):.2f} s · "
@@ -333,7 +383,7 @@ def report(result: dict, stats: dict) -> str:
             ("server RSS (MB)", f"{result['baseline']:.0f} before · {result['peak']:.0f} open · "
                                 f"{result['after']:.0f} {result['freed_s']:.0f} s after closing"),
             ("load average at the end", load)]
-    return ("# Load: a 20-participant workshop on one served demo (`tests/browser/test_load.py`)\n\n"
+    return ("# Load: a 20-participant workshop on one served demo, a workspace each (`tests/browser/test_load.py`)\n\n"
             f"{len(os.sched_getaffinity(0))} CPUs; think time {THINK[0]:.0f}-{THINK[1]:.0f} s; acting until "
             f"{SECONDS} s after the last arrival.\n\n| measure | value |\n|---|---|\n"
             + "".join(f"| {name} | {value} |\n" for name, value in rows))
@@ -359,8 +409,12 @@ def test_twenty_participants(workshop, tmp_path):
     (ROOT / "benchmarks" / "results" if publish else tmp_path).joinpath("load.md").write_text(text)
     print(text, flush=True)
     participants = result["participants"]
-    saved = Counter(a.author for a in FeedbackStore(workshop.feedback).annotations())
-    assert saved == {p.author: p.saved for p in participants}          # every participant's rows, none lost
+    assert len({p.workspace for p in participants}) == len(participants)      # one workspace each
+    for p in participants:                     # each workspace: its participant's rows, none lost, none of another's
+        store = FeedbackStore(workshop.workspaces / folder_name(p.workspace) / "feedback.db")
+        assert Counter(a.author for a in store.annotations()) == {p.author: p.saved}, p.workspace
+    runs = {p.author: p.run_ended for p in participants if p.run_ended}     # participants 0-4 launched one each
+    assert len(runs) == LAUNCHERS and set(runs.values()) <= {"done", "cancelled"}, runs
     log = workshop.log.read_text()
     assert not re.search(r"Traceback|Error|Exception|in flight for", log), log[-3000:]
     assert [e for p in participants for e in p.errors] == []

@@ -155,6 +155,12 @@ class Workbench:
     def evaluation_splits(self, train: str | None) -> list[str]:
         return split_rules.evaluation_splits(self.splits, train)
 
+    def drop_caches(self) -> None:
+        """Forget the cached captures, maps, thumbnails and pictures (every workspace's: they are shared), e.g.
+        once no session is open; they are computed again when next shown."""
+        for cache in (self.captures, self.maps, self.thumbnails, self.pictures):
+            cache.clear()
+
     # --- model versions -------------------------------------------------------------------------
     @property
     def versions(self) -> list[str]:

@@ -66,7 +66,9 @@ class ProcessJob(BackgroundJob):
 
     def _run(self) -> None:
         try:
-            arguments = pickle.dumps(self.arguments)
+            # the child gets its own copy; the queue keeps each workspace's newest job, which held on to the
+            # run's training images (~100 MB on the demo) for the server's lifetime
+            arguments, self.arguments = pickle.dumps(self.arguments), None
             ctx = context()
             mine, theirs = ctx.Pipe()
             self._process = ctx.Process(target=_child, args=(theirs, self.nice, self.threads),
@@ -131,6 +133,8 @@ class ProcessJob(BackgroundJob):
     def cancel(self) -> None:
         """Ask the run to stop; it does so after the step in flight (use `result()` to wait)."""
         self._cancel = True
+        if not self._started:
+            self.arguments = None                # it never starts: let go of its data
         if self._conn is not None:
             self._send("cancel")
 

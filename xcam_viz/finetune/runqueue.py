@@ -134,6 +134,7 @@ class RunQueue:
         with self._lock:
             if ticket.state == "queued":
                 self._waiting.remove(ticket)
+                ticket.job.cancel()                     # (never started: it lets go of what it would have run on)
                 self._close(ticket, "cancelled")
                 return
         if ticket.state == "running":
