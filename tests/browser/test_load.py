@@ -37,9 +37,7 @@ from xcam_viz.dashboard.workspaces import folder_name
 
 from .harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, Server, image_point, tile_at
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.xfail(strict=False, reason="issue 22: passed once on a shared machine (load.md) but failed "
-                                "in the session-7 clean-clone run beside another 20-page run; needs a quiet CI pass")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SESSIONS, BROWSERS = 20, 4
 SECONDS = 90                 # of acting once every participant has arrived
@@ -146,7 +144,7 @@ class Participant:
         self.expected: dict = {}
         self.errors: list[str] = []
         self.saved = self.actions = self.presses = 0
-        self.workspace, self.launches = "", int(index < LAUNCHERS)    # (the warm-up participant, 99, launches none)
+        self.workspace, self.launches = "", int(index < LAUNCHERS)    # (the warm-up participant, 99, launches one)
         self.run_ended = ""                       # how this participant's run ended: done, cancelled (at the end)
         self.latency: list[float] = []            # seconds from a thumbnail click to its new map, in the browser
         self.last_input = 0.0                     # when the participant last clicked, chose or saved
@@ -320,6 +318,8 @@ async def drive(server, folder: Path) -> dict:
         await warm.open(server.url)
         await warm.choose("method", warm.methods)
         await warm.annotate()
+        await warm.launch()                     # a server's first run costs ~50 MB once (measured in-process:
+        await warm.end_run()                    # +52 MB after the first, +2 MB after each next): the baseline's
         await warm_context.close()
         await asyncio.sleep(2)
         baseline, clock, participants, opening = server.rss_mb(), {"until": None}, [], asyncio.Lock()
@@ -370,8 +370,8 @@ def report(result: dict, stats: dict) -> str:
             ("actions / annotations saved", f"{sum(p.actions for p in participants)} / "
                                             f"{sum(p.saved for p in participants)}"),
             ("strokes the page took as a press, painted again", str(sum(p.presses for p in participants))),
-            ("fine-tuning runs launched (one epoch, one at a time)", ", ".join(
-                f"{n} {phase}" for phase, n in Counter(p.run_ended for p in participants if p.run_ended).items())),
+            ("fine-tuning runs launched (one epoch, one at a time; the warm-up run aside)", ", ".join(
+                f"{n} {phase}" for phase, n in Counter(p.run_ended for p in participants[1:] if p.run_ended).items())),
             ("server latency, submit → patches written (n)", f"p50 {latency['p50'] * 1000:.0f} ms · "
              f"p95 {latency['p95'] * 1000:.0f} ms ({latency['count']})"),
             ("browser: thumbnail click → new map on the page", f"p50 {np.percentile(clicks, 50):.2f} s · "
@@ -413,7 +413,7 @@ def test_twenty_participants(workshop, tmp_path):
     for p in participants:                     # each workspace: its participant's rows, none lost, none of another's
         store = FeedbackStore(workshop.workspaces / folder_name(p.workspace) / "feedback.db")
         assert Counter(a.author for a in store.annotations()) == {p.author: p.saved}, p.workspace
-    runs = {p.author: p.run_ended for p in participants if p.run_ended}     # participants 0-4 launched one each
+    runs = {p.author: p.run_ended for p in participants[1:] if p.run_ended}  # participants 0-4 launched one each
     assert len(runs) == LAUNCHERS and set(runs.values()) <= {"done", "cancelled"}, runs
     log = workshop.log.read_text()
     assert not re.search(r"Traceback|Error|Exception|in flight for", log), log[-3000:]
