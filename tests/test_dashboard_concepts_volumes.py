@@ -95,7 +95,7 @@ def test_the_montage_shows_each_units_best_slice(concepts, volume_workbench):
     assert all(row.std() > 10 for row in rows)                 # a row of tiles per best unit
 
 
-def test_labels_go_to_the_store_without_a_report_on_volumes(concepts, volume_workbench):
+def test_labels_go_to_the_store_and_the_report_on_volumes(concepts, volume_workbench):
     wb, painting = volume_workbench, concepts.painting
     z, y, x = marker_voxel(wb)
     painting.z = z
@@ -109,7 +109,12 @@ def test_labels_go_to_the_store_without_a_report_on_volumes(concepts, volume_wor
     scores = wb.units(concepts.selection.version, "train", "block4").match(concepts.selection.sample, concepts.roi())
     assert labelled and labelled == sorted(int(u) for u, v in zip(scores.unit.values, scores.values) if v > 0.1)
     assert concepts.labelled["skin marker"] == len(labelled) and "skin marker" in concepts.dictionary.object
-    assert concepts.report_version == 0 and not concepts.report_panel.visible      # xv.report takes images only
+    assert concepts.report_version == 1 and concepts.report_panel.visible
+    rep = concepts.report
+    assert dict(rep.images.cam.sizes, sample=0) == {"sample": 0, "method": 1, "layer": 1, "z": 48, "y": 48, "x": 48}
+    assert list(rep.overview.concept.values) == ["skin marker"] and "z" in rep.overview.class_mean_cam.dims
+    page = concepts.download.callback().read().decode()
+    assert "xcam-viz explanation report v1 of model v0" in page and "(slice z " in page
     assert concepts.snapshot()["scatter"]["skin marker"] == len(labelled)
 
 

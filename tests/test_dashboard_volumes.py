@@ -5,11 +5,11 @@ import torch
 
 import xcam_viz as xv
 from xcam_viz.dashboard import Dashboard, Workbench
-from xcam_viz.dashboard.maps import hottest_voxel
 from xcam_viz.dashboard.volume import PLANES
 from xcam_viz.data import ImageSet
 from xcam_viz.data.windows import apply_window, window_bounds
 from xcam_viz.demo import demo_volume_model, demo_volumes
+from xcam_viz.spatial import hottest_point
 
 SLICES = slice(8, 40, 2)           # 16 of the 48 axial slices: voxels twice as deep as wide
 
@@ -100,16 +100,16 @@ def test_the_hottest_point_is_the_maps_argmax(dash):
     overlays = dash.overlays
     scene, values = overlays.picture, overlays.left.result.values
     scene.param.trigger("hottest")
-    assert values[scene.point] == values.max() and scene.point == hottest_voxel(values)
+    assert values[scene.point] == values.max() and scene.point == hottest_point(values)
     assert np.nanmax(image_of(overlays.left.map_sources["axial"])) == pytest.approx(values.max())
 
 
-def test_the_hottest_voxel_of_a_flat_maximum_on_the_border_is_the_plateaus_centre():
+def test_the_hottest_point_of_a_flat_maximum_on_the_border_is_the_plateaus_centre():
     values = np.zeros((4, 6, 8), np.float32)
     values[1:3, :, 0:3] = 1.0                                          # a plateau touching the x = 0 border
-    assert hottest_voxel(values) in {(z, y, 1) for z in (1, 2) for y in (2, 3)}
+    assert hottest_point(values) in {(z, y, 1) for z in (1, 2) for y in (2, 3)}
     values[3, 5, 7] = 2.0
-    assert hottest_voxel(values) == (3, 5, 7)
+    assert hottest_point(values) == (3, 5, 7)
 
 
 def test_a_new_image_keeps_the_crosshair_and_resends_the_slices(dash, volume_workbench):
@@ -256,7 +256,7 @@ def test_a_volume_thumbnail_shows_the_slice_through_its_maps_maximum_once_known(
     sel.sample = ids[1]
     assert {key[1].sample for key in wb.maps._data} == {ids[1]}, "thumbnails compute no map: only the two views'"
     assert browser.snapshot()["slices"] == [None] * len(ids)         # the map came after the page was updated
-    z = hottest_voxel(dash.overlays.left.result.values)[0]
+    z = hottest_point(dash.overlays.left.result.values)[0]
     sel.sample = ids[2]
     assert browser.snapshot()["slices"] == [None, z] + [None] * (len(ids) - 2)
     patched = browser._montage.data["image"][0].copy()              # only the changed tile was sent

@@ -5,7 +5,9 @@ import xarray as xr
 
 import xcam_viz as xv
 from xcam_viz.concepts import dissect
+from xcam_viz.demo import demo_volume_model, demo_volumes
 from xcam_viz.report.html import SECTIONS
+from xcam_viz.spatial import hottest_point
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,19 @@ def test_versions_grow_finer(built, demo_model, demo_test):
     assert any("new unit labels" in c for c in nxt.changes)
     assert "lesion" in nxt.overview.concept.values
     assert "concept_units" in nxt.images and not np.isnan(nxt.images.concept_mean_activation.values).all()
+
+
+def test_a_volume_report_lays_out_z_y_x_and_shows_each_map_by_its_hottest_slice(tmp_path):
+    data = demo_volumes("test", 4)
+    rep = xv.report(demo_volume_model(progress=False), data, samples=2, methods=("gradcam",), evidence=None,
+                    faithfulness=False, splits={"test": data})
+    cam = rep.images.cam.isel(sample=1, method=0, layer=0)
+    assert cam.dims == ("z", "y", "x") and rep.images.image.dims == ("sample", "channel", "z", "y", "x")
+    assert rep.overview.class_mean_cam.dims == ("split", "class", "z", "y", "x")
+    page = rep.save(tmp_path / "report.html").read_text()
+    assert f"gradcam @ {rep.images.layer.values[0]} (slice z {hottest_point(cam.values)[0]})" in page
+    saved = xr.open_dataset(rep.save(tmp_path / "report.nc"), group="images")
+    np.testing.assert_allclose(saved.cam.values, rep.images.cam.values)
 
 
 def test_netcdf_round_trip(built, tmp_path):

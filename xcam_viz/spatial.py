@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -83,3 +84,11 @@ def batch_for(image_shape: Sequence[int], most: int) -> int:
     for size in image_shape[1:]:
         cells *= int(size)
     return max(1, min(most, BATCH_VOXELS // cells))
+
+
+def hottest_point(values: np.ndarray) -> tuple[int, ...]:
+    """A map's maximum as an index (pixel or voxel). An upsampled map is flat at its maximum when that lies
+    on the border of the layer's grid: of the cells at the maximum, the one nearest their centre (np.argmax's
+    first one would sit on the image's edge)."""
+    top = np.argwhere(values >= np.nanmax(values))
+    return tuple(int(v) for v in top[np.argmin(((top - top.mean(0)) ** 2).sum(1))])

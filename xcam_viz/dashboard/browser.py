@@ -15,8 +15,8 @@ from bokeh.models import ColumnDataSource, HoverTool, TapTool
 
 from ..data.views import axial_thumbnail
 from ..evidence import METHODS as EVIDENCE_METHODS
+from ..spatial import hottest_point
 from .controls import cam_name, scored_with
-from .maps import hottest_voxel
 from .mapview import image_figure, rgba
 from .raster import Grid, montage
 from .selection import Selection
@@ -262,7 +262,7 @@ class ImageBrowser(pn.viewable.Viewer):
             if known is None and split_maps is None:
                 return None
             values = known.values if known is not None else split_maps.sel(sample=request.sample).values
-            z = hottest_voxel(values)[0]
+            z = hottest_point(values)[0]
             wb.thumbnails.put(key, z)
         return z
 

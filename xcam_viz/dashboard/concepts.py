@@ -8,7 +8,7 @@ painted region, or for a region too large for any IoU to pass by the share of th
 (`Units.match`); the montage shows the best units' top images (unit_montage.py: a volume at each unit's
 best slice). "Label" names every unit above the rule's threshold (`Units.label`, kept in the Workbench's
 LabelStore beside the feedback), recolours the unit-embedding scatter and rebuilds the explanation report
-(`xv.report`, images only so far) in the background.
+(`xv.report`; a volume's maps are shown by their hottest axial slice) in the background.
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ CONTROLS = 250
 RULE_NAMES = {"iou": "IoU", "coverage": "share of the unit's mask inside"}
 REPORT_IMAGES = 4             # images explained in detail in the report (the selected and the labelled ones first)
 FAST_SCORES = 128 * 128       # input pixels up to which the report scores deletion / insertion by default
-REPORT_DIMS = (2,)            # xv.report lays out images (y, x) only: volumes get no report yet
 
 
 class ConceptsPanel(Tab):
@@ -128,7 +127,7 @@ class ConceptsPanel(Tab):
         self.report_panel = pn.Column(
             "### Report", self.report_info, pn.widgets.Checkbox.from_param(self.param.report_evidence),
             pn.widgets.Checkbox.from_param(self.param.report_faithfulness), pn.Row(buttons["update"], self.download),
-            visible=self.workbench.spatial_dims in REPORT_DIMS, margin=0)
+            margin=0)
         self.layout = pn.FlexBox(
             self.painting.panel, controls, pn.Column(self.table_title, self.table, width=260),
             pn.Column("**Top images of the best units** · one row per unit, its mask in amber"
@@ -326,8 +325,7 @@ class ConceptsPanel(Tab):
         self.preset, self.concept = name, ""
         self._show_labels()
         self._fill_table()
-        if self.workbench.spatial_dims in REPORT_DIMS:
-            self.build_report()
+        self.build_report()
 
     # --- labels: scatter, dictionary, report ------------------------------------------------------
     def _show_labels(self) -> None:

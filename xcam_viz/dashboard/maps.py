@@ -44,14 +44,6 @@ class MapResult:
         return hashlib.sha1(self.values.tobytes()).hexdigest()[:12]
 
 
-def hottest_voxel(values: np.ndarray) -> tuple[int, ...]:
-    """The map's maximum as an index (pixel or voxel). An upsampled map is flat at its maximum when that lies
-    on the border of the layer's grid: of the cells at the maximum, the one nearest their centre (np.argmax's
-    first one would sit on the image's edge)."""
-    top = np.argwhere(values >= np.nanmax(values))
-    return tuple(int(v) for v in top[np.argmin(((top - top.mean(0)) ** 2).sum(1))])
-
-
 class NotFinite(ValueError):
     """A map (or the model output it comes from) holds NaN or infinite values."""
 

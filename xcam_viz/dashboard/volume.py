@@ -21,7 +21,7 @@ from bokeh.events import Tap
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Span
 
 from ..data.windows import WINDOWS, Percentiles, window_bounds
-from .maps import hottest_voxel
+from ..spatial import hottest_point
 from .mapview import Display, MapLayer, image_figure, palette
 from .tasks import bokeh_update, notify
 
@@ -182,13 +182,13 @@ class VolumeScene(Crosshair):
                            high=(self.level + self.width / 2 - self.low) * scale)
 
     def hottest_point(self) -> tuple[int, int, int] | None:
-        """The voxel (z, y, x) of the first view's map maximum (`hottest_voxel`; None without a map); found once
+        """The voxel (z, y, x) of the first view's map maximum (`hottest_point`; None without a map); found once
         per map."""
         result = self.views[0].result if self.views else None
         if result is None:
             return None
         if self._hottest[0] != result.digest:
-            self._hottest = (result.digest, hottest_voxel(result.values))
+            self._hottest = (result.digest, hottest_point(result.values))
         return self._hottest[1]
 
     @param.depends("hottest", watch=True)

@@ -21,6 +21,7 @@ from ..evidence import evidence as evidence_map
 from ..explain import explain
 from ..feedback import union_masks
 from ..models import default_layer, fingerprint, predict
+from ..spatial import axis_names
 
 
 class Report:
@@ -103,19 +104,21 @@ def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback,
     cams = xr.concat([xr.concat([explain(model, chosen, method=m, layer=layer).drop_vars(
         ["target_class", "target_name"], errors="ignore") for layer in layers], dim=xr.Variable("layer", layers))
         for m in methods], dim=xr.Variable("method", methods))
+    grid = tuple(chosen.images.shape[2:])
+    space = axis_names(len(grid))                       # ("y", "x"), or ("z", "y", "x") for volumes
     ds = xr.Dataset({
-        "image": (("sample", "channel", "y", "x"), chosen.images.numpy()),
+        "image": (("sample", "channel", *space), chosen.images.numpy()),
         "label": ("sample", chosen.labels.numpy()),
         "predicted": ("sample", pred.predicted.values),
         "confidence": ("sample", pred.confidence.values),
-        "cam": cams.transpose("sample", "method", "layer", "y", "x").variable,
+        "cam": cams.transpose("sample", "method", "layer", *space).variable,
     }, coords={"sample": chosen.ids, "method": methods, "layer": layers,
-               "y": np.arange(chosen.images.shape[2]), "x": np.arange(chosen.images.shape[3])},
+               **{axis: np.arange(n) for axis, n in zip(space, grid)}},
         attrs={"class_names": list(chosen.class_names), "labelled": int(chosen.attrs.get("labelled", True))})
     per_map = lambda score: (("method", "layer", "sample"), np.stack(  # noqa: E731
         [[score(cams.sel({"method": m, "layer": layer})).values for layer in layers] for m in methods]))
     if chosen.masks is not None:
-        ds["mask"] = (("sample", "y", "x"), chosen.masks.numpy())
+        ds["mask"] = (("sample", *space), chosen.masks.numpy())
         ds["pointing_game"] = per_map(lambda c: metrics.pointing_game(c, chosen))
         ds["energy_pointing_game"] = per_map(lambda c: metrics.energy_pointing_game(c, chosen))
     if faithfulness:
@@ -123,7 +126,7 @@ def _image_section(model, chosen: ImageSet, methods, layers, evidence, feedback,
         ds["insertion_auc"] = per_map(lambda c: metrics.insertion_auc(model, chosen, c))
     if evidence:
         ev = evidence_map(model, chosen, method=evidence, progress=False)
-        ds["evidence"] = (("sample", "y", "x"), ev.values)
+        ds["evidence"] = (("sample", *space), ev.values)
         ds.attrs["evidence_method"] = evidence
     if feedback is not None:
         notes = [feedback.annotations(s) for s in chosen.ids]
@@ -157,7 +160,7 @@ def _overview(model, splits: dict[str, ImageSet], method: str, layer: str, feedb
     out = xr.Dataset({
         "accuracy": ("split", acc),
         "confusion": (("split", "true", "predicted_class"), np.stack(confusion)),
-        "class_mean_cam": (("split", "class", "y", "x"), np.stack(class_cams)),
+        "class_mean_cam": (("split", "class", *axis_names(first.images.ndim - 2)), np.stack(class_cams)),
         "cam_mass_outside_relevant": (("split", "class"), np.stack(outside)),
     }, coords={"split": names, "class": first.class_names, "true": first.class_names,
                "predicted_class": first.class_names},

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..spatial import hottest_point
+
 SECTIONS = ("summary", "images", "accuracy", "confusion", "class-mean-cams", "shortcut", "concepts",
             "history", "feedback")
 
@@ -75,10 +77,15 @@ def _rgba(image: np.ndarray) -> np.ndarray:
 
 
 def _map_figure(title: str, image: np.ndarray | None, values: np.ndarray, signed: bool = False):
+    """A map (H×W; a volume's D×H×W is shown by its axial slice through the map's largest value) over its
+    image (C×*S, or None)."""
     from bokeh.models import ColorBar, HoverTool, LinearColorMapper
     from bokeh.palettes import RdBu11, Turbo256
     from bokeh.plotting import figure
 
+    if values.ndim == 3:
+        z = hottest_point(np.abs(values) if signed else values)[0]
+        values, image, title = values[z], None if image is None else image[:, z], f"{title} (slice z {z})"
     h, w = values.shape
     fig = figure(title=title, frame_width=160, frame_height=round(160 * h / w), x_range=(0, w), y_range=(0, h),
                  tools="pan,wheel_zoom,reset")
