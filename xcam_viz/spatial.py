@@ -92,3 +92,13 @@ def hottest_point(values: np.ndarray) -> tuple[int, ...]:
     first one would sit on the image's edge)."""
     top = np.argwhere(values >= np.nanmax(values))
     return tuple(int(v) for v in top[np.argmin(((top - top.mean(0)) ** 2).sum(1))])
+
+
+def pool(kind: str, t: torch.Tensor, kernel: int, **kw) -> torch.Tensor:
+    """F.avg_pool2d / max_pool2d (kind "avg" / "max") of N×C×*S, or their 3-D forms for volumes."""
+    return getattr(F, f"{kind}_pool{len(grid_of(t))}d")(t, kernel, **kw)
+
+
+def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Masks N×*S grown by `radius` pixels (voxels) along every spatial axis (a square / cubic window)."""
+    return pool("max", masks[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0].bool()

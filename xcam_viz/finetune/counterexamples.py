@@ -20,21 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from .. import spatial
 
 MAX_MOVED_AREA = 1 / 3    # a larger "irrelevant" region is a background, not an object to move
-
-
-def _pool(kind: str, t: torch.Tensor, kernel: int, **kw) -> torch.Tensor:
-    """F.avg_pool2d / max_pool2d (kind "avg" / "max") of N×C×*S, or their 3-D forms for volumes."""
-    return getattr(F, f"{kind}_pool{len(spatial.grid_of(t))}d")(t, kernel, **kw)
-
-
-def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """Masks N×*S grown by `radius` pixels (voxels) along every spatial axis (a square / cubic window)."""
-    return _pool("max", masks[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0].bool()
 
 
 def inpaint(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -48,15 +37,15 @@ def inpaint(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     levels = [(images * known, known)]
     while min(spatial.grid_of(levels[-1][0])) > 1:
         value, weight = levels[-1]
-        levels.append((_pool("avg", value, 2, ceil_mode=True), _pool("avg", weight, 2, ceil_mode=True)))
+        levels.append((spatial.pool("avg", value, 2, ceil_mode=True), spatial.pool("avg", weight, 2, ceil_mode=True)))
     value, weight = levels[-1]
     filled = value / weight.clamp(min=1e-6)
     for value, weight in reversed(levels[:-1]):
         coarse = spatial.resize(filled, spatial.grid_of(value))
         share = weight.clamp(max=1)
         filled = value / weight.clamp(min=1e-6) * share + coarse * (1 - share)
-    local = _pool("avg", images * known, 3, stride=1, padding=1) / _pool("avg", known, 3, stride=1, padding=1).clamp(
-        min=1e-6)
+    local = (spatial.pool("avg", images * known, 3, stride=1, padding=1)
+             / spatial.pool("avg", known, 3, stride=1, padding=1).clamp(min=1e-6))
     grain = (images - local) * known
     cells = spatial.axes(images)
     spread = (grain.pow(2).sum(cells, keepdim=True) / known.sum(cells, keepdim=True).clamp(min=1)).sqrt()
@@ -113,7 +102,7 @@ class Donors:
         self.regions, self.region_pixels = irrelevant[movable], images[movable]
         self.erasable = movable
         self.erased = inpaint(images, irrelevant & movable.view(-1, *(1,) * (irrelevant.ndim - 1)), gen)
-        halo = dilate(relevant, 2)
+        halo = spatial.dilate(relevant, 2)
         self.backgrounds = inpaint(images[has_relevant], halo[has_relevant], gen)
         self.beyond_objects = ~halo[has_relevant].any(0)       # where no painted object ever reaches
 
@@ -164,7 +153,7 @@ def swap_background(batch: Batch, donors: Donors, rows: torch.Tensor, gen: torch
     """Keep the relevant region of each of `rows` and put it on another annotated image's background."""
     for row in rows.tolist():
         pick = int(torch.randint(len(donors.backgrounds), (1,), generator=gen))
-        keep = dilate(batch.relevant[row][None], 1)[0]
+        keep = spatial.dilate(batch.relevant[row][None], 1)[0]
         batch.images[row] = torch.where(keep, batch.images[row], donors.backgrounds[pick])
 
 
