@@ -40,7 +40,7 @@ from .harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, VIEWPORT, Server,
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SESSIONS, BROWSERS = 20, 4
-SECONDS = 90                 # of acting once every participant has arrived
+SECONDS = 30                 # of acting once every participant has arrived (each has done every kind of action)
 THINK = (4.0, 12.0)          # seconds between a participant's actions (uniform: 8 s on average)
 BROWSER_NICE = 5             # the browsers' niceness above the server's
 TIMEOUT = 90                 # the longest wait for one action's result (while pages open, actions queue)
