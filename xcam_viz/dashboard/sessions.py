@@ -18,6 +18,8 @@ from tornado.web import RequestHandler
 from .tasks import LATENCY
 
 VERSION_POLL_MS = 3000
+RELEASE_CHECKS = 10    # checks (of VERSION_POLL_MS) after a session went that release memory again: Bokeh frees
+                       # a closed session's document in its own cleanup, after its dashboard has gone
 
 
 def release_memory(idle_workbenches=()) -> None:
@@ -36,8 +38,8 @@ def release_memory(idle_workbenches=()) -> None:
 class VersionWatch:
     """One periodic check, on the server's loop, for model versions other sessions (or processes) saved.
     Each Workbench's versions are listed once per check; only sessions whose version choices differ are told.
-    When sessions have gone since the last check, their memory is released (`release_memory`), with the caches
-    too once no session is left."""
+    When sessions have gone, their memory is released (`release_memory`) at this and the next RELEASE_CHECKS
+    checks, with the caches too while no session is left."""
 
     def __init__(self):
         self.dashboards: weakref.WeakSet = weakref.WeakSet()
@@ -45,6 +47,7 @@ class VersionWatch:
         self._callback: PeriodicCallback | None = None
         self._loop: IOLoop | None = None
         self._alive = 0
+        self._releases_due = 0
 
     def add(self, dashboard) -> None:
         """Watch for `dashboard` (call on the server's loop thread)."""
@@ -59,6 +62,9 @@ class VersionWatch:
 
     def check(self) -> None:
         if len(self.dashboards) < self._alive:
+            self._releases_due = RELEASE_CHECKS
+        if self._releases_due:
+            self._releases_due -= 1
             release_memory(() if self.dashboards else list(self.workbenches))
         self._alive = len(self.dashboards)
         listed: dict[int, list[str]] = {}
