@@ -18,7 +18,7 @@ from tornado.web import RequestHandler
 from .tasks import LATENCY
 
 VERSION_POLL_MS = 3000
-RELEASE_CHECKS = 10    # checks (of VERSION_POLL_MS) after a session went that release memory again: Bokeh frees
+RELEASE_CHECKS = 10    # checks (of VERSION_POLL_MS) after the last session went that release memory: Bokeh frees
                        # a closed session's document in its own cleanup, after its dashboard has gone
 
 
@@ -38,8 +38,8 @@ def release_memory(idle_workbenches=()) -> None:
 class VersionWatch:
     """One periodic check, on the server's loop, for model versions other sessions (or processes) saved.
     Each Workbench's versions are listed once per check; only sessions whose version choices differ are told.
-    When sessions have gone, their memory is released (`release_memory`) at this and the next RELEASE_CHECKS
-    checks, with the caches too while no session is left."""
+    When sessions have gone, their memory is released (`release_memory`); once none is left, at the next
+    RELEASE_CHECKS checks too, with the caches."""
 
     def __init__(self):
         self.dashboards: weakref.WeakSet = weakref.WeakSet()
@@ -61,8 +61,8 @@ class VersionWatch:
             self._callback.start()
 
     def check(self) -> None:
-        if len(self.dashboards) < self._alive:
-            self._releases_due = RELEASE_CHECKS
+        if len(self.dashboards) < self._alive:          # a full collection pauses the loop: repeated only while
+            self._releases_due = 1 if self.dashboards else RELEASE_CHECKS          # no session is left to wait
         if self._releases_due:
             self._releases_due -= 1
             release_memory(() if self.dashboards else list(self.workbenches))
