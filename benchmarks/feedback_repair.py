@@ -26,7 +26,8 @@ Feedback: relevant (the lesion) on 25 and 10 images, irrelevant (the background,
 brush of BROAD_BRUSH pixels) on 25. Acceptance: flipped within 5 points of the oracle and test within
 2 at 25 images, flipped within 10 at 10 relevant images.
 Run: nice -n 19 .venv/bin/python benchmarks/feedback_repair.py [--quick] [--section strokes ...]
-(--section, --stroke and --epochs narrow a run to check the code: it is printed, not written)
+(--stroke and --epochs narrow a run to check the code: it is printed, not written; a run of some
+--section(s) is written to feedback_repair_<sections>.md)
 """
 import argparse
 import dataclasses
@@ -94,7 +95,7 @@ def fine_tune(case, kind, n, strategy, stroke=None, **settings) -> dict:
 
 def rows_for(kind: str) -> list[str]:
     """The strategies benchmarked for a kind of feedback: auto, then each single strategy."""
-    return ["auto", *(name for name, s in STRATEGIES.items() if s.learns_from == kind)]
+    return ["auto", *(name for name, s in STRATEGIES.items() if s.learns_from in (kind, "any"))]
 
 
 def stroke_of(name: str):
@@ -201,7 +202,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     settings = {} if args.epochs is None else {"epochs": args.epochs}
     table = run(args.section or SECTIONS, args.quick, args.stroke or STROKE_ROWS, settings)
-    if args.section or args.stroke or args.epochs:        # a narrowed check: printed, never written as the results
+    if args.stroke or args.epochs:        # a narrowed check: printed, never written as the results
         print(table)
-    else:
-        write_result("feedback_repair", table)
+    else:                                 # the sections run, each set of them in its own file
+        write_result("_".join(["feedback_repair", *(args.section or [])]), table)

@@ -123,7 +123,7 @@ def test_registry_resolves_auto_by_kind_and_refuses_bad_names():
                                "cam-irrelevant", "rrr"}
     both = [s.name for s in resolve("auto", {"relevant": True, "irrelevant": True})]
     only_irr = [s.name for s in resolve("auto", {"relevant": False, "irrelevant": True})]
-    assert set(only_irr) < set(both) and all(STRATEGIES[n].learns_from == "irrelevant" for n in only_irr)
+    assert set(only_irr) < set(both) and all(STRATEGIES[n].learns_from in ("irrelevant", "any") for n in only_irr)
     assert resolve("auto", {"relevant": False, "irrelevant": False}) == ()           # class corrections only
     with pytest.raises(ValueError, match="unknown strategy 'paint'.*move-irrelevant"):
         resolve("move-irrelevant+paint", {"relevant": True, "irrelevant": True})

@@ -34,7 +34,8 @@ def strategy_help(name: str) -> str:
         picks = "; ".join(f"{kind} regions → {' + '.join(names)}" for kind, names in AUTO.items())
         return f"**auto**: the strategies the benchmark found best for the feedback given ({picks})."
     s = STRATEGIES[name]
-    return f"**{s.name}** ({s.kind}, learns from {s.learns_from} regions): {s.summary}."
+    kinds = "relevant or irrelevant" if s.learns_from == "any" else s.learns_from
+    return f"**{s.name}** ({s.kind}, learns from {kinds} regions): {s.summary}."
 
 
 def _score(value: float | None, percent: bool) -> str:

@@ -11,6 +11,7 @@ from .. import models
 from ..data import ImageSet
 from ..feedback import FeedbackSet
 from . import counterexamples as cx
+from . import rebalance as rb
 from .job import Cancelled, Control
 from .losses import centred_logit
 from .strategies import Strategy
@@ -22,7 +23,8 @@ class Batches:
     """Yields (epoch, feedback rows, other dataset positions) for every step of one epoch.
 
     Each batch: `feedback_share` of it from the annotated samples (reshuffled whenever all have
-    been used), the rest from the other training samples; an epoch is one pass over those others.
+    been used), the rest from the other training samples; an epoch is one pass over those others,
+    or as many draws from them by `weights` (with replacement) once a sampling strategy set them.
     """
 
     def __init__(self, others: torch.Tensor, n_feedback: int, s: dict):
@@ -32,9 +34,12 @@ class Batches:
         self.n_other = s["batch_size"] - self.n_fb
         self.per_epoch = -(-len(others) // self.n_other) if len(others) else -(-n_feedback // self.n_fb)
         self._queue = torch.empty(0, dtype=torch.long)
+        self.weights: torch.Tensor | None = None
 
     def epoch(self):
-        others = self.others[torch.randperm(len(self.others), generator=self.gen)]
+        order = (torch.randperm(len(self.others), generator=self.gen) if self.weights is None else
+                 torch.multinomial(self.weights, len(self.others), replacement=True, generator=self.gen))
+        others = self.others[order]
         for b in range(self.per_epoch):
             if len(self._queue) < self.n_fb:
                 self._queue = torch.cat([self._queue, torch.randperm(self.n_feedback, generator=self.gen)])
@@ -104,16 +109,26 @@ def step_losses(model: nn.Module, batch: cx.Batch, strategies: tuple[Strategy, .
 
 
 @torch.no_grad()
-def validation_score(model: nn.Module, plain: ImageSet, counter: torch.Tensor | None) -> dict[str, float]:
+def validation_score(model: nn.Module, plain: ImageSet, counter: torch.Tensor | None,
+                     groups: torch.Tensor | None = None) -> dict[str, float]:
     """Accuracy on the validation images, and on the same images changed by the run's
     counterexamples (when any applies): a model that still uses a painted shortcut loses there.
-    The score picking the best epoch is the mean of the two."""
-    accuracy = models.accuracy(model, plain)
+    With `groups` (a sampling strategy's, one per image) the plain part of the score is the true class's
+    probability averaged per (label, group) cell, then over the cells: the few images against the
+    shortcut count as much as the many with it, and a probability is steadier on few images than
+    a count of right answers. The score picking the best epoch is the mean of the two."""
+    predicted = models.predict(model, plain)
+    correct = torch.from_numpy(predicted.predicted.values) == plain.labels
+    accuracy = float(correct.float().mean())
     out = {"accuracy": accuracy, "score": accuracy}
+    if groups is not None:
+        truth = torch.from_numpy(predicted.probability.values).gather(1, plain.labels[:, None])[:, 0]
+        out["balanced_accuracy"] = rb.balanced_mean(correct.float(), plain.labels, groups)
+        out["score"] = rb.balanced_mean(truth, plain.labels, groups)
     if counter is not None:
         moved = models.predict(model, counter).predicted.values
         out["counterexample_accuracy"] = float((torch.from_numpy(moved) == plain.labels).float().mean())
-        out["score"] = (accuracy + out["counterexample_accuracy"]) / 2
+        out["score"] = (out["score"] + out["counterexample_accuracy"]) / 2
     return out
 
 
@@ -134,6 +149,17 @@ def validation_counterexamples(val: ImageSet, donors: cx.Donors, strategies: tup
     return None if torch.equal(batch.images, val.images) else batch.images
 
 
+def sampling_groups(model: nn.Module, run) -> torch.Tensor | None:
+    """Let the run's sampling strategy (if any) weigh the batches; returns the validation images' groups."""
+    for strategy in run.strategies:
+        found = strategy.apply(model, run) if strategy.kind == "sampling" else None
+        if found is not None:
+            groups, validation_groups = found
+            run.batches.weights = rb.balanced_weights(run.labels[run.others], groups[run.others]).float()
+            return validation_groups
+    return None
+
+
 def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict:
     """Train epoch after epoch; after each, score the validation split, keep the best weights and
     stop after `patience` epochs without a better score. Returns the chosen epoch's validation
@@ -145,6 +171,8 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
     gen = torch.Generator().manual_seed(s["seed"] + 2)
     device = models.model_device(model)
     best, best_state, stale, step, scale = None, None, 0, 0, {}
+    control.report(phase="grouping")
+    groups = sampling_groups(model, run)
     control.report(phase="training", epochs=s["epochs"], total_steps=total)
     for epoch in range(1, s["epochs"] + 1):
         train_mode(model)
@@ -168,7 +196,7 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
             history["epoch"].append(epoch)
             control.report(epoch=epoch, step=step, losses=values)
         model.eval()
-        score = validation_score(model, run.validation, run.validation_counter)
+        score = validation_score(model, run.validation, run.validation_counter, groups)
         history["validation"].append({"epoch": epoch, **score})
         control.report(validation=dict(score, epoch=epoch))
         if best is None or score["score"] >= best["score"]:

@@ -1,8 +1,9 @@
 """The fine-tuning strategies: one registry that `xv.finetune`, the CLI and the dashboard all read.
 
-A strategy learns from one kind of feedback (irrelevant or relevant regions). It either makes
-counterexamples (changes the images of each batch) or adds an explanation loss (a term added to
-cross-entropy on the images whose masks are known, painted or made by a counterexample).
+A strategy learns from one kind of feedback (irrelevant or relevant regions) or from either. It makes
+counterexamples (changes the images of each batch), adds an explanation loss (a term added to
+cross-entropy on the images whose masks are known, painted or made by a counterexample), or weighs
+which training images the batches are drawn from (sampling).
 Adding a strategy means adding one entry here.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import counterexamples as cx
+from . import rebalance as rb
 from .losses import irrelevant_loss, relevant_loss, rrr_loss
 
 MOVE_SHARE = 0.5       # share of every batch that gets a painted irrelevant region pasted on
@@ -22,9 +24,11 @@ SWAP_SHARE = 1.0       # share of the annotated images shown on another image's 
 
 @dataclass(frozen=True)
 class Strategy:
-    """name; learns_from: "irrelevant" or "relevant" masks; kind: "counterexample" or "loss";
-    apply: counterexample (batch, donors, generator) -> None, changing the batch in place, or
-    loss (context) -> per-sample values on the batch rows with the mask; needs_cam: the loss is
+    """name; learns_from: "irrelevant", "relevant" or "any" masks; kind: "counterexample", "loss" or
+    "sampling"; apply: counterexample (batch, donors, generator) -> None, changing the batch in place,
+    loss (context) -> per-sample values on the batch rows with the mask, or sampling (model, run) ->
+    (a group per training image, one per validation image), or None to leave sampling as it is, batches then
+    drawn so that each (label, group) cell weighs the same; needs_cam: the loss is
     on the differentiable CAM of the run's layer and method; validate: for a counterexample that
     works on images without feedback, the same change made to every row of a batch (the
     validation images), so the best epoch is the one least fooled by the painted shortcut."""
@@ -73,6 +77,16 @@ def _rrr(ctx):
     return values
 
 
+def _rebalance(model, run):
+    fb = run.feedback
+    views = rb.shortcut_views(run.ds.read(run.positions)[0], fb.painted("relevant"), fb.painted("irrelevant"),
+                              fb.has_relevant, fb.has_irrelevant, run.settings["seed"])
+    votes = rb.shortcut_votes(model, views, run.labels[run.positions], run.ds)
+    if votes is None:
+        return None
+    return votes, rb.shortcut_votes(model, views, run.labels[run.positions], run.validation)
+
+
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("move-irrelevant", "irrelevant", "counterexample",
              "paste the painted irrelevant regions onto other images of every class (they keep their labels)",
@@ -92,13 +106,16 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("cam-irrelevant", "irrelevant", "loss",
              "Grad-CAM mass inside the irrelevant region (Grad-CAM form of Right for the Right Reasons)",
              lambda ctx: irrelevant_loss(ctx.cam(), ctx.mask("irrelevant")), needs_cam=True),
+    Strategy("rebalance", "any", "sampling",
+             "learn what the painted shortcut regions say of the class (a probe on the model's features), vote "
+             "every training image by it, and draw batches so each (class, vote) cell weighs the same", _rebalance),
     Strategy("rrr", "irrelevant", "loss",
              "input gradients inside the irrelevant region (Right for the Right Reasons, Ross et al. 2017)", _rrr),
 ]}
 
 # What strategy="auto" uses for each kind of feedback; chosen by benchmarks/feedback_repair.py.
-AUTO = {"irrelevant": ("move-irrelevant", "erase-irrelevant", "cam-irrelevant"),
-        "relevant": ("swap-background", "swap-beyond-objects", "cam-relevant")}
+AUTO = {"irrelevant": ("move-irrelevant", "erase-irrelevant", "cam-irrelevant", "rebalance"),
+        "relevant": ("swap-background", "swap-beyond-objects", "cam-relevant", "rebalance")}
 
 # The settings a run uses when the caller gives none; chosen by benchmarks/feedback_repair.py.
 DEFAULTS = dict(epochs=16, lr=1e-3, lam=1.0, batch_size=64, feedback_share=0.5, patience=6, warmup=0,
@@ -117,7 +134,7 @@ def resolve(strategy: str, has: dict[str, bool]) -> tuple[Strategy, ...]:
     """The strategies `strategy` names ("auto", a name, or names joined by "+"), checked against
     the kinds of feedback there are (`has`: {"relevant": bool, "irrelevant": bool})."""
     if strategy == "auto":
-        names = [n for kind, picks in AUTO.items() if has[kind] for n in picks]
+        names = list(dict.fromkeys(n for kind, picks in AUTO.items() if has[kind] for n in picks))
     else:
         names = list(dict.fromkeys(str(strategy).split("+")))
         unknown = [n for n in names if n not in STRATEGIES]
@@ -125,7 +142,7 @@ def resolve(strategy: str, has: dict[str, bool]) -> tuple[Strategy, ...]:
             raise ValueError(f"unknown strategy {unknown[0]!r}: use 'auto' or names joined by '+' from "
                              f"{', '.join(STRATEGIES)}")
     chosen = tuple(STRATEGIES[n] for n in names)
-    missing = [s for s in chosen if not has[s.learns_from]]
+    missing = [s for s in chosen if not has.get(s.learns_from, any(has.values()))]
     if missing:
         raise ValueError(f"strategy {missing[0].name!r} learns from {missing[0].learns_from} masks, but the "
                          "feedback has none; use strategy='auto' or give such feedback")
