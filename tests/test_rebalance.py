@@ -10,10 +10,11 @@ from xcam_viz.finetune import rebalance as rb
 from xcam_viz.finetune.strategies import resolve
 
 
-def backgrounds_set(n=120, confounder=0.9, seed=0, size=16):
+def backgrounds_set(n=120, confounder=0.9, seed=0, size=16, squares=(0.4, 0.6), noise=0.1):
     """A brighter grey square (class 1) or a darker one (class 0), in noise, on a red or a blue background
-    that goes with the class in (1 + confounder) / 2 of the images: the background is the easier cue, so a
-    trained model learns it. Returns the ImageSet and each image's background (0 red, 1 blue)."""
+    that goes with the class in (1 + confounder) / 2 of the images: with the default squares and noise the
+    background is the easier cue, so a trained model learns it. Returns the ImageSet and each image's
+    background (0 red, 1 blue)."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 2
     background = torch.where(torch.rand(n, generator=gen) < (1 + confounder) / 2, labels, 1 - labels)
@@ -22,8 +23,8 @@ def backgrounds_set(n=120, confounder=0.9, seed=0, size=16):
     images[:, 2] = (background == 1).float()[:, None, None] * 0.8
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     masks[:, 5:11, 5:11] = True
-    images[:, :, 5:11, 5:11] = (0.4 + 0.2 * labels.float())[:, None, None, None]
-    images = (images + 0.1 * torch.randn(images.shape, generator=gen)).clamp(0, 1)
+    images[:, :, 5:11, 5:11] = torch.tensor(squares)[labels][:, None, None, None]
+    images = (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1)
     return ImageSet(images, labels, masks, [f"bg-{i}" for i in range(n)], ["dark", "bright"]), background
 
 
@@ -57,7 +58,7 @@ def test_shortcut_views_inpaint_the_evidence_and_keep_the_shortcut(grid):
     region[..., 4:8, 4:8] = True
     none = torch.zeros_like(region)
     relevant, irrelevant = torch.stack([region[0], none[1]]), torch.stack([none[0], region[1]])
-    views = rb.shortcut_views(images, relevant, irrelevant, torch.tensor([True, False]), torch.tensor([False, True]))
+    views, _ = rb.shortcut_views(images, relevant, irrelevant, torch.tensor([True, False]), torch.tensor([False, True]))
     assert views.shape == images.shape
     changed = (views != images)[:, 0]
     assert changed[0][region[0]].float().mean() > 0.9 and not changed[0][~xv.spatial.dilate(region, 2)[0]].any()
@@ -80,7 +81,7 @@ def test_votes_from_painted_backgrounds_find_the_images_against_the_shortcut():
     ds, background = backgrounds_set()
     fb = xv.feedback.simulate(ds, fraction=0.1, kind="relevant", seed=0)
     positions = torch.tensor([ds.ids.index(i) for i in fb.sample_ids])
-    views = rb.shortcut_views(ds.images[positions], fb.painted("relevant"), fb.painted("irrelevant"),
+    views, _ = rb.shortcut_views(ds.images[positions], fb.painted("relevant"), fb.painted("irrelevant"),
                               fb.has_relevant, fb.has_irrelevant)
     votes = rb.shortcut_votes(colour_model(), views, ds.labels[positions], ds)
     assert (votes == background).float().mean() >= 0.95
@@ -121,3 +122,22 @@ def test_a_rebalancing_run_draws_the_images_against_the_shortcut_more_often(tmp_
     assert seen["weights"] is not None and seen["groups"] is not None
     assert float(seen["weights"][against].sum() / seen["weights"].sum()) == pytest.approx(0.5, abs=0.1)
     assert "balanced_accuracy" in result.validation[0]
+
+
+def test_composites_let_the_probe_read_the_background_whatever_the_object():
+    """With a bold square (a model trained on it reads the square), a probe on the views alone (squares
+    inpainted) votes full images by their square; composites (each square on other views) fix it."""
+    ds, background = backgrounds_set(n=200, size=32, squares=(0.2, 0.8), noise=0.0)
+    fb = xv.feedback.simulate(ds, fraction=0.1, kind="relevant", seed=0)
+    positions = torch.tensor([ds.ids.index(i) for i in fb.sample_ids])
+    torch.manual_seed(0)
+    model = xv.models.train(xv.models.build("smallcnn", num_classes=2), ds, epochs=3, progress=False)[0]
+    images = ds.images[positions]
+    views, evidence = rb.shortcut_views(images, fb.painted("relevant"), fb.painted("irrelevant"), fb.has_relevant,
+                                        fb.has_irrelevant)
+    match = {}
+    for per_image in (0, 4):
+        examples, labels = rb.probe_examples(images, views, evidence, ds.labels[positions], per_image)
+        assert len(examples) == len(labels) == len(views) * (1 + per_image)
+        match[per_image] = float((rb.shortcut_votes(model, examples, labels, ds) == background).float().mean())
+    assert match[4] >= 0.95 and match[0] < match[4]

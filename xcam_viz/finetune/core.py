@@ -7,7 +7,8 @@ one pass over the images without feedback. Adam with a cosine-decaying learning 
 epoch a validation split, carved from the training images when none is given (never from a test
 split), is scored; the best epoch's weights are kept and the run stops early when the score stops
 improving. A run whose validation accuracy ends more than `FLAG_DROP` below where it started is
-still saved as a version, but flagged. Batch-norm statistics stay frozen.
+still saved as a version, but flagged (a rebalancing run compares its balanced accuracy instead: the
+plain one rewards the shortcut it unlearns). Batch-norm statistics stay frozen.
 
 Why the centred logit: softmax ignores a shift of all logits, so the CAM of a plain logit can
 hide a shortcut (the marker made to count against every class, more against one) while the
@@ -284,11 +285,12 @@ def _run(model: nn.Module, base: str, versions: ModelVersions, run: _Run, eval_d
     else:
         control.report(phase="evaluating after")
         after = _evaluate(model, evals, settings)
-        drop = before["validation"]["accuracy"] - after["validation"]["accuracy"]
-        if drop > FLAG_DROP:
+        what, was, now = "validation accuracy", before["validation"]["accuracy"], after["validation"]["accuracy"]
+        if "start_balanced_accuracy" in best:       # rebalanced: the images against the shortcut count as much
+            what, was, now = "balanced validation accuracy", best["start_balanced_accuracy"], best["balanced_accuracy"]
+        if was - now > FLAG_DROP:
             flagged = True
-            warning = (f"validation accuracy fell from {before['validation']['accuracy']:.1%} to "
-                       f"{after['validation']['accuracy']:.1%}; the new version may be worse than {base}")
+            warning = f"{what} fell from {was:.1%} to {now:.1%}; the new version may be worse than {base}"
     metrics = _metrics_dataset(before, after)
     if not cancelled:
         control.report(phase="saving")

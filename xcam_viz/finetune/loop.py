@@ -163,7 +163,8 @@ def sampling_groups(model: nn.Module, run) -> torch.Tensor | None:
 def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict:
     """Train epoch after epoch; after each, score the validation split, keep the best weights and
     stop after `patience` epochs without a better score. Returns the chosen epoch's validation
-    scores (the model ends with its weights). Raises Cancelled through."""
+    scores (the model ends with its weights; with a sampling strategy's groups, also the starting model's
+    balanced accuracy, which flagging compares). Raises Cancelled through."""
     s = run.settings
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
     total = run.batches.per_epoch * s["epochs"]
@@ -173,6 +174,7 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
     best, best_state, stale, step, scale = None, None, 0, 0, {}
     control.report(phase="grouping")
     groups = sampling_groups(model, run)
+    start = None if groups is None else validation_score(model, run.validation, run.validation_counter, groups)
     control.report(phase="training", epochs=s["epochs"], total_steps=total)
     for epoch in range(1, s["epochs"] + 1):
         train_mode(model)
@@ -207,7 +209,7 @@ def train_epochs(model: nn.Module, run, control: Control, history: dict) -> dict
                 break
     model.load_state_dict(best_state)
     model.eval()
-    return best
+    return best if start is None else {**best, "start_balanced_accuracy": start["balanced_accuracy"]}
 
 
 def learning_rate_schedule(opt: torch.optim.Optimizer, total: int, warmup: int):

@@ -26,17 +26,33 @@ from .. import models, spatial
 from ..data import ImageSet
 from .counterexamples import inpaint
 
+COMPOSITES = 4          # composites per annotated image the probe also learns from
 PROBE_C = 0.1           # the probe's inverse regularisation: few views (tens), many features
 
 
 def shortcut_views(images: torch.Tensor, relevant: torch.Tensor, irrelevant: torch.Tensor,
-                   has_relevant: torch.Tensor, has_irrelevant: torch.Tensor, seed: int = 0) -> torch.Tensor:
+                   has_relevant: torch.Tensor, has_irrelevant: torch.Tensor, seed: int = 0):
     """Each annotated image with its evidence inpainted: the (dilated) relevant region where one was
-    painted, else everything outside the irrelevant region; N×C×*S (rows without masks left as they are)."""
+    painted, else everything outside the irrelevant region. Returns the views N×C×*S (rows without masks
+    left as they are) and the evidence masks N×*S."""
     shape = (-1, *(1,) * (relevant.ndim - 1))
     evidence = torch.where(has_relevant.view(shape), spatial.dilate(relevant, 2),
                            ~irrelevant & has_irrelevant.view(shape))
-    return inpaint(images, evidence, torch.Generator().manual_seed(seed))
+    return inpaint(images, evidence, torch.Generator().manual_seed(seed)), evidence
+
+
+def probe_examples(images: torch.Tensor, views: torch.Tensor, evidence: torch.Tensor, labels: torch.Tensor,
+                   per_image: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the probe learns from: the views, labelled with their images' classes, and `per_image`
+    composites per annotated image i: its evidence on the view of a random other image j, labelled with
+    j's class, so the probe learns what the shortcut says whatever object sits in front of it."""
+    gen = torch.Generator().manual_seed(seed)
+    donor = torch.randint(len(views), (len(views), per_image), generator=gen)
+    own = torch.arange(len(views))[:, None].expand_as(donor)
+    own, donor = own.flatten(), donor.flatten()
+    keep = evidence[own][:, None]
+    composites = torch.where(keep, images[own], views[donor])
+    return torch.cat([views, composites]), torch.cat([labels, labels[donor]])
 
 
 @torch.no_grad()

@@ -79,12 +79,14 @@ def _rrr(ctx):
 
 def _rebalance(model, run):
     fb = run.feedback
-    views = rb.shortcut_views(run.ds.read(run.positions)[0], fb.painted("relevant"), fb.painted("irrelevant"),
-                              fb.has_relevant, fb.has_irrelevant, run.settings["seed"])
-    votes = rb.shortcut_votes(model, views, run.labels[run.positions], run.ds)
+    images, seed = run.ds.read(run.positions)[0], run.settings["seed"]
+    views, evidence = rb.shortcut_views(images, fb.painted("relevant"), fb.painted("irrelevant"), fb.has_relevant,
+                                        fb.has_irrelevant, seed)
+    examples, labels = rb.probe_examples(images, views, evidence, run.labels[run.positions], rb.COMPOSITES, seed)
+    votes = rb.shortcut_votes(model, examples, labels, run.ds)
     if votes is None:
         return None
-    return votes, rb.shortcut_votes(model, views, run.labels[run.positions], run.validation)
+    return votes, rb.shortcut_votes(model, examples, labels, run.validation)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
