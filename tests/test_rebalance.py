@@ -83,11 +83,11 @@ def test_votes_from_painted_backgrounds_find_the_images_against_the_shortcut():
     positions = torch.tensor([ds.ids.index(i) for i in fb.sample_ids])
     views, _ = rb.shortcut_views(ds.images[positions], fb.painted("relevant"), fb.painted("irrelevant"),
                               fb.has_relevant, fb.has_irrelevant)
-    votes = rb.shortcut_votes(colour_model(), views, ds.labels[positions], ds)
+    votes = rb.shortcut_probe(colour_model(), views, ds.labels[positions])(ds)
     assert (votes == background).float().mean() >= 0.95
     against = background != ds.labels
     assert against.sum() >= 4 and (votes[against] == background[against]).all()
-    assert rb.shortcut_votes(colour_model(), views[:1], ds.labels[positions][:1], ds) is None     # one class only
+    assert rb.shortcut_probe(colour_model(), views[:1], ds.labels[positions][:1]) is None     # one class only
 
 
 def test_rebalance_is_auto_for_either_kind_and_needs_some_mask():
@@ -139,5 +139,5 @@ def test_composites_let_the_probe_read_the_background_whatever_the_object():
     for per_image in (0, 4):
         examples, labels = rb.probe_examples(images, views, evidence, ds.labels[positions], per_image)
         assert len(examples) == len(labels) == len(views) * (1 + per_image)
-        match[per_image] = float((rb.shortcut_votes(model, examples, labels, ds) == background).float().mean())
+        match[per_image] = float((rb.shortcut_probe(model, examples, labels)(ds) == background).float().mean())
     assert match[4] >= 0.95 and match[0] < match[4]

@@ -312,7 +312,7 @@ def _centre_head(model: nn.Module, probe: torch.Tensor) -> None:
     centred logit, and the plain Grad-CAMs users see (`xv.explain`) are the ones fine-tuning
     corrected. Kept only if the model's logits verifiably become their centred selves.
     """
-    head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    head = models.last_linear(model)
     if head is None:
         return
     with models.eval_mode(model):

@@ -15,6 +15,8 @@ stay near one.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -58,7 +60,7 @@ def probe_examples(images: torch.Tensor, views: torch.Tensor, evidence: torch.Te
 @torch.no_grad()
 def penultimate(model: nn.Module, images: ImageSet | torch.Tensor) -> torch.Tensor:
     """The features entering the model's last linear layer (its logits if it has none), N×F."""
-    head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    head = models.last_linear(model)
     seen = []
     hook = head.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].flatten(1))) if head else None
     shape = images.image_shape if isinstance(images, ImageSet) else images.shape[1:]
@@ -76,20 +78,25 @@ def penultimate(model: nn.Module, images: ImageSet | torch.Tensor) -> torch.Tens
     return torch.cat(out)
 
 
-def shortcut_votes(model: nn.Module, views: torch.Tensor, view_labels: torch.Tensor,
-                   data: ImageSet) -> torch.Tensor | None:
-    """The class each image of `data` is voted by a probe trained on what the shortcut views say;
-    None when the views hold a single class (nothing to learn a shortcut from)."""
-    if len(torch.unique(view_labels)) < 2:
+def shortcut_probe(model: nn.Module, examples: torch.Tensor,
+                   labels: torch.Tensor) -> Callable[[ImageSet | torch.Tensor], torch.Tensor] | None:
+    """A probe fitted once on what the shortcut examples say of the class: called on a data set, it gives
+    the class each image is voted. None when the examples hold a single class (nothing to learn from)."""
+    if len(torch.unique(labels)) < 2:
         return None
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000))
-    probe.fit(penultimate(model, views).numpy(), view_labels.numpy())
-    return torch.from_numpy(probe.predict(penultimate(model, data).numpy()).astype(np.int64))
+    probe.fit(penultimate(model, examples).numpy(), labels.numpy())
+    return lambda data: torch.from_numpy(probe.predict(penultimate(model, data).numpy()).astype(np.int64))
+
+
+def _cells(labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+    """Each image's (label, vote) cell as one index."""
+    return labels * (int(max(labels.max(), votes.max())) + 1) + votes
 
 
 def balanced_weights(labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
     """A sampling weight per image, 1 / the size of its (label, vote) cell, scaled to mean 1."""
-    cells = labels * (int(max(labels.max(), votes.max())) + 1) + votes
+    cells = _cells(labels, votes)
     counts = torch.bincount(cells).double()
     weights = 1 / counts[cells]
     return weights / weights.mean()
@@ -97,5 +104,5 @@ def balanced_weights(labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
 
 def balanced_mean(values: torch.Tensor, labels: torch.Tensor, votes: torch.Tensor) -> float:
     """The mean of `values` (one per image) in each (label, vote) cell that holds images, averaged over the cells."""
-    cells = labels * (int(max(labels.max(), votes.max())) + 1) + votes
+    cells = _cells(labels, votes)
     return float(torch.stack([values[cells == c].double().mean() for c in torch.unique(cells)]).mean())

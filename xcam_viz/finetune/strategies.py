@@ -83,10 +83,8 @@ def _rebalance(model, run):
     views, evidence = rb.shortcut_views(images, fb.painted("relevant"), fb.painted("irrelevant"), fb.has_relevant,
                                         fb.has_irrelevant, seed)
     examples, labels = rb.probe_examples(images, views, evidence, run.labels[run.positions], rb.COMPOSITES, seed)
-    votes = rb.shortcut_votes(model, examples, labels, run.ds)
-    if votes is None:
-        return None
-    return votes, rb.shortcut_votes(model, examples, labels, run.validation)
+    probe = rb.shortcut_probe(model, examples, labels)
+    return None if probe is None else (probe(run.ds), probe(run.validation))
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [

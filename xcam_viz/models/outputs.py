@@ -30,6 +30,11 @@ def logits_of(out, output: Callable | None = None) -> torch.Tensor:
     return out
 
 
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last linear layer (its classification head, usually), or None if it has none."""
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
 def is_dense(logits: torch.Tensor) -> bool:
     """Whether logits are a segmenter's, one score per class and pixel (N×K×H×W) or voxel (N×K×D×H×W)."""
     return logits.ndim > 2
