@@ -10,5 +10,5 @@ from .zoo import MODEL_NAMES, TIMM_PREFIX, Normalize, build
 
 __all__ = ["accuracy", "build", "default_layer", "detect", "eval_mode", "fast_input", "find_layers", "fingerprint",
            "get_layer", "input_shape_of", "is_dense", "last_linear", "Layout", "load", "logits_of", "model_device",
-           "MODEL_NAMES", "Normalize", "patch_size", "predict", "prediction_dataset", "probabilities", "run_model", "save",
-           "spatial_layers", "TIMM_PREFIX", "train"]
+           "MODEL_NAMES", "Normalize", "patch_size", "predict", "prediction_dataset", "probabilities", "run_model",
+           "save", "spatial_layers", "TIMM_PREFIX", "train"]
